@@ -1,0 +1,33 @@
+"""Where every artifact of the pipeline lives, in one place.
+
+dvc.yaml names the same paths; the stage scripts take them as options whose defaults come from
+here, so a script run by hand writes where DVC expects it.
+"""
+
+from pathlib import Path
+
+DATA = Path("data")
+RAW = DATA / "raw"
+INTERIM = DATA / "interim"
+PROCESSED = DATA / "processed"
+MODELS = Path("models")
+METRICS = Path("metrics")
+
+# ingest
+INGEST_DIR = INTERIM / "ingest"
+IMAGES_TABLE = INGEST_DIR / "images.parquet"  # the canonical table, see photoid.data.schema
+REJECTED_TABLE = INGEST_DIR / "rejected.parquet"
+TEST_TRUTH_TABLE = INGEST_DIR / "test_truth.parquet"  # only evaluation reads it
+DEMO_DIR = RAW / "demo"  # the generated demo data set
+
+# detect
+DETECT_MODEL_DIR = MODELS / "detector"
+BOXES_TABLE = INTERIM / "boxes.parquet"
+
+# crop
+CROPS_DIR = PROCESSED / "crops"
+
+# filter, split
+FILTERED_TABLE = PROCESSED / "filtered.parquet"
+FILTERED_OUT_TABLE = PROCESSED / "filtered_out.parquet"
+SPLIT_TABLE = PROCESSED / "split.parquet"
