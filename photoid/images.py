@@ -108,3 +108,11 @@ def check_image(path: str | os.PathLike) -> ImageCheck:
         return ImageCheck(reason=f"image has no pixels ({width}x{height})")
     return ImageCheck(width=int(width), height=int(height), mode=mode)
 
+
+
+def reduce_factor(width: int, height: int, needed_long_side: float) -> int:
+    """The largest JPEG draft reduction (1, 2, 4, 8) that keeps the long side >= ``needed_long_side``."""
+    factor = 1
+    while factor < 8 and max(width, height) / (factor * 2) >= needed_long_side:
+        factor *= 2
+    return factor

@@ -94,7 +94,7 @@ def read_label_file(path: Path, wanted: dict[str, list[str]], optional: set[str]
 
 def _check_labels(df: pd.DataFrame, path: Path, columns: list[str]) -> None:
     """Empty cells in label columns stop the run: a silent '' individual would become a class."""
-    bad = [f"{path} row {i + 2} (line {i + 2}): empty '{c}'"
+    bad = [f"{path} line {i + 2}: empty '{c}'"
            for c in columns for i in np.flatnonzero(df[c].to_numpy() == "")]
     if bad:
         raise _fail_rows(f"{path}: empty labels", sorted(bad),
@@ -128,7 +128,7 @@ def read_happywhale(root: str | os.PathLike) -> pd.DataFrame:
                                                       "species": ["species"]})
     _check_labels(labels, root / "train.csv", list(used.values()))
     rows = [_row(r[used["image"]], root / "train_images" / r[used["image"]], TRAIN, r[used["individual"]],
-                 r[used["species"]], origin=f"train.csv row {i + 2}")
+                 r[used["species"]], origin=f"train.csv line {i + 2}")
             for i, r in enumerate(labels.to_dict("records"))]
     listed = {r["image_id"] for r in rows}
     train_dir = root / "train_images"
@@ -207,7 +207,7 @@ def read_csv_labels(root: str | os.PathLike, labels: str, image_col: str = "imag
         for i, r in enumerate(df.to_dict("records")):
             sp = r[used["species"]] if "species" in used else (species or path.stem)
             rows.append(_row(r[used["image"]], _resolve_image(path, r[used["image"]]), TRAIN,
-                             r[used["individual"]], sp, origin=f"{path} row {i + 2}"))
+                             r[used["individual"]], sp, origin=f"{path} line {i + 2}"))
     if test_dir:
         test_path = root / test_dir
         if not test_path.is_dir():
@@ -229,12 +229,12 @@ def read_boxes(path: str | os.PathLike) -> pd.DataFrame:
         values = pd.to_numeric(df[used[short]], errors="coerce")
         bad = np.flatnonzero(values.isna().to_numpy())
         if len(bad):
-            raise _fail_rows(f"{path}: box coordinates that are not numbers", [f"row {i + 2}" for i in bad],
+            raise _fail_rows(f"{path}: box coordinates that are not numbers", [f"line {i + 2}" for i in bad],
                              "Give numeric pixel coordinates, or remove the row (the image then has no box).")
         out[col] = values.astype(np.float64)
     bad = out[(out.box_x2 <= out.box_x1) | (out.box_y2 <= out.box_y1)]
     if len(bad):
-        raise _fail_rows(f"{path}: boxes with x2 <= x1 or y2 <= y1", [f"row {i + 2}: {r.image_id}" for i, r in bad.iterrows()],
+        raise _fail_rows(f"{path}: boxes with x2 <= x1 or y2 <= y1", [f"line {i + 2}: {r.image_id}" for i, r in bad.iterrows()],
                          "Boxes are x1, y1 (top left), x2, y2 (bottom right) in pixels.")
     return out
 

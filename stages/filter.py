@@ -1,0 +1,38 @@
+"""filter: keep for training only individuals with at least --min-samples training images.
+
+Test images always pass. Dropped training images go to filtered_out.parquet with the reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from photoid import paths
+from photoid.cli import reports_data_errors, stage_app
+from photoid.data.filter import filter_individuals
+from photoid.io import read_parquet, write_json, write_parquet
+
+app = stage_app(__doc__)
+
+
+@app.command()
+@reports_data_errors
+def main(
+    min_samples: int = typer.Option(4, help="Fewest training images an individual needs to be trained on."),
+    crops: Path = typer.Option(paths.CROPS_DIR / "crops.parquet", help="The crop table from crop."),
+    out: Path = typer.Option(paths.FILTERED_TABLE, help="Output: kept rows (all test rows included)."),
+    dropped_out: Path = typer.Option(paths.FILTERED_OUT_TABLE, help="Output: dropped training rows with the reason."),
+    metrics: Path = typer.Option(paths.METRICS / "filter.json", help="Metrics file (counts before and after)."),
+):
+    kept, dropped, stats = filter_individuals(read_parquet(crops), min_samples)
+    write_parquet(kept, out)
+    write_parquet(dropped, dropped_out)
+    write_json(stats, metrics)
+    print(f"filter: {stats['individuals_before']} -> {stats['individuals_after']} individuals, "
+          f"{stats['train_images_before']} -> {stats['train_images_after']} training images (min {min_samples})")
+
+
+if __name__ == "__main__":
+    app()

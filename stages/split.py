@@ -1,0 +1,36 @@
+"""split: hold a share of individuals out whole (they play new animals) and deal the rest into
+k folds stratified by individual. One table: the training rows with `fold` (-1 = held out) and `is_new`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from photoid import paths
+from photoid.cli import reports_data_errors, stage_app
+from photoid.data.split import split_folds
+from photoid.io import read_parquet, write_json, write_parquet
+
+app = stage_app(__doc__)
+
+
+@app.command()
+@reports_data_errors
+def main(
+    n_folds: int = typer.Option(5, help="Number of folds (k)."),
+    new_fraction: float = typer.Option(0.2, help="Share of individuals (per species) held out whole as new."),
+    seed: int = typer.Option(0, help="Random seed: the same seed gives the same split."),
+    filtered: Path = typer.Option(paths.FILTERED_TABLE, help="The table from filter."),
+    out: Path = typer.Option(paths.SPLIT_TABLE, help="Output table."),
+    metrics: Path = typer.Option(paths.METRICS / "split.json", help="Metrics file."),
+):
+    split, stats = split_folds(read_parquet(filtered), n_folds=n_folds, new_fraction=new_fraction, seed=seed)
+    write_parquet(split, out)
+    write_json(stats, metrics)
+    print(f"split: {stats['individuals_known']} known individuals in {n_folds} folds, {stats['individuals_new']} held out as new")
+
+
+if __name__ == "__main__":
+    app()
