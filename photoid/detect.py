@@ -126,12 +126,12 @@ def train_detector(images: pd.DataFrame, out_dir: Path, cfg: DetectConfig, devic
     model = YOLO(cfg.model)
     model.train(data=str(data_yaml), epochs=cfg.epochs, imgsz=cfg.img_size, batch=cfg.batch,
                 device=0 if device == "cuda" else "cpu", workers=cfg.workers, seed=cfg.seed, deterministic=True,
-                project=str(out_dir), name="train", exist_ok=True, plots=False, val=False, verbose=False,
+                project=str(out_dir.resolve()), name="train", exist_ok=True, plots=False, val=False, verbose=False,
                 amp=device == "cuda", single_cls=True)
     weights = out_dir / "train" / "weights" / "last.pt"
     val = YOLO(str(weights)).val(data=str(data_yaml), split="val", imgsz=cfg.img_size, batch=cfg.batch,
                                  device=0 if device == "cuda" else "cpu", plots=False, verbose=False,
-                                 project=str(out_dir), name="val", exist_ok=True)
+                                 project=str(out_dir.resolve()), name="val", exist_ok=True)
     final = out_dir / "detector.pt"
     shutil.copy(weights, final)
     for leftover in ("dataset", "val", "train/weights"):
