@@ -49,8 +49,15 @@ def offline_ultralytics():
         os.environ.setdefault("YOLO_VERBOSE", "False")
     import matplotlib
     import ultralytics
+    import ultralytics.utils.patches
     import ultralytics.utils.torch_utils
+    from PIL import Image
     from ultralytics import settings
+
+    # ultralytics replaces PIL.Image.open process-wide with a version that, on any file Pillow
+    # cannot identify, tries to pip-install a HEIF plugin. photoid decodes every photo itself
+    # (photoid.images) and hands ultralytics only JPEGs it wrote, so Pillow's own open comes back.
+    Image.open = ultralytics.utils.patches._image_open
 
     # its plots label with Arial: give it a local font file instead of a download
     font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"

@@ -57,7 +57,7 @@ def main(
             stats.update(train_stats)
         else:
             detector = None
-            stats["detector"] = "none: the data set has no boxes and no detect.weights was given; every image keeps its full frame"
+            stats["detector"] = "none: no boxes in the data set and no detect.weights; full frame for every image"
         if detector is not None:
             boxes = detect.predict_boxes(table, detector, cfg, device)
         else:

@@ -32,6 +32,15 @@ def test_ultralytics_is_offline_with_integrations_off(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # wrote nothing into the working directory
 
 
+def test_ultralytics_leaves_image_checks_alone(tmp_path):
+    detect.offline_ultralytics()  # it patches PIL.Image.open on import; photoid undoes that
+    from photoid.images import check_image
+
+    p = tmp_path / "notes.jpg"
+    p.write_text("not a photo")
+    assert check_image(p).reason.startswith("not an image")
+
+
 def test_no_detection_above_threshold_falls_back_to_full_frame(photo):
     paths = [photo(f"p{i}.jpg", size=(96, 64)) for i in range(3)]
     images = pd.DataFrame([dict(image_id=p.name, path=str(p), width=96, height=64) for p in paths])

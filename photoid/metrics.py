@@ -1,0 +1,53 @@
+"""Retrieval metrics, each a small pure function (fast-reid style).
+
+- MAP@5 (Happywhale): per query ``1 / rank`` of the first correct of its five predictions, 0 if absent.
+- mAP@20 (Where's Whale-do): average precision over the top 20 database matches.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+NEW_INDIVIDUAL = "new_individual"
+
+
+def average_precision_at_k(predicted: Sequence[str], actual: str, k: int = 5) -> float:
+    """``1/rank`` of the first prediction equal to ``actual`` within the first ``k``; 0 if none."""
+    for rank, p in enumerate(list(predicted)[:k], start=1):
+        if p == actual:
+            return 1.0 / rank
+    return 0.0
+
+
+def map_at_k(predictions: Sequence[Sequence[str]], truth: Sequence[str], k: int = 5) -> float:
+    """Mean over queries of :func:`average_precision_at_k` (the Happywhale MAP@5 for k=5)."""
+    if len(predictions) != len(truth):
+        raise ValueError(f"{len(predictions)} prediction lists for {len(truth)} truths")
+    if len(truth) == 0:
+        return 0.0
+    return float(np.mean([average_precision_at_k(p, t, k) for p, t in zip(predictions, truth)]))
+
+
+def average_precision_at_n(relevant: Sequence[bool], n_relevant: int, n: int = 20) -> float:
+    """AP over the first ``n`` ranked database matches: mean of precision@i at each relevant i,
+    divided by min(n, number of relevant items in the database)."""
+    rel = np.asarray(relevant[:n], dtype=bool)
+    denom = min(n, n_relevant)
+    if denom == 0:
+        return 0.0
+    hits = np.cumsum(rel)
+    precision = hits / np.arange(1, len(rel) + 1)
+    return float((precision * rel).sum() / denom)
+
+
+def map_at_n(ranked_labels: Sequence[Sequence[str]], truth: Sequence[str], gallery_counts: dict[str, int],
+             n: int = 20) -> float:
+    """Mean AP@n over queries (the Where's Whale-do mAP@20); queries with no match in the database skipped."""
+    scores = []
+    for ranked, t in zip(ranked_labels, truth):
+        n_rel = gallery_counts.get(t, 0)
+        if n_rel:
+            scores.append(average_precision_at_n([r == t for r in ranked], n_rel, n))
+    return float(np.mean(scores)) if scores else 0.0
