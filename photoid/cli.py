@@ -33,3 +33,21 @@ def reports_data_errors(fn):
         return result
 
     return wrapper
+
+
+def as_bool(value: str, name: str) -> bool:
+    """A boolean option given as a value (dvc.yaml renders params as ``true``/``false``)."""
+    v = str(value).strip().lower()
+    if v in ("true", "1", "yes", "on"):
+        return True
+    if v in ("false", "0", "no", "off", ""):
+        return False
+    raise DataError(f"--{name} takes true or false, got {value!r}")
+
+
+def as_ints(value: str, name: str) -> tuple[int, ...]:
+    """A comma-separated list of integers (``3,6,9``)."""
+    try:
+        return tuple(int(v) for v in str(value).split(",") if v.strip())
+    except ValueError:
+        raise DataError(f"--{name} takes comma-separated integers like 3,6,9, got {value!r}") from None

@@ -31,3 +31,6 @@ CROPS_DIR = PROCESSED / "crops"
 FILTERED_TABLE = PROCESSED / "filtered.parquet"
 FILTERED_OUT_TABLE = PROCESSED / "filtered_out.parquet"
 SPLIT_TABLE = PROCESSED / "split.parquet"
+
+# training: resume state lives outside DVC outputs (DVC clears outputs before a stage runs)
+CHECKPOINTS = Path("checkpoints")

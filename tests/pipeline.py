@@ -14,12 +14,14 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "photoid", "data/raw/README.md", ".dvcignore", ".gitignore"]
 
-# The demo at its smallest: the whole data half of the pipeline in well under a minute.
+# The demo at its smallest: the whole pipeline in about a minute.
 TINY_PARAMS = {
     "data.demo.individuals": 6, "data.demo.new_individuals": 2, "data.demo.mean_images": 5.0,
     "data.demo.width": 160, "data.demo.height": 120,
     "detect.epochs": 2, "detect.img_size": 96, "detect.batch": 8,
     "crop.size": 64, "filter.min_samples": 3, "split.n_folds": 2,
+    "train.backbone": "resnet18", "train.img_size": 48, "train.batch_size": 8,
+    "backbone.epochs": 1, "dolg.epochs": 1, "dolg.embedding_dim": 32, "dolg.local_dim": 32,
 }
 
 

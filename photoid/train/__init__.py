@@ -1,0 +1,1 @@
+"""Training: the crop datasets and augmentations, and the one loop every training stage shares."""

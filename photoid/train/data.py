@@ -1,0 +1,57 @@
+"""Crop datasets and the augmentations that suit fins and flukes.
+
+Augmentations: random scale and aspect (RandomResizedCrop), small shift and tilt, colour and
+exposure jitter, blur; horizontal flip only if asked (a flipped left side looks like a right
+side, which helps when both sides are photographed and hurts when only one is).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms import v2
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def train_transform(img_size: int, hflip: bool = False) -> v2.Compose:
+    steps = [
+        v2.RandomResizedCrop(img_size, scale=(0.7, 1.0), ratio=(0.8, 1.25), antialias=True),
+        v2.RandomAffine(degrees=10, translate=(0.05, 0.05)),
+        v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.2, hue=0.02),
+        v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.2),
+    ]
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
+
+
+def eval_transform(img_size: int) -> v2.Compose:
+    return v2.Compose([v2.Resize((img_size, img_size), antialias=True), v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize(MEAN, STD)])
+
+
+def decode(path: str) -> torch.Tensor:
+    return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+
+
+class CropDataset(Dataset):
+    """Crops with integer labels (-1 for unlabelled). ``preload`` decodes every crop once into memory
+    (uint8), so epochs after the first pay no JPEG decoding."""
+
+    def __init__(self, paths, labels=None, transform=None, preload: bool = False):
+        self.paths = [str(p) for p in paths]
+        self.labels = np.full(len(self.paths), -1, np.int64) if labels is None else np.asarray(labels, np.int64)
+        self.transform = transform
+        self.images = [decode(p) for p in self.paths] if preload else None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        img = self.images[i] if self.images is not None else decode(self.paths[i])
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, int(self.labels[i])

@@ -1,0 +1,198 @@
+"""What train-backbone and train-dolg do for one fold, on top of the shared loop.
+
+train-backbone: the timm backbone as a plain classifier over the fold's training individuals,
+label-smoothing cross-entropy, one-cycle AdamW; validated by accuracy on the fold's known
+validation images.
+
+train-dolg: DOLG on that backbone (its weights loaded), ArcFace with adaptive margins from the
+class counts, discriminative LRs (backbone < DOLG < neck; the head its own, higher one);
+validated by MAP@5 of the fold's validation images (known + held-out new) against its training
+images, with the pooled features of the plain backbone scored the same way for comparison.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from photoid.data.split import fold_view
+from photoid.models import create_model, load_model, save_model
+from photoid.models.arcface import adaptive_margins
+from photoid.retrieval import evaluate
+from photoid.runtime import seed_everything
+from photoid.train.data import CropDataset, eval_transform, train_transform
+from photoid.train.loop import TrainConfig, config_key, fit
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class FoldData:
+    train: pd.DataFrame
+    val: pd.DataFrame
+    classes: list[str]
+
+    @classmethod
+    def of(cls, split: pd.DataFrame, fold: int) -> "FoldData":
+        if fold not in set(split["fold"]):
+            raise ValueError(f"fold {fold} is not in the split (folds {sorted(set(split.fold) - {-1})}): "
+                             "check train.folds against split.n_folds in params.yaml.")
+        train, val = fold_view(split, fold)
+        return cls(train.reset_index(drop=True), val.reset_index(drop=True), sorted(train["individual"].unique()))
+
+    def labels(self, rows: pd.DataFrame) -> np.ndarray:
+        index = {c: i for i, c in enumerate(self.classes)}
+        return np.array([index.get(ind, -1) for ind in rows["individual"]], dtype=np.int64)
+
+    def digest(self) -> list:
+        return [self.train["image_id"].tolist(), self.train["individual"].tolist(), self.val["image_id"].tolist()]
+
+
+@torch.no_grad()
+def embed_paths(model_embed, paths, img_size: int, batch_size: int = 64, flip_tta: bool = False,
+                device: torch.device | None = None, desc: str = "embedding") -> np.ndarray:
+    """Embeddings (float32) of the crops at ``paths``; with ``flip_tta`` the mean of the L2-normalised
+    original and horizontally flipped embeddings."""
+    ds = CropDataset(paths, transform=eval_transform(img_size))
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
+    device = device or torch.device("cpu")
+    out = []
+    for x, _ in tqdm(loader, desc=desc, unit="batch", leave=False):
+        x = x.to(device)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            e = F.normalize(model_embed(x).float(), dim=1)
+            if flip_tta:
+                e = F.normalize(e + F.normalize(model_embed(torch.flip(x, dims=[3])).float(), dim=1), dim=1)
+        out.append(e.cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def fold_retrieval_metrics(model_embed, data: FoldData, img_size: int, device=None) -> dict:
+    gallery = embed_paths(model_embed, data.train["crop_path"], img_size, device=device, desc="gallery")
+    queries = embed_paths(model_embed, data.val["crop_path"], img_size, device=device, desc="queries")
+    return evaluate(queries, data.val["individual"].to_numpy(), gallery, data.train["individual"].to_numpy())
+
+
+@dataclass
+class BackboneParams:
+    backbone: str = "efficientnet_b0"
+    pretrained: bool = False
+    img_size: int = 96
+    hflip: bool = False
+    preload: bool = True
+    epochs: int = 8
+    lr: float = 3e-3
+    head_lr_mult: float = 10.0
+    label_smoothing: float = 0.1
+    drop_rate: float = 0.2
+
+
+def train_backbone(split: pd.DataFrame, fold: int, p: BackboneParams, cfg: TrainConfig, out: Path,
+                   state_dir: Path | None, log=None, stop_after=None) -> dict:
+    data = FoldData.of(split, fold)
+    config = dict(kind="classifier", backbone=p.backbone, n_classes=len(data.classes), pretrained=p.pretrained,
+                  drop_rate=p.drop_rate)
+    seed_everything(cfg.seed)  # the initial weights too: the same params give the same model
+    model = create_model(config)
+    ds = CropDataset(data.train["crop_path"], data.labels(data.train), train_transform(p.img_size, p.hflip), p.preload)
+    known_val = data.val[~data.val["is_new"]]
+    val_x = CropDataset(known_val["crop_path"], data.labels(known_val), eval_transform(p.img_size))
+    val_loader = DataLoader(val_x, batch_size=64)
+
+    def validate(m, epoch):
+        correct, loss, n = 0, 0.0, 0
+        dev = next(m.parameters()).device
+        for x, y in val_loader:
+            logits = m(x.to(dev)).float()
+            y = y.to(dev)
+            loss += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(1) == y).sum().item()
+            n += len(y)
+        return {"val_accuracy": correct / max(n, 1), "val_loss": loss / max(n, 1)}
+
+    cfg.lrs = {"backbone": p.lr, "head": p.lr * p.head_lr_mult}
+    smoothing = p.label_smoothing
+    key = config_key("backbone", asdict(p), asdict(cfg), config, data.digest())
+    history = fit(model, lambda m, x, y: F.cross_entropy(m(x), y, label_smoothing=smoothing), ds, cfg, state_dir, key,
+                  on_epoch_end=validate, log=log, stop_after=stop_after)
+    if not history:  # not rank 0 of a multi-process run: rank 0 writes
+        return {}
+    save_model(out, model, config, {"classes": data.classes, "img_size": p.img_size, "fold": fold})
+    return {"fold": fold, "classes": len(data.classes), "train_images": len(data.train),
+            **{k: history[-1][k] for k in ("val_accuracy", "val_loss", "train_loss", "img_per_s")}}
+
+
+@dataclass
+class DolgParams:
+    embedding_dim: int = 256
+    local_dim: int = 256
+    dilations: tuple = (3, 6, 9)
+    margin_rule: str = "minmax"
+    margin_min: float = 0.05
+    margin_max: float = 0.35
+    margin_a: float = 0.271
+    margin_p: float = -0.364
+    margin_b: float = 0.05
+    scale: float = 30.0
+    subcenters: int = 2
+    epochs: int = 10
+    lr_backbone: float = 3e-4
+    lr_dolg: float = 1e-3
+    lr_neck: float = 1e-3
+    lr_head: float = 1e-2
+    drop_rate: float = 0.1
+
+
+def train_dolg(split: pd.DataFrame, fold: int, backbone_ckpt: Path, bp: BackboneParams, p: DolgParams,
+               cfg: TrainConfig, out: Path, state_dir: Path | None, log=None, stop_after=None,
+               extra_rows: pd.DataFrame | None = None) -> dict:
+    """``extra_rows`` (retrain): more labelled training rows (pseudo-labels) for this fold."""
+    data = FoldData.of(split, fold)
+    if extra_rows is not None and len(extra_rows):
+        data = FoldData(pd.concat([data.train, extra_rows], ignore_index=True), data.val, data.classes)
+    backbone_model, backbone = load_model(backbone_ckpt)
+    counts = data.train["individual"].value_counts().reindex(data.classes).to_numpy()
+    margins = adaptive_margins(counts, p.margin_rule, m_min=p.margin_min, m_max=p.margin_max, a=p.margin_a,
+                               p=p.margin_p, b=p.margin_b)
+    config = dict(kind="dolg", backbone=bp.backbone, embedding_dim=p.embedding_dim, local_dim=p.local_dim,
+                  dilations=list(p.dilations), n_classes=len(data.classes), margins=margins.tolist(), scale=p.scale,
+                  subcenters=p.subcenters, drop_rate=p.drop_rate)
+    seed_everything(cfg.seed)
+    model = create_model(config)
+    model.dolg.backbone.load_state_dict(backbone_model.backbone.state_dict())  # same timm modules, strict
+    ds = CropDataset(data.train["crop_path"], data.labels(data.train), train_transform(bp.img_size, bp.hflip), bp.preload)
+
+    def validate(m, epoch):
+        return {f"val_{k}": v for k, v in fold_retrieval_metrics(m.embed, data, bp.img_size,
+                                                                 next(m.parameters()).device).items()}
+
+    cfg.lrs = {"backbone": p.lr_backbone, "dolg": p.lr_dolg, "neck": p.lr_neck, "head": p.lr_head}
+    key = config_key("dolg", asdict(bp), asdict(p), asdict(cfg), config, data.digest(), file_digest(backbone_ckpt),
+                     extra_rows["image_id"].tolist() if extra_rows is not None else [])
+    history = fit(model, lambda m, x, y: F.cross_entropy(m(x, y), y), ds, cfg, state_dir, key,
+                  on_epoch_end=validate, log=log, stop_after=stop_after)
+    if not history:
+        return {}
+    save_model(out, model, config, {"classes": data.classes, "img_size": bp.img_size, "fold": fold})
+    backbone_model.eval()
+    plain = fold_retrieval_metrics(backbone_model.embed, data, bp.img_size)
+    last = history[-1]
+    return {"fold": fold, "classes": len(data.classes), "train_images": len(data.train),
+            "val_map5": last["val_map5"], "val_top1": last["val_top1"], "val_threshold": last["val_threshold"],
+            "backbone_val_map5": plain["map5"], "backbone_val_top1": plain["top1"],
+            "train_loss": last["train_loss"], "img_per_s": last["img_per_s"]}
