@@ -101,6 +101,8 @@ def main(backbone: str = typer.Option("efficientnet_b0", help="timm model name."
         print(f"{label:<40} {r['img_per_s']:>8.1f} {r['peak_mb']:>9.0f}   ({r['device']})", flush=True)
     a, b = rows.values()
     print(f"speed-up: {b['img_per_s'] / a['img_per_s']:.2f}x")
+    if a["device"] == "cpu":
+        print("peak MB on a CPU is the process's resident high-water mark, so the second row includes the first")
 
 
 if __name__ == "__main__":
