@@ -18,7 +18,7 @@ INGEST_DIR = INTERIM / "ingest"
 IMAGES_TABLE = INGEST_DIR / "images.parquet"  # the canonical table, see photoid.data.schema
 REJECTED_TABLE = INGEST_DIR / "rejected.parquet"
 TEST_TRUTH_TABLE = INGEST_DIR / "test_truth.parquet"  # only evaluation reads it
-DEMO_DIR = RAW / "demo"  # the generated demo data set
+DEMO_DIR = INGEST_DIR / "demo"  # the generated demo data set (Happywhale layout)
 
 # detect
 DETECT_MODEL_DIR = MODELS / "detector"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 
 import numpy as np
@@ -22,10 +21,3 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
 
-
-def use_all_cores() -> None:
-    """Undo ``OMP_NUM_THREADS=1``, which ``import ultralytics`` sets when it is unset: on a CPU box
-    torch would then train on one core."""
-    import torch
-
-    torch.set_num_threads(os.cpu_count() or 1)

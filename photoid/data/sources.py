@@ -25,7 +25,6 @@ import numpy as np
 import pandas as pd
 
 from photoid.data.schema import BOX_COLUMNS, LISTING_COLUMNS, TEST, TRAIN, UNKNOWN_SPECIES, normalise_species
-from photoid.images import IMAGE_EXTENSIONS
 
 MAX_LISTED = 10  # how many offending rows an error message lists
 
