@@ -9,7 +9,6 @@ data set of 5000-pixel photos never sits in memory.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 

@@ -52,7 +52,7 @@ def main(
     curves = curves or paths.METRICS / "curves" / "backbone" / f"fold{fold}"
     state_dir = state_dir or paths.CHECKPOINTS / "backbone" / f"fold{fold}"
     p = BackboneParams(backbone=backbone, pretrained=as_bool(pretrained, "pretrained"), img_size=img_size,
-                       hflip=as_bool(hflip, "hflip"), preload=as_bool(preload, "preload"), epochs=epochs, lr=lr,
+                       hflip=as_bool(hflip, "hflip"), preload=as_bool(preload, "preload"), lr=lr,
                        head_lr_mult=head_lr_mult, label_smoothing=label_smoothing)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, weight_decay=weight_decay, grad_accum=grad_accum,
                       clip_norm=clip_norm, seed=seed, workers=workers, compile=as_bool(compile, "compile"))

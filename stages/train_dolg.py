@@ -67,7 +67,7 @@ def main(
                         preload=as_bool(preload, "preload"))
     p = DolgParams(embedding_dim=embedding_dim, local_dim=local_dim, dilations=as_ints(dilations, "dilations"),
                    margin_rule=margin_rule, margin_min=margin_min, margin_max=margin_max, margin_a=margin_a,
-                   margin_p=margin_p, margin_b=margin_b, scale=scale, subcenters=subcenters, epochs=epochs,
+                   margin_p=margin_p, margin_b=margin_b, scale=scale, subcenters=subcenters,
                    lr_backbone=lr_backbone, lr_dolg=lr_dolg, lr_neck=lr_neck, lr_head=lr_head)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, weight_decay=weight_decay, grad_accum=grad_accum,
                       clip_norm=clip_norm, seed=seed, workers=workers, compile=as_bool(compile, "compile"))

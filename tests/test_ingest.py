@@ -4,7 +4,6 @@ with a message that names the file, row or column."""
 import pandas as pd
 import pytest
 
-from photoid.data import sources
 from photoid.data.ingest import attach_boxes, ingest, read_source
 from photoid.data.sources import DataError
 

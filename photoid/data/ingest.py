@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 
@@ -11,7 +10,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from photoid.data.schema import BOX_COLUMNS, IMAGE_COLUMNS, REJECTED_COLUMNS, TEST, TRAIN
-from photoid.data.sources import DataError, _fail_rows
+from photoid.data.sources import DataError, rows_error
 from photoid.images import ImageCheck, check_image
 
 
@@ -27,11 +26,11 @@ def check_images(paths: list[str], workers: int = 1, progress: bool = True) -> l
 def attach_boxes(listing: pd.DataFrame, boxes: pd.DataFrame, source: str) -> pd.DataFrame:
     unknown = sorted(set(boxes.image_id) - set(listing.image_id))
     if unknown:
-        raise _fail_rows(f"{source}: boxes for images that are not in the data set", unknown,
+        raise rows_error(f"{source}: boxes for images that are not in the data set", unknown,
                          "Remove those rows from the box file or add the images.")
     dup = sorted(boxes.image_id[boxes.image_id.duplicated()].unique())
     if dup:
-        raise _fail_rows(f"{source}: more than one box for an image", dup, "Keep one box per image (the animal to identify).")
+        raise rows_error(f"{source}: more than one box for an image", dup, "Keep one box per image (the animal to identify).")
     out = listing.drop(columns=BOX_COLUMNS).merge(boxes, on="image_id", how="left")
     return out[listing.columns]
 
@@ -99,7 +98,7 @@ def check_truth(truth: pd.DataFrame, images: pd.DataFrame, rejected: pd.DataFram
     test_ids = set(images.image_id[images.part == TEST]) | set(rejected.image_id[rejected.part == TEST])
     unknown = sorted(set(truth.image_id) - test_ids)
     if unknown:
-        raise _fail_rows(f"{source}: truth for images that are not test images of this data set", unknown,
+        raise rows_error(f"{source}: truth for images that are not test images of this data set", unknown,
                          "data.test_truth must list test images only; fix or remove those rows.")
     return truth[truth.image_id.isin(images.image_id)].reset_index(drop=True)
 

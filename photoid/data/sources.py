@@ -57,7 +57,7 @@ def _visible_files(folder: Path) -> list[Path]:
     return out
 
 
-def _fail_rows(problem: str, where: list[str], todo: str) -> DataError:
+def rows_error(problem: str, where: list[str], todo: str) -> DataError:
     shown = "\n  ".join(where[:MAX_LISTED])
     more = f"\n  … and {len(where) - MAX_LISTED} more" if len(where) > MAX_LISTED else ""
     return DataError(f"{problem} ({len(where)}):\n  {shown}{more}\n{todo}")
@@ -96,7 +96,7 @@ def _check_labels(df: pd.DataFrame, path: Path, columns: list[str]) -> None:
     bad = [f"{path} line {i + 2}: empty '{c}'"
            for c in columns for i in np.flatnonzero(df[c].to_numpy() == "")]
     if bad:
-        raise _fail_rows(f"{path}: empty labels", sorted(bad),
+        raise rows_error(f"{path}: empty labels", sorted(bad),
                          "Fill in the label or delete the row (a photo without an individual belongs in the test folder).")
 
 
@@ -104,14 +104,14 @@ def _check_duplicates(listing: pd.DataFrame) -> None:
     dup = listing[listing.duplicated("image_id", keep=False)].sort_values("image_id")
     if len(dup):
         where = [f"{r.image_id}: {r.origin}" for r in dup.itertuples()]
-        raise _fail_rows("duplicate image ids", where,
+        raise rows_error("duplicate image ids", where,
                          "Each image must be listed once: remove the repeated rows, or rename files that share a name.")
 
 
 def _check_missing(listing: pd.DataFrame) -> None:
     missing = [f"{r.path} ({r.origin})" for r in listing.itertuples() if not os.path.exists(r.path)]
     if missing:
-        raise _fail_rows("label rows whose image file does not exist", missing,
+        raise rows_error("label rows whose image file does not exist", missing,
                          "Fix the file names in the label file or add the images; check data.root in params.yaml.")
 
 
@@ -228,12 +228,12 @@ def read_boxes(path: str | os.PathLike) -> pd.DataFrame:
         values = pd.to_numeric(df[used[short]], errors="coerce")
         bad = np.flatnonzero(values.isna().to_numpy())
         if len(bad):
-            raise _fail_rows(f"{path}: box coordinates that are not numbers", [f"line {i + 2}" for i in bad],
+            raise rows_error(f"{path}: box coordinates that are not numbers", [f"line {i + 2}" for i in bad],
                              "Give numeric pixel coordinates, or remove the row (the image then has no box).")
         out[col] = values.astype(np.float64)
     bad = out[(out.box_x2 <= out.box_x1) | (out.box_y2 <= out.box_y1)]
     if len(bad):
-        raise _fail_rows(f"{path}: boxes with x2 <= x1 or y2 <= y1", [f"line {i + 2}: {r.image_id}" for i, r in bad.iterrows()],
+        raise rows_error(f"{path}: boxes with x2 <= x1 or y2 <= y1", [f"line {i + 2}: {r.image_id}" for i, r in bad.iterrows()],
                          "Boxes are x1, y1 (top left), x2, y2 (bottom right) in pixels.")
     return out
 

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -95,7 +94,6 @@ class BackboneParams:
     img_size: int = 96
     hflip: bool = False
     preload: bool = True
-    epochs: int = 8
     lr: float = 3e-3
     head_lr_mult: float = 10.0
     label_smoothing: float = 0.1
@@ -150,7 +148,6 @@ class DolgParams:
     margin_b: float = 0.05
     scale: float = 30.0
     subcenters: int = 2
-    epochs: int = 10
     lr_backbone: float = 3e-4
     lr_dolg: float = 1e-3
     lr_neck: float = 1e-3
@@ -165,7 +162,7 @@ def train_dolg(split: pd.DataFrame, fold: int, backbone_ckpt: Path, bp: Backbone
     data = FoldData.of(split, fold)
     if extra_rows is not None and len(extra_rows):
         data = FoldData(pd.concat([data.train, extra_rows], ignore_index=True), data.val, data.classes)
-    backbone_model, backbone = load_model(backbone_ckpt)
+    backbone_model, _ = load_model(backbone_ckpt)
     counts = data.train["individual"].value_counts().reindex(data.classes).to_numpy()
     margins = adaptive_margins(counts, p.margin_rule, m_min=p.margin_min, m_max=p.margin_max, a=p.margin_a,
                                p=p.margin_p, b=p.margin_b)
@@ -189,8 +186,9 @@ def train_dolg(split: pd.DataFrame, fold: int, backbone_ckpt: Path, bp: Backbone
     if not history:
         return {}
     save_model(out, model, config, {"classes": data.classes, "img_size": bp.img_size, "fold": fold})
-    backbone_model.eval()
-    plain = fold_retrieval_metrics(backbone_model.embed, data, bp.img_size)
+    device = next(model.parameters()).device  # score the plain backbone where DOLG was trained
+    backbone_model.to(device).eval()
+    plain = fold_retrieval_metrics(backbone_model.embed, data, bp.img_size, device)
     last = history[-1]
     return {"fold": fold, "classes": len(data.classes), "train_images": len(data.train),
             "val_map5": last["val_map5"], "val_top1": last["val_top1"], "val_threshold": last["val_threshold"],
