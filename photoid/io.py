@@ -73,3 +73,15 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def copy_artifact(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy a file or folder to ``dst`` atomically (a pass-through output)."""
+    src = Path(src)
+    if not src.exists():
+        raise FileNotFoundError(f"{src} does not exist: run the stage that writes it first (`dvc repro`).")
+    with atomic_path(dst) as tmp:
+        if src.is_dir():
+            shutil.copytree(src, tmp)
+        else:
+            shutil.copy2(src, tmp)

@@ -34,3 +34,12 @@ SPLIT_TABLE = PROCESSED / "split.parquet"
 
 # training: resume state lives outside DVC outputs (DVC clears outputs before a stage runs)
 CHECKPOINTS = Path("checkpoints")
+
+# embed, retrain: one embedding set per fold (see photoid.embed)
+CROPS_TABLE = CROPS_DIR / "crops.parquet"
+EMBEDDINGS = PROCESSED / "embeddings"  # dolg/fold<k> (embed), retrain/fold<k> (retrain)
+
+# pseudo-label, knn-rank
+PSEUDO_TABLE = PROCESSED / "pseudo_labels.parquet"
+PREDICTIONS_TABLE = PROCESSED / "predictions.parquet"
+SUBMISSION = PROCESSED / "submission.csv"

@@ -3,7 +3,8 @@
 - similarity: inner product of L2-normalised float32 vectors (cosine);
 - the score of an individual for a query: its best similarity over that individual's gallery images;
 - ``new_individual`` is inserted where its threshold beats the next score;
-- the threshold is tuned on held-out individuals by maximising MAP@5.
+- the threshold is tuned on held-out individuals by maximising MAP@5;
+- a fold ensemble averages the folds' similarities (:func:`fold_ensemble`).
 
 This module works on neighbour lists (the top-K gallery matches of each query), so that the same
 code ranks a dense similarity matrix (K = gallery size) and a faiss search.
@@ -23,14 +24,51 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def _faiss_index(dim: int):
+    """A flat inner-product index: on the GPU when faiss-gpu is installed and sees one, else on the CPU."""
+    import faiss
+
+    index = faiss.IndexFlatIP(dim)
+    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+        index = faiss.index_cpu_to_all_gpus(index)
+    return index
+
+
 def neighbours(queries: np.ndarray, gallery: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` cosine neighbours by brute force: (similarities Q×k, gallery indices Q×k), best first."""
-    sims = l2_normalise(queries) @ l2_normalise(gallery).T
-    k = min(k, sims.shape[1])
-    idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-    part = np.take_along_axis(sims, idx, axis=1)
-    order = np.argsort(-part, axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1), np.take_along_axis(idx, order, axis=1)
+    """Top-``k`` cosine neighbours, exact (faiss ``IndexFlatIP`` on L2-normalised float32 vectors):
+    (similarities Q×k, gallery indices Q×k), best first. ``k`` is capped at the gallery size."""
+    queries, gallery = l2_normalise(queries), l2_normalise(gallery)
+    k = min(k, len(gallery))
+    if len(queries) == 0 or k == 0:
+        return np.zeros((len(queries), k), np.float32), np.zeros((len(queries), k), np.int64)
+    index = _faiss_index(gallery.shape[1])
+    index.add(np.ascontiguousarray(gallery))
+    sims, idx = index.search(np.ascontiguousarray(queries), k)
+    return sims, idx.astype(np.int64)
+
+
+def fold_ensemble(per_fold: list[np.ndarray]) -> np.ndarray:
+    """Concatenate the folds' L2-normalised vectors of the same items, scaled by 1/sqrt(F): the inner
+    product of two such vectors is the mean over folds of their cosine similarities (the fold ensemble)."""
+    return np.concatenate([l2_normalise(v) for v in per_fold], axis=1) / np.sqrt(len(per_fold))
+
+
+def ranked_images(idx: np.ndarray, owners: np.ndarray, labels: np.ndarray, n: int = 20) -> list[list[str]]:
+    """Image-level ranking (for mAP@n): the individual of each of the first ``n`` distinct gallery images,
+    best first. ``owners`` maps a gallery entry to its image (an image and its flip are one image)."""
+    out = []
+    for row in idx:
+        seen: set = set()
+        ranked = []
+        for j in row:
+            if j < 0 or owners[j] in seen:
+                continue
+            seen.add(owners[j])
+            ranked.append(labels[j])
+            if len(ranked) == n:
+                break
+        out.append(ranked)
+    return out
 
 
 @dataclass
@@ -60,26 +98,88 @@ def individual_candidates(sims: np.ndarray, idx: np.ndarray, gallery_labels: np.
     return Candidates(labels, scores)
 
 
-def predict(candidates: Candidates, threshold: float, k: int = 5) -> list[list[str]]:
-    """Top-``k`` predictions with ``new_individual`` placed before the first score below ``threshold``."""
+def predict(candidates: Candidates, threshold, k: int = 5) -> list[list[str]]:
+    """Top-``k`` predictions with ``new_individual`` placed before the first score below ``threshold``
+    (one threshold, or one per query)."""
+    thresholds = np.broadcast_to(np.asarray(threshold, dtype=np.float32), (len(candidates.labels),))  # as the scores
     out = []
-    for labels, scores in zip(candidates.labels, candidates.scores):
+    for labels, scores, t in zip(candidates.labels, candidates.scores, thresholds):
         known = [lab for lab, s in zip(labels, scores) if lab != ""]
-        pos = int(np.sum(scores[: len(known)] >= threshold))
+        pos = int(np.sum(scores[: len(known)] >= t))
         out.append((known[:pos] + [NEW_INDIVIDUAL] + known[pos:])[:k])
     return out
 
 
+def threshold_grid(candidates: Candidates, max_points: int = 2000) -> np.ndarray:
+    """Thresholds worth trying: MAP@k only changes where a threshold crosses a candidate score, so the
+    midpoints between consecutive distinct scores, one below the lowest and one above the highest
+    (thinned to ``max_points`` quantiles on large sets)."""
+    s = np.unique(candidates.scores[np.isfinite(candidates.scores)].astype(np.float64))
+    if len(s) == 0:
+        return np.array([0.0])
+    if len(s) > max_points:
+        s = np.unique(np.quantile(s, np.linspace(0, 1, max_points)))
+    return np.concatenate([[s[0] - 1e-3], (s[:-1] + s[1:]) / 2, [s[-1] + 1e-3]])
+
+
+def map_for_thresholds(candidates: Candidates, truth: list[str], grid: np.ndarray, k: int = 5) -> np.ndarray:
+    """MAP@k of :func:`predict` at every threshold of ``grid`` at once (vectorised; equal to
+    ``map_at_k(predict(candidates, t, k), truth, k)`` for each t)."""
+    labels, scores = candidates.labels, candidates.scores
+    if len(truth) == 0:
+        return np.zeros(len(grid))
+    n_known = (labels != "").sum(axis=1)  # (Q,)
+    hit = labels == np.asarray(truth, dtype=object)[:, None]
+    rank = np.where(hit.any(axis=1), hit.argmax(axis=1) + 1, 0)  # 1-based among known candidates, 0 if absent
+    is_new = np.array([t == NEW_INDIVIDUAL for t in truth])
+    grid = np.asarray(grid, np.float32)  # compared as predict compares: in the scores' precision
+    out = np.empty(len(grid))
+    step = max(1, int(2e7 // max(scores.size, 1)))  # bounds the (G, Q, n) comparison in memory
+    for a in range(0, len(grid), step):
+        g = grid[a:a + step]
+        pos = (scores[None, :, :] >= g[:, None, None]).sum(axis=2)  # (G, Q)
+        pos = np.minimum(pos, n_known[None, :])  # knowns above the threshold; new_individual goes at pos + 1
+        final = np.where(is_new[None, :], pos + 1, np.where(rank[None, :] <= pos, rank[None, :], rank[None, :] + 1))
+        ap = np.where((final <= k) & ((rank[None, :] > 0) | is_new[None, :]), 1.0 / np.maximum(final, 1), 0.0)
+        out[a:a + step] = ap.mean(axis=1)
+    return out
+
+
 def tune_threshold(candidates: Candidates, truth: list[str], grid: np.ndarray | None = None, k: int = 5) -> tuple[float, float]:
-    """The threshold (from ``grid``) that maximises MAP@k; ties go to the lowest. Returns (threshold, MAP@k)."""
-    if grid is None:
-        grid = np.round(np.arange(-0.2, 1.0001, 0.01), 4)
-    best_t, best = float(grid[0]), -1.0
-    for t in grid:
-        score = map_at_k(predict(candidates, float(t), k), truth, k)
-        if score > best + 1e-12:
-            best_t, best = float(t), score
-    return best_t, best
+    """The threshold (from ``grid``, by default every one that makes a difference) that maximises MAP@k;
+    ties go to the lowest. Returns (threshold, MAP@k)."""
+    grid = threshold_grid(candidates) if grid is None else np.asarray(grid)
+    scores = map_for_thresholds(candidates, truth, grid, k)
+    best = int(np.argmax(scores))  # the first (lowest) of equal maxima
+    return float(grid[best]), float(scores[best])
+
+
+def tune_species_thresholds(candidates: Candidates, truth: list[str], species, min_queries: int = 10,
+                            grid: np.ndarray | None = None, k: int = 5) -> tuple[float, dict[str, float]]:
+    """One threshold over all queries and one per species that has at least ``min_queries`` queries
+    (each tuned on that species' queries alone); other species use the global one."""
+    species = np.asarray(species)
+    overall, _ = tune_threshold(candidates, truth, grid, k)
+    per_species = {}
+    for sp in sorted(set(species.tolist())):
+        mask = species == sp
+        if mask.sum() >= min_queries:
+            sub = Candidates(candidates.labels[mask], candidates.scores[mask])
+            per_species[sp], _ = tune_threshold(sub, [t for t, m in zip(truth, mask) if m], grid, k)
+    return overall, per_species
+
+
+def new_individual_precision_recall(predictions: list[list[str]], truth: list[str]) -> tuple[float, float]:
+    """Precision and recall of ``new_individual`` as the first prediction."""
+    said_new = np.array([bool(p) and p[0] == NEW_INDIVIDUAL for p in predictions])
+    is_new = np.array([t == NEW_INDIVIDUAL for t in truth])
+    precision = float((said_new & is_new).sum() / said_new.sum()) if said_new.any() else 0.0
+    recall = float((said_new & is_new).sum() / is_new.sum()) if is_new.any() else 0.0
+    return precision, recall
+
+
+def concat_candidates(parts: list[Candidates]) -> Candidates:
+    return Candidates(np.concatenate([c.labels for c in parts]), np.concatenate([c.scores for c in parts]))
 
 
 def query_truth(query_labels, gallery_labels) -> list[str]:

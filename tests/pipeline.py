@@ -21,7 +21,7 @@ TINY_PARAMS = {
     "detect.epochs": 2, "detect.img_size": 96, "detect.batch": 8,
     "crop.size": 64, "filter.min_samples": 3, "split.n_folds": 2,
     "train.backbone": "resnet18", "train.img_size": 48, "train.batch_size": 8,
-    "backbone.epochs": 1, "dolg.epochs": 1, "dolg.embedding_dim": 32, "dolg.local_dim": 32,
+    "backbone.epochs": 1, "dolg.epochs": 1, "dolg.embedding_dim": 32, "dolg.local_dim": 32, "retrain.epochs": 1,
 }
 
 
@@ -66,6 +66,7 @@ def make_project(dest: Path, params: dict | None = None) -> Path:
     set_params(dest / "params.yaml", {**TINY_PARAMS, **(params or {})})
     run(["git", "init", "-q"], dest)
     run([sys.executable, "-m", "dvc", "init", "-q"], dest)
+    shutil.copy(REPO / ".dvc" / "config", dest / ".dvc" / "config")  # the project's settings (parsing.list = append)
     run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], dest)
     run(["git", "add", "-A"], dest)
     run(["git", "commit", "-qm", "project"], dest)

@@ -55,10 +55,100 @@ def test_threshold_search_finds_a_planted_threshold():
     scores = np.stack([top, top - 0.05, top - 0.1, top - 0.15, top - 0.2], axis=1).astype(np.float32)
     truth = [NEW_INDIVIDUAL if new else f"i{q}" for q, new in enumerate(is_new)]
     t, score = tune_threshold(Candidates(labels, scores), truth)
-    assert 0.5 <= t <= 0.6 + 1e-9 and score == pytest.approx(1.0)
+    # perfect exactly when every new query's best score is below t and every known one's is not
+    assert top[is_new].max() < t <= top[~is_new].min() and score == pytest.approx(1.0)
+    t_grid, _ = tune_threshold(Candidates(labels, scores), truth, grid=np.arange(0, 1.0001, 0.01))
+    assert 0.5 <= t_grid <= 0.6 + 1e-9
 
 
 def test_neighbours_are_cosine_best_first():
     g = np.array([[1, 0], [0, 1], [1, 1]], np.float32)
     sims, idx = neighbours(np.array([[2, 0.1]], np.float32), g, 3)
     assert idx[0].tolist() == [0, 2, 1] and sims[0, 0] == pytest.approx(0.99875, abs=1e-4)
+
+
+def test_vectorised_threshold_search_equals_predict_then_map5():
+    """map_for_thresholds must score every threshold exactly as predict + map_at_k would."""
+    from photoid.retrieval import map_for_thresholds, threshold_grid
+
+    rng = np.random.default_rng(1)
+    q, pool = 60, ["a", "b", "c", "d", "e", "f", "g"]
+    labels = np.array([rng.choice(pool, 5, replace=False) for _ in range(q)], dtype=object)
+    labels[:5, 3:] = ""  # fewer than five known candidates
+    scores = -np.sort(-rng.uniform(0, 1, (q, 5)), axis=1).astype(np.float32)
+    scores[labels == ""] = -np.inf
+    truth = [rng.choice(pool + [NEW_INDIVIDUAL] * 3) for _ in range(q)]
+    cands = Candidates(labels, scores)
+    grid = threshold_grid(cands)
+    fast = map_for_thresholds(cands, truth, grid)
+    slow = [map_at_k(predict(cands, float(t)), truth) for t in grid]
+    assert np.allclose(fast, slow)
+
+
+def test_a_score_equal_to_the_threshold_stays_known_and_tied_individuals_keep_their_order():
+    sims = np.array([[0.7, 0.7, 0.5]])
+    idx = np.array([[0, 1, 2]])
+    c = individual_candidates(sims, idx, np.array(["a", "b", "c"]), n=5)
+    assert c.labels[0, :3].tolist() == ["a", "b", "c"]  # a tie keeps the neighbour order
+    assert predict(c, 0.7) == [["a", "b", NEW_INDIVIDUAL, "c"]]
+
+
+def test_per_species_thresholds_find_each_planted_threshold():
+    from photoid.retrieval import tune_species_thresholds
+
+    rng = np.random.default_rng(2)
+    n = 300
+    species = np.where(np.arange(n) % 2 == 0, "beluga", "humpback")
+    is_new = rng.random(n) < 0.4
+    cut = np.where(species == "beluga", 0.3, 0.7)  # belugas score lower overall
+    top = np.where(is_new, cut - rng.uniform(0.02, 0.2, n), cut + rng.uniform(0.02, 0.2, n))
+    labels = np.array([[f"i{q}", "x", "y", "z", "w"] for q in range(n)], dtype=object)
+    scores = np.stack([top - 0.01 * j for j in range(5)], axis=1).astype(np.float32)
+    truth = [NEW_INDIVIDUAL if new else f"i{q}" for q, new in enumerate(is_new)]
+    overall, per = tune_species_thresholds(Candidates(labels, scores), truth, species, min_queries=10)
+    assert abs(per["beluga"] - 0.3) <= 0.021 and abs(per["humpback"] - 0.7) <= 0.021
+    thresholds = np.array([per[s] for s in species])
+    assert map_at_k(predict(Candidates(labels, scores), thresholds), truth) == pytest.approx(1.0)
+    assert map_at_k(predict(Candidates(labels, scores), overall), truth) < 1.0  # one threshold cannot do it
+
+
+def test_fold_ensemble_inner_product_is_the_mean_of_the_folds_cosines_then_individual_max():
+    from photoid.retrieval import fold_ensemble, l2_normalise
+
+    rng = np.random.default_rng(3)
+    q = [rng.normal(size=(2, 4)) for _ in range(3)]  # 3 folds, 2 queries, 4-d
+    g = [rng.normal(size=(5, 4)) for _ in range(3)]  # 5 gallery images
+    mean_cos = np.mean([l2_normalise(a) @ l2_normalise(b).T for a, b in zip(q, g)], axis=0)
+    assert np.allclose(fold_ensemble(q) @ fold_ensemble(g).T, mean_cos, atol=1e-6)
+    sims, idx = neighbours(fold_ensemble(q), fold_ensemble(g), 5)
+    assert np.allclose(sims, -np.sort(-mean_cos, axis=1), atol=1e-5)
+    labels = np.array(["a", "a", "b", "b", "c"])
+    c = individual_candidates(sims, idx, labels, n=5)
+    for i in range(2):
+        expected = {lab: mean_cos[i, labels == lab].max() for lab in "abc"}
+        assert dict(zip(c.labels[i, :3], c.scores[i, :3])) == pytest.approx(expected, abs=1e-5)
+
+
+def test_faiss_neighbours_match_brute_force():
+    from photoid.retrieval import l2_normalise
+
+    rng = np.random.default_rng(4)
+    g, q = rng.normal(size=(500, 32)).astype(np.float32), rng.normal(size=(20, 32)).astype(np.float32)
+    sims, idx = neighbours(q, g, 10)
+    brute = l2_normalise(q) @ l2_normalise(g).T
+    assert (idx == np.argsort(-brute, axis=1)[:, :10]).all()
+    assert np.allclose(sims, np.take_along_axis(brute, idx, axis=1), atol=1e-5)
+    assert neighbours(q[:0], g, 10)[0].shape == (0, 10)  # no queries: empty, not an error
+
+
+def test_new_individual_precision_recall_and_image_ranking():
+    from photoid.retrieval import new_individual_precision_recall, ranked_images
+
+    preds = [[NEW_INDIVIDUAL, "a"], [NEW_INDIVIDUAL, "b"], ["a", NEW_INDIVIDUAL], ["b"]]
+    truth = [NEW_INDIVIDUAL, "b", NEW_INDIVIDUAL, "b"]
+    assert new_individual_precision_recall(preds, truth) == (0.5, 0.5)  # 1 of 2 said-new right; 1 of 2 new found
+    # an image and its mirror (same owner) count once in the image ranking
+    idx = np.array([[0, 3, 1, 2]])
+    owners = np.array([10, 11, 12, 10])
+    labels = np.array(["a", "b", "c", "a"])
+    assert [list(map(str, r)) for r in ranked_images(idx, owners, labels, n=20)] == [["a", "b", "c"]]

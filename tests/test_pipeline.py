@@ -1,21 +1,24 @@
-"""`dvc repro` of the data stages on a tiny demo, in a temporary git repository, and which stages a
-param change re-runs."""
+"""`dvc repro` of all eleven stages on a tiny demo, in a temporary git repository; which stages a
+param change or a `dvc exp run -S` re-runs; what a user reads back (`dvc metrics diff`, `dvc exp show`)."""
 
 import json
 
 import pandas as pd
 import pytest
 
-from tests.pipeline import dvc, make_project, set_params, stages_run, stages_skipped
+from tests.pipeline import dvc, make_project, run, set_params, stages_run, stages_skipped
 
 DATA_STAGES = ["ingest", "detect", "crop", "filter", "split"]
-ALL_STAGES = [*DATA_STAGES, "train-backbone@0", "train-dolg@0"]
+TRAINING_ONWARD = ["train-backbone@0", "train-dolg@0", "embed@0", "pseudo-label", "retrain@0", "knn-rank"]
+ALL_STAGES = [*DATA_STAGES, *TRAINING_ONWARD]
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = make_project(tmp_path_factory.mktemp("pipeline") / "proj")
     first = dvc(root, "repro")
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "first run"], root)  # the baseline `dvc metrics diff` compares against
     return root, first
 
 
@@ -39,6 +42,21 @@ def test_repro_runs_every_data_stage_and_writes_the_tables(project):
     # ultralytics wrote nothing outside the stage's outputs and left dvc.yaml alone
     assert not (root / "runs").exists() and not (root / "dvclive").exists()
     assert "dvclive" not in (root / "dvc.yaml").read_text()
+    # the retrieval half: embeddings, pseudo-labels, (passed-through or retrained) models, submission, metrics
+    emb = root / "data/processed/embeddings"
+    assert (emb / "dolg/fold0/embeddings.npy").exists() and (emb / "retrain/fold0/flipped.npy").exists()
+    assert (root / "models/retrain/fold0/model.pt").exists()
+    sub = pd.read_csv(root / "data/processed/submission.csv")
+    test_ids = set(images.loc[images.part == "test", "image_id"])
+    assert list(sub.columns) == ["image", "predictions"] and set(sub["image"]) == test_ids
+    assert all(len(p.split(" ")) == 5 for p in sub["predictions"])
+    knn = json.loads((root / "metrics/knn.json").read_text())
+    for key in ["cv_map5", "cv_top1", "cv_map20", "cv_new_precision", "cv_new_recall", "cv_map5_per_species",
+                "threshold", "test_map5", "test_map20"]:
+        assert key in knn, key
+    assert 0 <= knn["cv_map5"] <= 1 and 0 <= knn["test_map5"] <= 1
+    pseudo = json.loads((root / "metrics/pseudo.json").read_text())
+    assert pseudo["enabled"] and pseudo["test_images"] == len(test_ids)
 
 
 def test_second_repro_runs_nothing(project):
@@ -52,18 +70,81 @@ def test_min_samples_reruns_filter_and_after_only(project):
     before = json.loads((root / "metrics/filter.json").read_text())
     set_params(root / "params.yaml", {"filter.min_samples": 5})
     out = dvc(root, "repro")
-    assert stages_run(out) == ["filter", "split", "train-backbone@0", "train-dolg@0"]
+    assert stages_run(out) == ["filter", "split", *TRAINING_ONWARD]
     assert set(stages_skipped(out)) == {"ingest", "detect", "crop"}
     after = json.loads((root / "metrics/filter.json").read_text())
     assert after["min_samples"] == 5 and after["individuals_after"] <= before["individuals_after"]
 
 
-def test_dolg_param_reruns_train_dolg_only(project):
+def test_dolg_param_reruns_train_dolg_and_what_follows(project):
     root, _ = project
     set_params(root / "params.yaml", {"dolg.subcenters": 1})
     out = dvc(root, "repro")
-    assert stages_run(out) == ["train-dolg@0"]
+    assert stages_run(out) == TRAINING_ONWARD[1:]
     assert "train-backbone@0" in stages_skipped(out)
+
+
+def test_exp_run_img_size_reruns_training_onward_not_the_data_stages(project):
+    root, _ = project
+    out = dvc(root, "exp", "run", "-S", "train.img_size=40")
+    assert stages_run(out) == TRAINING_ONWARD
+    assert set(DATA_STAGES) <= set(stages_skipped(out))
+    assert json.loads((root / "metrics/embed/fold0.json").read_text())["img_size"] == 40
+
+
+def test_exp_run_knn_param_reruns_knn_rank_only_and_the_metrics_show_it(project):
+    root, _ = project
+    out = dvc(root, "exp", "run", "-S", "knn.threshold=2.0")  # above every similarity: new_individual first
+    assert stages_run(out) == ["knn-rank"]
+    knn = json.loads((root / "metrics/knn.json").read_text())
+    assert knn["threshold"] == 2.0 and knn["test_new_recall"] == 1.0
+    sub = pd.read_csv(root / "data/processed/submission.csv")
+    assert all(p.startswith("new_individual ") for p in sub["predictions"])
+    diff = dvc(root, "metrics", "diff")
+    assert "metrics/knn.json" in diff and "threshold" in diff
+    shown = dvc(root, "exp", "show", "--no-pager", "--csv")
+    assert "cv_map5" in shown and "knn.threshold" in shown
+
+
+def test_pseudo_labelling_off_passes_the_models_through(project):
+    root, _ = project
+    set_params(root / "params.yaml", {"pseudo.enabled": False})
+    out = dvc(root, "repro")
+    # knn-rank follows only if retrain's output changed (it had trained on pseudo-labels before)
+    assert stages_run(out)[:2] == ["pseudo-label", "retrain@0"] and set(stages_run(out)) <= {
+        "pseudo-label", "retrain@0", "knn-rank"}
+    retrain = json.loads((root / "metrics/retrain/fold0.json").read_text())
+    assert retrain["retrained"] is False and "off" in retrain["reason"]
+    assert (root / "models/retrain/fold0/model.pt").read_bytes() == (root / "models/dolg/fold0/model.pt").read_bytes()
+
+
+def test_retrain_trains_on_pseudo_labels_and_embeds_with_the_new_model(project):
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from tests.pipeline import env
+
+    root, _ = project
+    split = pd.read_parquet(root / "data/processed/split.parquet")
+    crops = pd.read_parquet(root / "data/processed/crops/crops.parquet")
+    trained = split[(~split.is_new) & (split.fold != 0)]["individual"].iloc[0]
+    test = crops[crops.part == "test"].head(2)
+    pseudo = test[["image_id", "part", "crop_path"]].assign(individual=trained, species="x", confidence=0.9, margin=0.1)
+    pseudo.to_parquet(root / "pseudo_test.parquet", index=False)
+    args = [sys.executable, "stages/retrain.py", "--fold", "0", "--epochs", "1", "--backbone", "resnet18",
+            "--img-size", "40", "--batch-size", "8", "--embedding-dim", "32", "--local-dim", "32",
+            "--pseudo", "pseudo_test.parquet", "--out-dir", "models/rt", "--embeddings-out", "data/rt_emb",
+            "--metrics", "metrics/rt.json", "--curves", "metrics/rt_curves", "--state-dir", "checkpoints/rt"]
+    done = subprocess.run(args, cwd=root, env=env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    m = json.loads((root / "metrics/rt.json").read_text())
+    assert m["retrained"] and m["pseudo_rows"] == 2 and m["train_images"] == m["pseudo_rows"] + len(
+        split[(~split.is_new) & (split.fold != 0)])
+    new = np.load(root / "data/rt_emb/embeddings.npy")
+    old = np.load(root / "data/processed/embeddings/dolg/fold0/embeddings.npy")
+    assert new.shape[0] == old.shape[0] == len(crops) and not np.allclose(new, old)
 
 
 def test_kill_9_mid_run_resumes_to_the_same_weights(project):
@@ -105,3 +186,23 @@ def test_kill_9_mid_run_resumes_to_the_same_weights(project):
     b = torch.load(root / "models/kill/resumed/model.pt", weights_only=False)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not state.exists()  # removed once the model was written
+
+
+@pytest.mark.slow
+def test_marine_sample_runs_through_all_eleven_stages(tmp_path, marine_sample):
+    """Real photos with messy labels and no test part: every stage runs, CV metrics come out, the
+    submission is an empty table with its header, and nothing is lost."""
+    root = make_project(tmp_path / "marine", {
+        "data.source": "csv", "data.root": str(marine_sample), "data.labels": "dolphin.csv,seal.csv,whale.csv",
+        "data.image_col": "Image", "data.individual_col": "UniqueID,ID", "filter.min_samples": 3})
+    out = dvc(root, "repro")
+    assert stages_run(out) == ALL_STAGES
+    images = pd.read_parquet(root / "data/interim/ingest/images.parquet")
+    rejected = pd.read_parquet(root / "data/interim/ingest/rejected.parquet")
+    assert len(images) + len(rejected) == 58
+    sub = pd.read_csv(root / "data/processed/submission.csv")
+    assert list(sub.columns) == ["image", "predictions"] and sub.empty
+    knn = json.loads((root / "metrics/knn.json").read_text())
+    assert knn["test_images"] == 0 and "test_map5" not in knn and 0 <= knn["cv_map5"] <= 1
+    assert set(knn["cv_map5_per_species"]) <= {"dolphin", "seal", "whale"}
+    assert json.loads((root / "metrics/retrain/fold0.json").read_text())["retrained"] is False

@@ -141,3 +141,15 @@ def test_two_processes_under_gloo_stay_in_step_and_learn(tmp_path):
         assert len(mismatches) >= 8 and mismatches.max() == 0.0
     loss = np.load(tmp_path / "loss.npy")
     assert loss[-1] < loss[0]
+
+
+def test_a_last_batch_of_one_sample_does_not_break_batchnorm():
+    """17 images in batches of 16 leave one: BatchNorm cannot train on a single sample, so it is dropped."""
+
+    class WithBN1d(Tiny):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Linear(8, 4))
+
+    history = fit(WithBN1d(), _ce, _data(n=17), _cfg(epochs=2, batch_size=16), None, "k")
+    assert len(history) == 2 and np.isfinite(history[-1]["train_loss"])

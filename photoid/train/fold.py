@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from photoid.data.split import fold_view
+from photoid.embed import embed_paths
 from photoid.models import create_model, load_model, save_model
 from photoid.models.arcface import adaptive_margins
 from photoid.retrieval import evaluate
@@ -60,25 +59,6 @@ class FoldData:
 
     def digest(self) -> list:
         return [self.train["image_id"].tolist(), self.train["individual"].tolist(), self.val["image_id"].tolist()]
-
-
-@torch.no_grad()
-def embed_paths(model_embed, paths, img_size: int, batch_size: int = 64, flip_tta: bool = False,
-                device: torch.device | None = None, desc: str = "embedding") -> np.ndarray:
-    """Embeddings (float32) of the crops at ``paths``; with ``flip_tta`` the mean of the L2-normalised
-    original and horizontally flipped embeddings."""
-    ds = CropDataset(paths, transform=eval_transform(img_size))
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
-    device = device or torch.device("cpu")
-    out = []
-    for x, _ in tqdm(loader, desc=desc, unit="batch", leave=False):
-        x = x.to(device)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            e = F.normalize(model_embed(x).float(), dim=1)
-            if flip_tta:
-                e = F.normalize(e + F.normalize(model_embed(torch.flip(x, dims=[3])).float(), dim=1), dim=1)
-        out.append(e.cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
 def fold_retrieval_metrics(model_embed, data: FoldData, img_size: int, device=None) -> dict:
@@ -194,3 +174,10 @@ def train_dolg(split: pd.DataFrame, fold: int, backbone_ckpt: Path, bp: Backbone
             "val_map5": last["val_map5"], "val_top1": last["val_top1"], "val_threshold": last["val_threshold"],
             "backbone_val_map5": plain["map5"], "backbone_val_top1": plain["top1"],
             "train_loss": last["train_loss"], "img_per_s": last["img_per_s"]}
+
+
+def pseudo_rows_for_fold(pseudo: pd.DataFrame, split: pd.DataFrame, fold: int) -> pd.DataFrame:
+    """The pseudo-labelled rows fold ``fold`` can train on: those of individuals it trains (a pseudo-label
+    may name an individual the fold holds out or that filter left out; those rows are not used)."""
+    classes = set(FoldData.of(split, fold).classes)
+    return pseudo[pseudo["individual"].isin(classes)].reset_index(drop=True)

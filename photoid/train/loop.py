@@ -111,7 +111,11 @@ def fit(model: nn.Module, loss_fn: LossFn, dataset: Dataset, cfg: TrainConfig, s
     if cuda:
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.lrs, cfg.weight_decay)
-    steps_per_epoch = math.ceil(math.ceil(len(dataset) / (cfg.batch_size * world)) / cfg.grad_accum)
+    per_rank = math.ceil(len(dataset) / world)
+    # a last batch of one sample cannot train BatchNorm (it raises): drop it, and only it
+    drop_last = per_rank > cfg.batch_size and per_rank % cfg.batch_size == 1
+    batches = per_rank // cfg.batch_size if drop_last else math.ceil(per_rank / cfg.batch_size)
+    steps_per_epoch = math.ceil(batches / cfg.grad_accum)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], epochs=cfg.epochs,
         steps_per_epoch=max(1, steps_per_epoch), pct_start=cfg.pct_start)
@@ -150,7 +154,7 @@ def fit(model: nn.Module, loss_fn: LossFn, dataset: Dataset, cfg: TrainConfig, s
         if world > 1:
             sampler.set_epoch(epoch)
         loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                            generator=generator, pin_memory=cuda, drop_last=False, persistent_workers=False)
+                            generator=generator, pin_memory=cuda, drop_last=drop_last, persistent_workers=False)
         net.train()
         total, count, t0 = 0.0, 0, time.perf_counter()
         optimizer.zero_grad(set_to_none=True)

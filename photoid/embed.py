@@ -1,0 +1,152 @@
+"""Embeddings of crops, written as they are computed.
+
+An embedding set is a folder:
+
+- ``rows.parquet``: one row per embedded crop (image_id, part, individual, species, crop_path), in
+  the order of the arrays;
+- ``embeddings.npy``: float32 N×D, L2-normalised embeddings of the crops as they are;
+- ``flipped.npy`` (flip TTA on): float32 N×D, L2-normalised embeddings of the horizontally flipped crops;
+- ``meta.json``: the model it came from, its fold and image size, whether flips are there.
+
+Arrays are written batch by batch into memory-mapped .npy files, so memory stays bounded by one
+batch of images whatever the size of the data set. Readers derive what they need:
+:meth:`EmbeddingSet.queries` (the flip-TTA mean of the two, L2-normalised) and
+:meth:`EmbeddingSet.gallery` (the originals and, as more entries, the flipped ones).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from photoid.io import atomic_path, read_parquet, write_parquet
+from photoid.retrieval import l2_normalise
+from photoid.train.data import CropDataset, eval_transform
+
+ROW_COLUMNS = ["image_id", "part", "individual", "species", "crop_path"]
+
+
+@torch.no_grad()
+def iter_embeddings(model_embed: Callable[[torch.Tensor], torch.Tensor], paths, img_size: int, batch_size: int = 64,
+                    flip: bool = False, device: torch.device | None = None, workers: int = 0,
+                    desc: str = "embedding") -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """Batches of (L2-normalised embeddings, L2-normalised embeddings of the flipped crops or None),
+    float32, in the order of ``paths``. bf16 autocast on CUDA."""
+    device = device or torch.device("cpu")
+    loader = DataLoader(CropDataset(paths, transform=eval_transform(img_size)), batch_size=batch_size,
+                        shuffle=False, num_workers=workers, pin_memory=device.type == "cuda")
+    for x, _ in tqdm(loader, desc=desc, unit="batch", leave=False):
+        x = x.to(device, non_blocking=True)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            e = F.normalize(model_embed(x).float(), dim=1).cpu().numpy()
+            f = F.normalize(model_embed(torch.flip(x, dims=[3])).float(), dim=1).cpu().numpy() if flip else None
+        yield e, f
+
+
+def flip_tta(original: np.ndarray, flipped: np.ndarray | None) -> np.ndarray:
+    """The flip-TTA embedding: mean of the L2-normalised original and flipped embeddings, L2-normalised
+    (the original alone when there is no flipped one)."""
+    if flipped is None:
+        return l2_normalise(original)
+    return l2_normalise(l2_normalise(original) + l2_normalise(flipped))
+
+
+def embed_paths(model_embed, paths, img_size: int, batch_size: int = 64, flip: bool = False,
+                device: torch.device | None = None, desc: str = "embedding") -> np.ndarray:
+    """In memory, for small sets (validation during training): the flip-TTA embeddings of ``paths``."""
+    batches = [flip_tta(e, f) for e, f in iter_embeddings(model_embed, paths, img_size, batch_size, flip, device,
+                                                          desc=desc)]
+    return np.concatenate(batches) if batches else np.zeros((0, 0), np.float32)
+
+
+def embed_rows(model: torch.nn.Module, rows: pd.DataFrame, img_size: int, out_dir: Path, flip: bool,
+               batch_size: int = 64, workers: int = 0, device: torch.device | None = None, meta: dict | None = None) -> dict:
+    """Write the embedding set of ``rows`` (crops) made by ``model.embed`` to ``out_dir``; return figures."""
+    device = device or torch.device("cpu")
+    model = model.to(device).eval()
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    rows = rows[ROW_COLUMNS].reset_index(drop=True)
+    dim = int(model.embed(torch.zeros(1, 3, img_size, img_size, device=device)).shape[1])
+    start = time.perf_counter()
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        arrays = {"embeddings": np.lib.format.open_memmap(tmp / "embeddings.npy", mode="w+", dtype=np.float32,
+                                                          shape=(len(rows), dim))}
+        if flip:
+            arrays["flipped"] = np.lib.format.open_memmap(tmp / "flipped.npy", mode="w+", dtype=np.float32,
+                                                          shape=(len(rows), dim))
+        at = 0
+        for e, f in iter_embeddings(model.embed, rows["crop_path"], img_size, batch_size, flip, device, workers,
+                                    desc="embed"):
+            arrays["embeddings"][at:at + len(e)] = e
+            if flip:
+                arrays["flipped"][at:at + len(e)] = f
+            at += len(e)
+        for a in arrays.values():
+            a.flush()
+        del arrays
+        write_parquet(rows, tmp / "rows.parquet")
+        info = {**(meta or {}), "images": len(rows), "dim": dim, "img_size": img_size, "flip": flip}
+        (tmp / "meta.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    seconds = time.perf_counter() - start
+    return {**info, "seconds": round(seconds, 2), "img_per_s": round(len(rows) * (2 if flip else 1) / max(seconds, 1e-9), 1)}
+
+
+@dataclass
+class EmbeddingSet:
+    """An embedding set read back (arrays memory-mapped)."""
+
+    rows: pd.DataFrame
+    original: np.ndarray
+    flipped: np.ndarray | None
+    meta: dict
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "EmbeddingSet":
+        folder = Path(folder)
+        if not (folder / "embeddings.npy").exists():
+            raise FileNotFoundError(f"{folder} holds no embeddings.npy: run the stage that embeds (`dvc repro`).")
+        flipped = folder / "flipped.npy"
+        return cls(read_parquet(folder / "rows.parquet"), np.load(folder / "embeddings.npy", mmap_mode="r"),
+                   np.load(flipped, mmap_mode="r") if flipped.exists() else None,
+                   json.loads((folder / "meta.json").read_text()))
+
+    def queries(self, index: np.ndarray) -> np.ndarray:
+        """Query vectors of rows ``index``: the flip-TTA mean when flips are there."""
+        return flip_tta(self.original[index], None if self.flipped is None else self.flipped[index])
+
+    def gallery(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Gallery vectors of rows ``index`` and, for each vector, the row it belongs to: every original
+        and, when flips are there, every flipped embedding as one more entry of the same image."""
+        vectors = [l2_normalise(self.original[index])]
+        owners = [np.asarray(index)]
+        if self.flipped is not None:
+            vectors.append(l2_normalise(self.flipped[index]))
+            owners.append(np.asarray(index))
+        return np.concatenate(vectors), np.concatenate(owners)
+
+
+def embed_checkpoint(model_path: Path, crops: pd.DataFrame, out_dir: Path, flip: bool, batch_size: int = 64,
+                     workers: int = 0) -> dict:
+    """Embed every crop of ``crops`` with the DOLG model saved at ``model_path``, at the image size it
+    was trained at, on the GPU when there is one."""
+    from photoid.models import load_model
+    from photoid.runtime import pick_device
+
+    model, ckpt = load_model(model_path)
+    meta = {"model": str(model_path), "fold": ckpt.get("fold"), "backbone": ckpt["config"].get("backbone")}
+    return embed_rows(model, crops, int(ckpt["img_size"]), Path(out_dir), flip, batch_size, workers,
+                      torch.device(pick_device()), meta)

@@ -1,0 +1,161 @@
+"""Embedding sets (flip TTA, written as they go), the knn ranking on a planted case, the submission
+format and the pseudo-label rules."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from photoid.embed import EmbeddingSet, embed_paths, embed_rows
+from photoid.knn import predictions_table, rank_all, submission
+from photoid.metrics import NEW_INDIVIDUAL
+from photoid.models import create_model
+from photoid.pseudo import pseudo_label_figures, select_pseudo_labels
+
+
+def _model():
+    torch.manual_seed(0)
+    return create_model(dict(kind="dolg", backbone="resnet18", embedding_dim=16, local_dim=16, dilations=[1, 2],
+                             n_classes=3, margins=[0.2] * 3, scale=16.0, subcenters=1)).eval()
+
+
+def _crop(path, symmetric: bool, seed: int):
+    rng = np.random.default_rng(seed)
+    half = rng.integers(0, 255, (32, 16, 3), dtype=np.uint8)
+    other = half[:, ::-1] if symmetric else rng.integers(0, 255, (32, 16, 3), dtype=np.uint8)
+    Image.fromarray(np.concatenate([half, other], axis=1)).save(path)  # PNG: lossless, the symmetry is exact
+    return str(path)
+
+
+def test_flip_tta_leaves_a_mirror_symmetric_crop_unchanged_and_changes_others(tmp_path):
+    model = _model()
+    sym = _crop(tmp_path / "sym.png", True, 0)
+    asym = _crop(tmp_path / "asym.png", False, 1)
+    rows = pd.DataFrame({"image_id": ["s", "a"], "part": "train", "individual": ["x", "y"], "species": "w",
+                         "crop_path": [sym, asym]})
+    embed_rows(model, rows, 32, tmp_path / "emb", flip=True, batch_size=1)
+    s = EmbeddingSet.load(tmp_path / "emb")
+    assert np.allclose(s.original[0], s.flipped[0], atol=1e-5)  # the mirror image of a symmetric crop is itself
+    assert not np.allclose(s.original[1], s.flipped[1], atol=1e-3)  # the flip really happens
+    q = s.queries(np.arange(2))
+    assert np.allclose(q[0], s.original[0], atol=1e-5)
+    mean = (s.original[1] + s.flipped[1]) / np.linalg.norm(s.original[1] + s.flipped[1])
+    assert np.allclose(q[1], mean, atol=1e-5) and np.allclose(np.linalg.norm(q, axis=1), 1, atol=1e-5)
+    vectors, owners = s.gallery(np.arange(2))
+    assert vectors.shape == (4, 16) and owners.tolist() == [0, 1, 0, 1]  # each image and its mirror
+    # the in-memory path used by validation agrees with what the stage writes
+    assert np.allclose(embed_paths(model.embed, [sym, asym], 32, flip=True), q, atol=1e-5)
+
+
+def test_embeddings_are_written_batch_by_batch_without_flips_when_off(tmp_path):
+    model = _model()
+    paths = [_crop(tmp_path / f"{i}.png", False, i) for i in range(5)]
+    rows = pd.DataFrame({"image_id": list("abcde"), "part": "test", "individual": "", "species": "w", "crop_path": paths})
+    info = embed_rows(model, rows, 32, tmp_path / "emb", flip=False, batch_size=2)  # 3 batches, the last short
+    s = EmbeddingSet.load(tmp_path / "emb")
+    assert s.flipped is None and info["images"] == 5 and s.original.shape == (5, 16)
+    assert s.rows["image_id"].tolist() == list("abcde")
+    assert np.allclose(s.original, embed_paths(model.embed, paths, 32), atol=1e-5)
+
+
+def _write_set(folder, rows, vectors, flipped=None):
+    import json
+
+    folder.mkdir(parents=True)
+    rows.to_parquet(folder / "rows.parquet", index=False)
+    np.save(folder / "embeddings.npy", vectors.astype(np.float32))
+    if flipped is not None:
+        np.save(folder / "flipped.npy", flipped.astype(np.float32))
+    (folder / "meta.json").write_text(json.dumps({"flip": flipped is not None}))
+
+
+def _planted(tmp_path, n_folds_embedded=2, noise=0.05, seed=0):
+    """Individuals as tight clusters around orthogonal directions: 8 known (4 images each, two species), 2
+    held out as new in the split; test: 1 image of 4 known individuals and 2 of 2 never-seen ones."""
+    rng = np.random.default_rng(seed)
+    dim = 32
+    basis = np.linalg.qr(rng.normal(size=(dim, dim)))[0]  # orthogonal directions: individuals are far apart
+    centre = {f"ind{i}": basis[i] for i in range(14)}
+    rows, truth_ind = [], []  # (image_id, part, individual, species) and each image's true individual
+    for i in range(10):
+        for j in range(4):
+            rows.append((f"tr{i}_{j}", "train", f"ind{i}", "dolphin" if i % 2 else "beluga"))
+            truth_ind.append(f"ind{i}")
+    for i in (0, 3, 5, 6):
+        rows.append((f"te_known{i}", "test", "", "unknown"))
+        truth_ind.append(f"ind{i}")
+    for i in (12, 13):
+        for j in range(2):
+            rows.append((f"te_new{i}_{j}", "test", "", "unknown"))
+            truth_ind.append(f"ind{i}")
+    table = pd.DataFrame(rows, columns=["image_id", "part", "individual", "species"])
+    table["crop_path"] = "x.png"
+    for k in range(n_folds_embedded):
+        v = np.stack([centre[t] + noise * rng.normal(size=dim) * np.linalg.norm(centre[t]) for t in truth_ind])
+        f = np.stack([centre[t] + noise * rng.normal(size=dim) * np.linalg.norm(centre[t]) for t in truth_ind])
+        _write_set(tmp_path / "emb" / f"fold{k}", table, v, f)
+    train = table[table.part == "train"].copy()
+    train["is_new"] = train["individual"].isin(["ind8", "ind9"])
+    train["fold"] = np.where(train["is_new"], -1, [int(r.split("_")[1]) % 2 for r in train.image_id])
+    truth = pd.DataFrame({"image_id": table.image_id[table.part == "test"],
+                          "individual": np.array(truth_ind)[table.part.to_numpy() == "test"]})
+    return train, truth
+
+
+def test_planted_clusters_rank_perfectly_and_the_submission_has_the_happywhale_format(tmp_path):
+    split, truth = _planted(tmp_path)
+    result = rank_all(tmp_path / "emb", [0, 1], split, n_neighbours=100, test_truth=truth)
+    m = result.metrics()
+    assert m["cv_map5"] == pytest.approx(1.0) and m["cv_new_recall"] == 1.0 and m["cv_new_precision"] == 1.0
+    assert m["test_map5"] == pytest.approx(1.0) and m["test_new_queries"] == 4 and m["test_top1"] == 1.0
+    assert set(m["cv_map5_per_fold"]) == {"0", "1"} and set(m["cv_map5_per_species"]) == {"beluga", "dolphin"}
+    assert m["cv_map20"] == pytest.approx(1.0)
+    sub = submission(predictions_table(result.test, result.thresholds))
+    assert list(sub.columns) == ["image", "predictions"] and len(sub) == 8
+    known = set(split["individual"]) | {NEW_INDIVIDUAL}
+    for image, preds in zip(sub["image"], sub["predictions"]):
+        ids = preds.split(" ")
+        assert len(ids) == 5 and len(set(ids)) == 5 and set(ids) <= known, preds
+        assert (ids[0] == NEW_INDIVIDUAL) == image.startswith("te_new")
+    csv = sub.to_csv(index=False).splitlines()
+    assert csv[0] == "image,predictions" and csv[1].count(",") == 1
+
+
+def test_a_fixed_threshold_is_used_as_given_and_noise_lowers_cv(tmp_path):
+    split, truth = _planted(tmp_path, noise=0.05)
+    fixed = rank_all(tmp_path / "emb", [0, 1], split, 100, fixed_threshold=2.0, test_truth=truth)
+    assert fixed.metrics()["threshold"] == 2.0 and not fixed.metrics()["threshold_tuned"]
+    assert fixed.metrics()["cv_new_recall"] == 1.0 and fixed.metrics()["cv_new_precision"] < 1.0  # all said new
+    split2, truth2 = _planted(tmp_path / "noisy", noise=1.5, seed=1)
+    noisy = rank_all(tmp_path / "noisy" / "emb", [0, 1], split2, 100, test_truth=truth2)
+    assert noisy.metrics()["cv_map5"] < 0.9
+
+
+def test_pseudo_labels_need_a_known_first_answer_a_high_score_and_a_margin():
+    preds = pd.DataFrame({
+        "image_id": ["a", "b", "c", "d", "e"],
+        "predictions": ["i1 new_individual", "new_individual i2", "i3 i4", "i4 i3", "i5 i1"],
+        "top_individual": ["i1", "i2", "i3", "i4", "i5"],
+        "top_score": [0.9, 0.95, 0.5, 0.9, 0.92],
+        "margin": [0.2, 0.3, 0.3, 0.01, 0.1],
+    })
+    crops = pd.DataFrame({"image_id": ["a", "b", "c", "d", "e", "t1", "t5"],
+                          "part": ["test"] * 5 + ["train"] * 2, "individual": [""] * 5 + ["i1", "i5"],
+                          "species": ["unknown"] * 5 + ["orca", "beluga"], "crop_path": list("abcde") + ["t1", "t5"]})
+    pseudo = select_pseudo_labels(preds, crops, threshold=0.8, min_margin=0.05)
+    # b: new_individual first; c: score too low; d: margin too small
+    assert pseudo["image_id"].tolist() == ["a", "e"] and pseudo["individual"].tolist() == ["i1", "i5"]
+    assert pseudo["species"].tolist() == ["orca", "beluga"] and pseudo["crop_path"].tolist() == ["a", "e"]
+    truth = pd.DataFrame({"image_id": list("abcde"), "individual": ["i1", "i2", "i3", "i4", "i9"]})
+    figures = pseudo_label_figures(pseudo, 5, truth)
+    assert figures["pseudo_labels"] == 2 and figures["accuracy"] == 0.5 and figures["share"] == 0.4
+
+
+def test_retrain_uses_only_pseudo_labels_of_individuals_the_fold_trains():
+    from photoid.train.fold import pseudo_rows_for_fold
+
+    split = pd.DataFrame({"image_id": list("abcdef"), "individual": ["x", "x", "y", "y", "z", "z"],
+                          "fold": [0, 1, 0, 1, -1, -1], "is_new": [False] * 4 + [True] * 2})
+    pseudo = pd.DataFrame({"image_id": ["t1", "t2", "t3"], "individual": ["x", "z", "w"]})
+    assert pseudo_rows_for_fold(pseudo, split, 0)["image_id"].tolist() == ["t1"]  # z held out, w not trained
