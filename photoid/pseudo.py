@@ -22,10 +22,10 @@ PSEUDO_COLUMNS = ["image_id", "part", "individual", "species", "crop_path", "con
 def select_pseudo_labels(predictions: pd.DataFrame, crops: pd.DataFrame, threshold: float,
                          min_margin: float) -> pd.DataFrame:
     """Pseudo-labelled rows (crop rows of the chosen test images, labelled with their prediction)."""
-    first = predictions["predictions"].str.split(" ").str[0]
-    keep = ((first != NEW_INDIVIDUAL) & (first == predictions["top_individual"])
-            & (predictions["top_score"] >= threshold) & (predictions["margin"] >= min_margin))
-    chosen = predictions[keep.to_numpy()]
+    first = np.array([str(p).split(" ")[0] for p in predictions["predictions"]], dtype=object)
+    keep = ((first != NEW_INDIVIDUAL) & (first == predictions["top_individual"].to_numpy(dtype=object))
+            & (predictions["top_score"].to_numpy() >= threshold) & (predictions["margin"].to_numpy() >= min_margin))
+    chosen = predictions[keep]
     species_of = (crops[crops["part"] == "train"].drop_duplicates("individual").set_index("individual")["species"])
     rows = crops.set_index("image_id").loc[chosen["image_id"], ["part", "crop_path"]].reset_index()
     rows["individual"] = chosen["top_individual"].to_numpy()

@@ -159,3 +159,20 @@ def test_retrain_uses_only_pseudo_labels_of_individuals_the_fold_trains():
                           "fold": [0, 1, 0, 1, -1, -1], "is_new": [False] * 4 + [True] * 2})
     pseudo = pd.DataFrame({"image_id": ["t1", "t2", "t3"], "individual": ["x", "z", "w"]})
     assert pseudo_rows_for_fold(pseudo, split, 0)["image_id"].tolist() == ["t1"]  # z held out, w not trained
+
+
+def test_a_data_set_without_test_images_gives_an_empty_submission_and_no_pseudo_labels(tmp_path):
+    split, _ = _planted(tmp_path)
+    for k in (0, 1):  # keep only the training rows
+        folder = tmp_path / "emb" / f"fold{k}"
+        s = EmbeddingSet.load(folder)
+        train = (s.rows["part"] == "train").to_numpy()
+        rows, orig, flipped = s.rows[train].reset_index(drop=True), np.array(s.original[train]), np.array(s.flipped[train])
+        import shutil
+        shutil.rmtree(folder)
+        _write_set(folder, rows, orig, flipped)
+    result = rank_all(tmp_path / "emb", [0, 1], split, 100)
+    predictions = predictions_table(result.test, result.thresholds)
+    assert predictions.empty and list(submission(predictions).columns) == ["image", "predictions"]
+    assert result.metrics()["test_images"] == 0 and "test_map5" not in result.metrics()
+    assert select_pseudo_labels(predictions, result.rows, 0.5, 0.0).empty

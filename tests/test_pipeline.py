@@ -188,7 +188,6 @@ def test_kill_9_mid_run_resumes_to_the_same_weights(project):
     assert not state.exists()  # removed once the model was written
 
 
-@pytest.mark.slow
 def test_marine_sample_runs_through_all_eleven_stages(tmp_path, marine_sample):
     """Real photos with messy labels and no test part: every stage runs, CV metrics come out, the
     submission is an empty table with its header, and nothing is lost."""
