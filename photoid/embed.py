@@ -124,16 +124,16 @@ class EmbeddingSet:
                    np.load(flipped, mmap_mode="r") if flipped.exists() else None,
                    json.loads((folder / "meta.json").read_text()))
 
-    def queries(self, index: np.ndarray) -> np.ndarray:
-        """Query vectors of rows ``index``: the flip-TTA mean when flips are there."""
-        return flip_tta(self.original[index], None if self.flipped is None else self.flipped[index])
+    def queries(self, index: np.ndarray, flip: bool = True) -> np.ndarray:
+        """Query vectors of rows ``index``: the flip-TTA mean when ``flip`` and flips are there, else the originals."""
+        return flip_tta(self.original[index], self.flipped[index] if flip and self.flipped is not None else None)
 
-    def gallery(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def gallery(self, index: np.ndarray, flip: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Gallery vectors of rows ``index`` and, for each vector, the row it belongs to: every original
-        and, when flips are there, every flipped embedding as one more entry of the same image."""
+        and, when ``flip`` and flips are there, every flipped embedding as one more entry of the same image."""
         vectors = [l2_normalise(self.original[index])]
         owners = [np.asarray(index)]
-        if self.flipped is not None:
+        if flip and self.flipped is not None:
             vectors.append(l2_normalise(self.flipped[index]))
             owners.append(np.asarray(index))
         return np.concatenate(vectors), np.concatenate(owners)
@@ -141,8 +141,8 @@ class EmbeddingSet:
 
 def embed_checkpoint(model_path: Path, crops: pd.DataFrame, out_dir: Path, flip: bool, batch_size: int = 64,
                      workers: int = 0) -> dict:
-    """Embed every crop of ``crops`` with the DOLG model saved at ``model_path``, at the image size it
-    was trained at, on the GPU when there is one."""
+    """Embed every crop of ``crops`` with the model saved at ``model_path`` (DOLG, or train-backbone's
+    classifier: its pooled features), at the image size it was trained at, on the GPU when there is one."""
     from photoid.models import load_model
     from photoid.runtime import pick_device
 
@@ -150,3 +150,15 @@ def embed_checkpoint(model_path: Path, crops: pd.DataFrame, out_dir: Path, flip:
     meta = {"model": str(model_path), "fold": ckpt.get("fold"), "backbone": ckpt["config"].get("backbone")}
     return embed_rows(model, crops, int(ckpt["img_size"]), Path(out_dir), flip, batch_size, workers,
                       torch.device(pick_device()), meta)
+
+
+def embed_untrained(backbone: str, pretrained: str, img_size: int, crops: pd.DataFrame, out_dir: Path, flip: bool,
+                    batch_size: int = 64, workers: int = 0) -> dict:
+    """Embed every crop with the pooled features of ``backbone`` as ``pretrained`` gives it, with no
+    training at all: the baseline that fine-tuning must beat."""
+    from photoid.models import create_model
+    from photoid.runtime import pick_device
+
+    model = create_model(dict(kind="classifier", backbone=backbone, n_classes=1, pretrained=pretrained))
+    meta = {"model": f"untrained {backbone} ({pretrained})", "fold": None, "backbone": backbone}
+    return embed_rows(model, crops, img_size, Path(out_dir), flip, batch_size, workers, torch.device(pick_device()), meta)

@@ -9,8 +9,9 @@ What knn-rank and pseudo-label share.
   them — never on the test set.
 - **Test.** The queries are the test images, the gallery every training image; the folds are
   ensembled by averaging their similarities (:func:`photoid.retrieval.fold_ensemble`).
-- Queries are flip-TTA embeddings; the gallery holds each image and, when embedded, its mirror
-  image as a second entry; an individual scores its best entry.
+- Flips (:class:`Flips`, each a param): a query is the flip-TTA mean of the crop and its mirror
+  image (``query``), or the crop alone; the gallery holds each image and, with ``gallery``, its
+  mirror image as a second entry; an individual scores its best entry.
 """
 
 from __future__ import annotations
@@ -32,6 +33,14 @@ from photoid.retrieval import (Candidates, concat_candidates, fold_ensemble, ind
 
 K = 5  # five predictions per image (Happywhale)
 N_MAP = 20  # mAP@20 (Where's Whale-do)
+
+
+@dataclass(frozen=True)
+class Flips:
+    """How mirror images are used in ranking (both need embeddings made with flips)."""
+
+    query: bool = True  # a query is the mean of its crop's and its mirror image's embeddings
+    gallery: bool = True  # every gallery image is also entered as its mirror image
 
 
 def load_fold_sets(root: Path, folds: list[int]) -> list[EmbeddingSet]:
@@ -81,7 +90,8 @@ def _rank(queries: np.ndarray, query_rows: pd.DataFrame, gallery: np.ndarray, ow
                    gallery_rows["individual"].value_counts().to_dict())
 
 
-def cross_validate(sets: list[EmbeddingSet], folds: list[int], split: pd.DataFrame, n_neighbours: int) -> list[Ranking]:
+def cross_validate(sets: list[EmbeddingSet], folds: list[int], split: pd.DataFrame, n_neighbours: int,
+                   flips: Flips = Flips()) -> list[Ranking]:
     """The validation ranking of every fold, each with its own fold's embeddings."""
     held_out = set(split.loc[split["is_new"], "individual"])
     parts = []
@@ -95,8 +105,8 @@ def cross_validate(sets: list[EmbeddingSet], folds: list[int], split: pd.DataFra
         if len(q) == 0 or len(g) == 0:
             raise DataError(f"fold {fold} has {len(q)} validation and {len(g)} gallery images: check split.n_folds and "
                             "filter.min_samples against the data set's size.")
-        gallery, owners = s.gallery(g)
-        r = _rank(s.queries(q), rows.iloc[q], gallery, owners, rows, n_neighbours)
+        gallery, owners = s.gallery(g, flips.gallery)
+        r = _rank(s.queries(q, flips.query), rows.iloc[q], gallery, owners, rows, n_neighbours)
         r.set_truth(rows["individual"].to_numpy()[q])
         r.fold = np.full(len(q), fold)
         parts.append(r)
@@ -114,16 +124,16 @@ def pool(parts: list[Ranking]) -> Ranking:
                    np.concatenate([r.fold for r in parts]))
 
 
-def rank_test(sets: list[EmbeddingSet], n_neighbours: int) -> Ranking:
+def rank_test(sets: list[EmbeddingSet], n_neighbours: int, flips: Flips = Flips()) -> Ranking:
     """Test images against every training image, the folds' similarities averaged."""
     rows = sets[0].rows
     q = np.flatnonzero((rows["part"] == TEST).to_numpy())
     g = np.flatnonzero((rows["part"] == TRAIN).to_numpy())
     if len(g) == 0:
         raise DataError("no training images were embedded: the gallery is empty.")
-    galleries = [s.gallery(g) for s in sets]
+    galleries = [s.gallery(g, flips.gallery) for s in sets]
     owners = galleries[0][1]
-    queries = fold_ensemble([s.queries(q) for s in sets])
+    queries = fold_ensemble([s.queries(q, flips.query) for s in sets])
     gallery = fold_ensemble([vec for vec, _ in galleries])
     return _rank(queries, rows.iloc[q], gallery, owners, rows, n_neighbours)
 
@@ -227,11 +237,19 @@ class RankResult:
 
 def rank_all(embeddings: Path, folds: list[int], split: pd.DataFrame, n_neighbours: int,
              fixed_threshold: float | None = None, per_species: bool = False, min_species_queries: int = 10,
-             test_truth: pd.DataFrame | None = None) -> RankResult:
+             test_truth: pd.DataFrame | None = None, flips: Flips = Flips()) -> RankResult:
     """Cross-validate the folds' embedding sets under ``embeddings``, choose the threshold(s), rank the test images."""
     sets = load_fold_sets(embeddings, folds)
-    parts = cross_validate(sets, folds, split, n_neighbours)
+    parts = cross_validate(sets, folds, split, n_neighbours, flips)
     cv = pool(parts)
     thresholds = choose_thresholds(cv, fixed_threshold, per_species, min_species_queries)
-    test = attach_truth(rank_test(sets, n_neighbours), test_truth)
+    test = attach_truth(rank_test(sets, n_neighbours, flips), test_truth)
     return RankResult(parts, cv, thresholds, test, sets[0].rows)
+
+
+def cv_figures(embeddings: Path, folds: list[int], split: pd.DataFrame, n_neighbours: int, flips: Flips = Flips(),
+               fixed_threshold: float | None = None, per_species: bool = False, min_species_queries: int = 10) -> dict:
+    """The CV figures of another set of embeddings (e.g. before retraining), ranked and thresholded the same way."""
+    sets = load_fold_sets(embeddings, folds)
+    cv = pool(cross_validate(sets, folds, split, n_neighbours, flips))
+    return scores(cv, choose_thresholds(cv, fixed_threshold, per_species, min_species_queries))

@@ -1,5 +1,9 @@
 """embed: embeddings of every training and test crop with one fold's DOLG model.
 
+--features picks what embeds: ``dolg`` (the default: train-dolg's model), ``backbone``
+(train-backbone's classifier, its pooled features) or ``untrained`` (the pretrained backbone as
+train.pretrained gives it, no training at all: the baseline fine-tuning must beat).
+
 Horizontal-flip TTA (the flipped crop is embedded too; queries use the mean of the two,
 L2-normalised, and the gallery keeps both); batched, bf16 on CUDA; written batch by batch to
 memory-mapped .npy files, so memory does not grow with the data set. Output: an embedding set
@@ -14,7 +18,9 @@ import typer
 
 from photoid import paths
 from photoid.cli import as_bool, reports_data_errors, stage_app
-from photoid.embed import embed_checkpoint
+from photoid.data.sources import DataError
+from photoid.embed import embed_checkpoint, embed_untrained
+from photoid.models.weights import is_random, normalise_spec
 from photoid.io import read_parquet, write_json
 
 app = stage_app(__doc__)
@@ -24,21 +30,38 @@ app = stage_app(__doc__)
 @reports_data_errors
 def main(
     fold: int = typer.Option(..., help="Which fold's model."),
+    features: str = typer.Option("dolg", help="dolg | backbone (train-backbone's pooled features) | untrained (the pretrained backbone, no training)."),
+    backbone: str = typer.Option("efficientnet_lite0", help="untrained: the timm model (train.backbone)."),
+    pretrained: str = typer.Option("false", help="untrained: its weights (train.pretrained)."),
+    img_size: int = typer.Option(128, help="untrained: the image size (train.img_size); the others use their model's."),
     flip_tta: str = typer.Option("true", help="true: embed the horizontally flipped crops too."),
     batch_size: int = typer.Option(64, help="Crops per batch."),
     workers: int = typer.Option(0, help="Data-loading processes."),
     crops: Path = typer.Option(paths.CROPS_TABLE, help="The crop table from crop."),
-    model_dir: Path = typer.Option(None, help="The model's folder [default: models/dolg/fold<k>]."),
+    model_dir: Path = typer.Option(None, help="The DOLG model's folder [default: models/dolg/fold<k>]."),
+    backbone_dir: Path = typer.Option(None, help="train-backbone's folder [default: models/backbone/fold<k>]."),
     out_dir: Path = typer.Option(None, help="Output folder [default: data/processed/embeddings/dolg/fold<k>]."),
     metrics: Path = typer.Option(None, help="Metrics file [default: metrics/embed/fold<k>.json]."),
 ):
     model_dir = model_dir or paths.MODELS / "dolg" / f"fold{fold}"
+    backbone_dir = backbone_dir or paths.MODELS / "backbone" / f"fold{fold}"
     out_dir = out_dir or paths.EMBEDDINGS / "dolg" / f"fold{fold}"
     metrics = metrics or paths.METRICS / "embed" / f"fold{fold}.json"
-    info = embed_checkpoint(Path(model_dir) / "model.pt", read_parquet(crops), out_dir, as_bool(flip_tta, "flip-tta"),
-                            batch_size, workers)
+    flip = as_bool(flip_tta, "flip-tta")
+    if features == "dolg":
+        info = embed_checkpoint(Path(model_dir) / "model.pt", read_parquet(crops), out_dir, flip, batch_size, workers)
+    elif features == "backbone":
+        info = embed_checkpoint(Path(backbone_dir) / "model.pt", read_parquet(crops), out_dir, flip, batch_size, workers)
+    elif features == "untrained":
+        if is_random(pretrained):
+            raise DataError("--features untrained needs pretrained weights (train.pretrained): random ones are no baseline.")
+        info = embed_untrained(backbone, normalise_spec(pretrained), img_size, read_parquet(crops), out_dir, flip,
+                               batch_size, workers)
+    else:
+        raise DataError(f"--features takes dolg, backbone or untrained, got {features!r} (embed.features in params.yaml)")
+    info["features"] = features
     write_json(info, metrics)
-    print(f"embed fold {fold}: {info['images']} crops -> {info['dim']}-d, flip TTA {info['flip']}, "
+    print(f"embed fold {fold} ({features}): {info['images']} crops -> {info['dim']}-d, flip TTA {info['flip']}, "
           f"{info['img_per_s']} img/s")
 
 

@@ -1,35 +1,43 @@
 """pseudo-label: confident test predictions of the train-dolg models become extra training labels.
 
-The test images are ranked as knn-rank ranks them (fold ensemble, new_individual threshold tuned
-on the held-out individuals), from the embed stage's embeddings. A prediction is kept when its
-best individual is its first answer, its similarity reaches --threshold and leads the second
-individual by --min-margin (see photoid.pseudo). --enabled false writes an empty table: retrain
-then passes the models through.
+The test images are ranked as knn-rank ranks them (fold ensemble, flips, new_individual threshold
+tuned on the held-out individuals), from the embed stage's embeddings. A prediction is kept when
+its best individual is its first answer, its confidence (--confidence: its lead over the second
+individual, or its similarity) reaches the cut, and it leads the second by --min-margin (see
+photoid.pseudo). The cut (--threshold auto) is the lowest confidence at which the CV queries'
+first answers reach --precision. --enabled false writes an empty table:
+retrain then passes the models through.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import typer
 
 from photoid import paths
 from photoid.cli import as_bool, reports_data_errors, stage_app
 from photoid.io import read_parquet, write_json, write_parquet
-from photoid.knn import predictions_table, rank_all
-from photoid.pseudo import PSEUDO_COLUMNS, pseudo_label_figures, select_pseudo_labels
+from photoid.data.sources import DataError
+from photoid.knn import Flips, predictions_table, rank_all
+from photoid.pseudo import PSEUDO_COLUMNS, cv_answers, precision_cut, pseudo_label_figures, select_pseudo_labels
 
 app = stage_app(__doc__)
-NEIGHBOURS = 100  # gallery entries searched per query (as knn.neighbours by default)
 
 
 @app.command()
 @reports_data_errors
 def main(
     enabled: str = typer.Option("true", help="false: no pseudo-labels (an empty table)."),
-    threshold: float = typer.Option(0.6, help="Least similarity of the best individual (fold-ensemble cosine)."),
+    confidence: str = typer.Option("margin", help="margin (the best individual's lead over the second) or score (its similarity)."),
+    threshold: str = typer.Option("auto", help="Least confidence: auto (from --precision on the CV queries) or a number."),
+    precision: float = typer.Option(0.95, help="auto: the precision the CV queries' first answers must reach above the cut."),
     min_margin: float = typer.Option(0.0, help="Least lead of the best individual over the second."),
+    neighbours: int = typer.Option(100, help="Gallery entries searched per query (as knn-rank)."),
+    query_flip: str = typer.Option("true", help="As knn-rank."),
+    gallery_flip: str = typer.Option("true", help="As knn-rank."),
     folds: list[int] = typer.Option([0], help="A fold to ensemble; repeat for more (--folds 0 --folds 1)."),
     embeddings: Path = typer.Option(paths.EMBEDDINGS / "dolg", help="Folder of the folds' embedding sets."),
     split: Path = typer.Option(paths.SPLIT_TABLE, help="The split table (for the threshold of new_individual)."),
@@ -44,11 +52,25 @@ def main(
         write_json({"enabled": False, "pseudo_labels": 0}, metrics)
         print("pseudo-label: off")
         return
-    result = rank_all(embeddings, fold_list, read_parquet(split), NEIGHBOURS)
-    pseudo = select_pseudo_labels(predictions_table(result.test, result.thresholds), result.rows, threshold, min_margin)
+    result = rank_all(embeddings, fold_list, read_parquet(split), neighbours,
+                      flips=Flips(as_bool(query_flip, "query-flip"), as_bool(gallery_flip, "gallery-flip")))
+    cv_scores, cv_correct = cv_answers(predictions_table(result.cv, result.thresholds), result.cv.truth, confidence)
+    if threshold.strip().lower() == "auto":
+        cut, cv_precision, cv_count = precision_cut(cv_scores, cv_correct, precision)
+    else:
+        try:
+            cut = float(threshold)
+        except ValueError:
+            raise DataError(f"--threshold takes auto or a number, got {threshold!r} (pseudo.threshold)") from None
+        above = cv_scores >= cut
+        cv_precision, cv_count = (float(cv_correct[above].mean()) if above.any() else 0.0), int(above.sum())
+    pseudo = select_pseudo_labels(predictions_table(result.test, result.thresholds), result.rows, cut, min_margin,
+                                  confidence)
     write_parquet(pseudo, out)
     figures = pseudo_label_figures(pseudo, len(result.test.image_ids), truth)
-    figures.update({"enabled": True, "threshold": threshold, "min_margin": min_margin,
+    figures.update({"enabled": True, "confidence": confidence, "threshold": cut if np.isfinite(cut) else None, "threshold_auto": threshold == "auto",
+                    "precision_target": precision, "cv_precision_above_threshold": cv_precision,
+                    "cv_answers_above_threshold": cv_count, "min_margin": min_margin,
                     "new_individual_threshold": result.thresholds.overall,
                     "cv_map5_before_retrain": result.metrics()["cv_map5"]})
     write_json(figures, metrics)

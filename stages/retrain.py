@@ -15,7 +15,9 @@ import typer
 
 from photoid import paths
 from photoid.cli import as_bool, as_ints, reports_data_errors, stage_app
+from photoid.data.sources import DataError
 from photoid.embed import embed_checkpoint
+from photoid.models.weights import normalise_spec
 from photoid.io import copy_artifact, read_parquet, write_json
 from photoid.train.fold import BackboneParams, DolgParams, pseudo_rows_for_fold, train_dolg
 from photoid.train.live import EpochLog
@@ -30,7 +32,9 @@ def main(
     fold: int = typer.Option(..., help="Which fold to train."),
     enabled: str = typer.Option("true", help="false: pass the train-dolg model and embeddings through."),
     epochs: int = typer.Option(10, help="Epochs."),
-    backbone: str = typer.Option("efficientnet_b0", help="timm model name (as train-backbone used)."),
+    init: str = typer.Option("dolg", help="dolg: fine-tune train-dolg's model (the starting weights compete in the epoch choice, so CV cannot drop); backbone: train DOLG again from train-backbone's weights."),
+    backbone: str = typer.Option("efficientnet_lite0", help="timm model name (as train-backbone used)."),
+    pretrained: str = typer.Option("false", help="The backbone's pretrained weights (as train-backbone); only to score the untrained features beside DOLG's."),
     img_size: int = typer.Option(96, help="Training image size (pixels)."),
     hflip: str = typer.Option("false", help="true: random horizontal flips."),
     preload: str = typer.Option("true", help="true: decode every crop once into memory."),
@@ -39,6 +43,7 @@ def main(
     clip_norm: float = typer.Option(1.0, help="Gradient-norm clipping (0: off)."),
     workers: int = typer.Option(0, help="Data-loading processes."),
     compile: str = typer.Option("false", help="true: torch.compile the model."),
+    frozen_stages: int = typer.Option(0, help="The backbone's first feature stages that never train (their BatchNorm too)."),
     seed: int = typer.Option(0, help="Random seed."),
     embedding_dim: int = typer.Option(256, help="Embedding size."),
     local_dim: int = typer.Option(256, help="Channels of the local and global branches."),
@@ -56,6 +61,8 @@ def main(
     lr_neck: float = typer.Option(1e-3, help="Peak LR of the neck."),
     lr_head: float = typer.Option(1e-2, help="Peak LR of the ArcFace head."),
     weight_decay: float = typer.Option(1e-4, help="AdamW weight decay."),
+    freeze_epochs: int = typer.Option(0, help="Epochs with the backbone frozen (the new layers learn first)."),
+    select_best: str = typer.Option("true", help="true: keep the epoch with the best val MAP@5; false: the last."),
     flip_tta: str = typer.Option("true", help="Embeddings: true to embed the flipped crops too (as embed)."),
     embed_batch_size: int = typer.Option(64, help="Embeddings: crops per batch."),
     embed_workers: int = typer.Option(0, help="Embeddings: data-loading processes."),
@@ -99,18 +106,24 @@ def main(
         print(f"retrain fold {fold}: passed through ({why})")
         return
 
-    bp = BackboneParams(backbone=backbone, img_size=img_size, hflip=as_bool(hflip, "hflip"),
+    bp = BackboneParams(backbone=backbone, pretrained=normalise_spec(pretrained), img_size=img_size, hflip=as_bool(hflip, "hflip"),
                         preload=as_bool(preload, "preload"))
     p = DolgParams(embedding_dim=embedding_dim, local_dim=local_dim, dilations=as_ints(dilations, "dilations"),
                    margin_rule=margin_rule, margin_min=margin_min, margin_max=margin_max, margin_a=margin_a,
                    margin_p=margin_p, margin_b=margin_b, scale=scale, subcenters=subcenters,
                    lr_backbone=lr_backbone, lr_dolg=lr_dolg, lr_neck=lr_neck, lr_head=lr_head)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, weight_decay=weight_decay, grad_accum=grad_accum,
-                      clip_norm=clip_norm, seed=seed, workers=workers, compile=as_bool(compile, "compile"))
+                      clip_norm=clip_norm, seed=seed, workers=workers, compile=as_bool(compile, "compile"),
+                      freeze_epochs=freeze_epochs, frozen_stages=frozen_stages, select="val_map5" if as_bool(select_best, "select-best") else "")
     rank, _ = distributed()
     log = EpochLog(curves) if rank == 0 else None
+    if init == "dolg":
+        cfg.freeze_epochs, cfg.select_initial = 0, cfg.select != ""  # already adapted: no linear probe
+    elif init != "backbone":
+        raise DataError(f"--init takes dolg or backbone, got {init!r} (retrain.init in params.yaml)")
     result = train_dolg(split_table, fold, Path(backbone_dir) / "model.pt", bp, p, cfg, out_dir / "model.pt",
-                        state_dir, log=log, extra_rows=rows)
+                        state_dir, log=log, extra_rows=rows,
+                        init_ckpt=Path(dolg_dir) / "model.pt" if init == "dolg" else None)
     if rank != 0:
         return
     log.close()
@@ -118,7 +131,8 @@ def main(
     info = embed_checkpoint(out_dir / "model.pt", read_parquet(crops), embeddings_out, as_bool(flip_tta, "flip-tta"),
                             embed_batch_size, embed_workers)
     write_json({**result, "retrained": True, "pseudo_rows": len(rows), "embed_img_per_s": info["img_per_s"]}, metrics)
-    print(f"retrain fold {fold}: {len(rows)} pseudo-labelled images added; val MAP@5 {result['val_map5']:.3f}")
+    print(f"retrain fold {fold}: {len(rows)} pseudo-labelled images added; val MAP@5 {result['val_map5']:.3f} "
+          f"(epoch kept: {result['epoch_kept']}, 0 = the starting weights)")
 
 
 if __name__ == "__main__":

@@ -176,3 +176,40 @@ def test_a_data_set_without_test_images_gives_an_empty_submission_and_no_pseudo_
     assert predictions.empty and list(submission(predictions).columns) == ["image", "predictions"]
     assert result.metrics()["test_images"] == 0 and "test_map5" not in result.metrics()
     assert select_pseudo_labels(predictions, result.rows, 0.5, 0.0).empty
+
+
+def test_the_pseudo_label_cut_reaches_its_precision_on_a_constructed_case():
+    from photoid.pseudo import precision_cut
+
+    rng = np.random.default_rng(0)
+    # 400 answers whose chance of being right rises with the score: right with probability = score
+    scores = rng.uniform(0, 1, 400)
+    correct = rng.uniform(0, 1, 400) < scores
+    for target in (0.8, 0.9, 0.95):
+        cut, precision, count = precision_cut(scores, correct, target)
+        above = scores >= cut
+        assert above.sum() == count and correct[above].mean() == pytest.approx(precision) and precision >= target
+        # it is the lowest such cut: one answer lower, the precision falls below the target
+        lower = scores < cut
+        if lower.any():
+            nxt = scores[lower].max()
+            assert correct[scores >= nxt].mean() < target
+    # hand-computed: scores 0.9 0.8 0.7 0.6, right right wrong right -> precisions 1, 1, 2/3, 3/4
+    assert precision_cut([0.6, 0.9, 0.7, 0.8], [True, True, False, True], 0.75) == (0.6, 0.75, 4)
+    assert precision_cut([0.6, 0.9, 0.7, 0.8], [True, True, False, True], 0.9) == (0.8, 1.0, 2)
+    assert precision_cut([0.9, 0.8], [False, True], 0.95) == (float("inf"), 0.0, 0)  # even the best is wrong
+    assert precision_cut([0.9, 0.9, 0.5], [True, False, True], 0.9)[0] == float("inf")  # ties go together
+
+
+def test_flip_params_change_what_ranks(tmp_path):
+    from photoid.knn import Flips
+
+    split, truth = _planted(tmp_path)
+    both = rank_all(tmp_path / "emb", [0, 1], split, 100, test_truth=truth)
+    neither = rank_all(tmp_path / "emb", [0, 1], split, 100, test_truth=truth, flips=Flips(query=False, gallery=False))
+    s = EmbeddingSet.load(tmp_path / "emb" / "fold0")
+    g = np.flatnonzero((s.rows["part"] == "train").to_numpy())
+    assert len(s.gallery(g, flip=True)[0]) == 2 * len(s.gallery(g, flip=False)[0])
+    assert np.allclose(s.queries(g, flip=False), s.original[g] / np.linalg.norm(s.original[g], axis=1, keepdims=True),
+                       atol=1e-6)
+    assert not np.allclose(both.test.candidates.scores, neither.test.candidates.scores)

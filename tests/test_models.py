@@ -95,3 +95,45 @@ def test_dolg_config_round_trip(tmp_path):
     with torch.no_grad():
         assert torch.allclose(model.embed(x), again.eval().embed(x))
     assert ckpt["config"]["backbone"] == "resnet18"
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet18", "convnext_atto"])
+def test_the_global_branch_pools_the_backbones_final_activated_features(backbone):
+    """Not the last block's raw output: in EfficientNet and ConvNeXt that has no activation (half of
+    it negative, which GeM's clamp would zero)."""
+    model = DOLG(backbone, embedding_dim=16, local_dim=8, dilations=(1, 2)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    pooled = {}
+    model.gem.register_forward_hook(lambda m, inp, out: pooled.update(x=inp[0]))
+    with torch.no_grad():
+        model(x)
+        final = model.backbone.forward_features(x)
+    assert torch.allclose(pooled["x"], final, atol=1e-5)
+    if backbone == "efficientnet_lite0":  # ReLU6 after conv_head + bn2: nothing negative left to clamp
+        assert (pooled["x"] >= 0).all()
+
+
+def test_local_features_are_normalised_before_the_relu():
+    """DOLG normalises bn(conv(x)), negative half included, and weights it by the attention score."""
+    from photoid.models.layers import SpatialAttention
+
+    torch.manual_seed(0)
+    att = SpatialAttention(8, 16).eval()
+    x = torch.randn(2, 8, 5, 5)
+    with torch.no_grad():
+        out = att(x)
+        h = att.bn(att.conv(x))
+        expected = torch.nn.functional.normalize(h, dim=1) * torch.nn.functional.softplus(att.score(torch.relu(h)))
+    assert (out < 0).any()  # a normalised ReLU output could not be negative
+    assert torch.allclose(out, expected, atol=1e-6)
+
+
+def test_dolg_under_two_gloo_processes_gets_a_gradient_for_every_backbone_parameter():
+    """DDP stops at step 2 when a parameter gets no gradient: with the global branch on the final
+    features, every EfficientNet module (conv_head, bn2 included) takes part."""
+    model = create_model(dict(kind="dolg", backbone="efficientnet_lite0", embedding_dim=16, local_dim=8,
+                              dilations=[1, 2], n_classes=3, margins=[0.3] * 3, scale=10.0))
+    y = torch.tensor([0, 1, 2, 0])
+    model(torch.randn(4, 3, 64, 64), y).logsumexp(1).mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, missing

@@ -135,6 +135,7 @@ def test_retrain_trains_on_pseudo_labels_and_embeds_with_the_new_model(project):
     pseudo.to_parquet(root / "pseudo_test.parquet", index=False)
     args = [sys.executable, "stages/retrain.py", "--fold", "0", "--epochs", "1", "--backbone", "resnet18",
             "--img-size", "40", "--batch-size", "8", "--embedding-dim", "32", "--local-dim", "32",
+            "--select-best", "false",  # fine-tunes train-dolg's model (--init dolg) and keeps its last epoch
             "--pseudo", "pseudo_test.parquet", "--out-dir", "models/rt", "--embeddings-out", "data/rt_emb",
             "--metrics", "metrics/rt.json", "--curves", "metrics/rt_curves", "--state-dir", "checkpoints/rt"]
     done = subprocess.run(args, cwd=root, env=env(), capture_output=True, text=True)

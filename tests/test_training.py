@@ -153,3 +153,96 @@ def test_a_last_batch_of_one_sample_does_not_break_batchnorm():
 
     history = fit(WithBN1d(), _ce, _data(n=17), _cfg(epochs=2, batch_size=16), None, "k")
     assert len(history) == 2 and np.isfinite(history[-1]["train_loss"])
+
+
+class WithBackbone(Tiny):
+    """Tiny with its body named as photoid's models name the part a linear probe freezes."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = self.body
+        del self.body
+
+    def forward(self, x):
+        return self.fc(self.backbone(x))
+
+    def param_groups(self):
+        return {"backbone": list(self.backbone.parameters()), "head": list(self.fc.parameters())}
+
+
+def test_linear_probe_keeps_the_backbone_and_its_batchnorm_then_fine_tunes():
+    seen = []
+    model = WithBackbone()
+    start = _weights(model)
+
+    def probe(m, epoch):
+        seen.append(_weights(m))
+        return {}
+
+    history = fit(model, _ce, _data(), _cfg(epochs=4, freeze_epochs=2), None, "k", on_epoch_end=probe)
+    after_probe = seen[1]
+    for k, v in start.items():
+        if k.startswith("backbone."):  # weights and BatchNorm statistics untouched while frozen
+            assert torch.equal(after_probe[k], v), k
+    assert not torch.equal(after_probe["fc.weight"], start["fc.weight"])  # the new layer learned
+    assert not torch.equal(seen[3]["backbone.0.weight"], start["backbone.0.weight"])  # then the backbone did
+    assert [r["frozen"] for r in history] == [True, True, False, False]
+    assert history[0]["lr"]["backbone"] == 0.0 and history[2]["lr"]["backbone"] > 0  # its one-cycle starts late
+    assert all(p.requires_grad for p in model.parameters())  # released at the end
+
+
+def test_one_cycle_warms_up_then_decays_and_waits_for_its_start():
+    from photoid.train.loop import one_cycle
+
+    f = one_cycle(100, start=40, pct_start=0.25)
+    assert [f(t) for t in (0, 39)] == [0.0, 0.0]
+    values = [f(t) for t in range(40, 100)]
+    peak = int(np.argmax(values))
+    assert peak == 15 and values[peak] == pytest.approx(1.0)  # 25 % of the 60 steps left
+    assert all(np.diff(values[:peak + 1]) > 0) and all(np.diff(values[peak:]) <= 0)
+    assert values[0] == pytest.approx(1 / 25) and values[-1] < 0.01
+
+
+def test_the_best_epoch_is_kept_not_the_last(tmp_path):
+    scores = {0: 0.2, 1: 0.9, 2: 0.5, 3: 0.4}
+    snapshots = {}
+
+    def validate(m, epoch):
+        snapshots[epoch] = _weights(m)
+        return {"val_score": scores[epoch]}
+
+    model = Tiny()
+    history = fit(model, _ce, _data(), _cfg(epochs=4, select="val_score"), tmp_path, "k", on_epoch_end=validate)
+    for k, v in snapshots[1].items():
+        assert torch.equal(model.state_dict()[k], v), k
+    from photoid.train.loop import selected
+
+    assert selected(history)["epoch"] == 1 and [r["selected"] for r in history] == [False, True, False, False]
+    # killed after the best epoch and resumed: the best one is still the one kept
+    snapshots.clear()
+    first = Tiny()
+    fit(first, _ce, _data(), _cfg(epochs=4, select="val_score"), tmp_path / "b", "k", on_epoch_end=validate, stop_after=2)
+    best = snapshots[1]
+    resumed = Tiny()
+    fit(resumed, _ce, _data(), _cfg(epochs=4, select="val_score"), tmp_path / "b", "k", on_epoch_end=validate)
+    assert all(torch.equal(resumed.state_dict()[k], v) for k, v in best.items())
+
+
+def test_frozen_early_stages_never_train_and_the_rest_does():
+    from photoid.train.loop import early_stages
+
+    torch.manual_seed(0)
+    model = create_model(dict(kind="classifier", backbone="resnet18", n_classes=4))
+    kept = early_stages(model.backbone, 2)  # stem and layer1 (timm feature stages 'act1', 'layer1')
+    assert model.backbone.layer1 in kept and model.backbone.layer2 not in kept and model.backbone.conv1 in kept
+    before = _weights(model)
+    x = torch.randn(16, 3, 32, 32)
+    y = torch.arange(16) % 4
+    fit(model, _ce, TensorDataset(x, y), _cfg(epochs=2, lrs={"backbone": 0.01, "head": 0.1}, frozen_stages=2), None, "k")
+    after = model.state_dict()
+    for k in before:
+        if k.startswith(("backbone.conv1", "backbone.bn1", "backbone.layer1.")):
+            assert torch.equal(before[k], after[k]), k  # weights and BatchNorm statistics
+    assert not torch.equal(before["backbone.layer2.0.conv1.weight"], after["backbone.layer2.0.conv1.weight"])
+    with pytest.raises(ValueError, match="feature stages"):
+        early_stages(model.backbone, 9)

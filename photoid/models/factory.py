@@ -34,12 +34,12 @@ def create_model(config: dict) -> nn.Module:
     """``config["kind"]``: ``classifier`` or ``dolg``; the rest are that model's arguments."""
     kind = config["kind"]
     if kind == "classifier":
-        return Classifier(config["backbone"], config["n_classes"], pretrained=config.get("pretrained", False),
+        return Classifier(config["backbone"], config["n_classes"], pretrained=config.get("pretrained", "false"),
                           drop_rate=config.get("drop_rate", 0.0))
     if kind == "dolg":
         dolg = DOLG(config["backbone"], embedding_dim=config["embedding_dim"], local_dim=config["local_dim"],
                     dilations=tuple(config["dilations"]), gem_p=config.get("gem_p", 3.0),
-                    pretrained=config.get("pretrained", False), drop_rate=config.get("drop_rate", 0.0))
+                    pretrained=config.get("pretrained", "false"), drop_rate=config.get("drop_rate", 0.0))
         head = ArcFaceHead(config["embedding_dim"], config["n_classes"], margins=config["margins"],
                            scale=config["scale"], subcenters=config.get("subcenters", 1))
         return DOLGArcFace(dolg, head)
@@ -62,7 +62,7 @@ def load_model(path: str | os.PathLike, map_location="cpu") -> tuple[nn.Module, 
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: run the stage that trains it (`dvc repro`).")
     ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    config = dict(ckpt["config"], pretrained=False)  # the weights are in the checkpoint
+    config = dict(ckpt["config"], pretrained="false")  # the weights are in the checkpoint
     model = create_model(config)
     model.load_state_dict(ckpt["state_dict"])
     return model, ckpt

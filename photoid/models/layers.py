@@ -37,31 +37,32 @@ class MultiAtrous(nn.Module):
 
 
 class SpatialAttention(nn.Module):
-    """DOLG's local self-attention: channel-L2-normalised features weighted by
-    ``softplus(conv1×1(relu(bn(x))))``, one weight per location."""
+    """DOLG's local self-attention, as the paper's code has it: ``x = bn(conv1×1(x))``; the output is
+    ``normalize(x) · softplus(conv1×1(relu(x)))``: the channel-L2-normalised map (normalised *before*
+    the ReLU, so it keeps its negative half) weighted by one attention score per location."""
 
-    def __init__(self, channels: int):
+    def __init__(self, in_channels: int, channels: int):
         super().__init__()
+        self.conv = nn.Conv2d(in_channels, channels, 1)
         self.bn = nn.BatchNorm2d(channels)
         self.score = nn.Conv2d(channels, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        attention = F.softplus(self.score(F.relu(self.bn(x))))
+        x = self.bn(self.conv(x))
+        attention = F.softplus(self.score(F.relu(x)))
         return F.normalize(x, p=2, dim=1) * attention
 
 
 class LocalBranch(nn.Module):
-    """Multi-atrous convolution → 1×1 conv → self-attention: the local features f_l (C×H×W)."""
+    """Multi-atrous convolution (ReLU) → self-attention: the local features f_l (C×H×W)."""
 
     def __init__(self, in_channels: int, dim: int, dilations: tuple[int, ...] = (3, 6, 9)):
         super().__init__()
         self.atrous = MultiAtrous(in_channels, dim, dilations)
-        self.project = nn.Sequential(nn.Conv2d(self.atrous.out_channels, dim, 1, bias=False), nn.BatchNorm2d(dim),
-                                     nn.ReLU(inplace=True))
-        self.attention = SpatialAttention(dim)
+        self.attention = SpatialAttention(self.atrous.out_channels, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.attention(self.project(self.atrous(x)))
+        return self.attention(F.relu(self.atrous(x)))
 
 
 def orthogonal_fusion(f_l: torch.Tensor, f_g: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

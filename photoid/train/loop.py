@@ -1,7 +1,18 @@
 """The training loop that train-backbone, train-dolg and retrain share.
 
 - device picked automatically; on CUDA bf16 autocast and channels_last; optional torch.compile;
-- AdamW with one param group per model part, each with its own LR, under a one-cycle schedule;
+- AdamW with one param group per model part, each with its own peak LR, under a one-cycle schedule
+  (linear warm-up, cosine decay);
+- linear probe, then fine-tune: for the first ``freeze_epochs`` the backbone is frozen (no
+  gradients, BatchNorm statistics kept) while the new layers learn; the backbone's own one-cycle
+  starts when it is released, so a pretrained backbone is never hit by the new layers' first,
+  random gradients at its peak LR;
+- early stages kept: the backbone's first ``frozen_stages`` feature stages (timm's feature_info)
+  never train, their BatchNorm statistics included: few photos per individual cannot improve
+  ImageNet's edges and textures, and the backward pass stops before them (faster);
+- the epoch kept is the best by ``select`` (a validation metric, e.g. ``val_map5``), not the last;
+  with ``select_initial`` the starting weights are scored first and compete too (epoch -1), so
+  fine-tuning a trained model (retrain) cannot end worse than it began on that metric;
 - gradient accumulation and clipping; img/s logged;
 - deterministic: each epoch reseeds from (seed, epoch), so the same params give the same weights;
 - resumable: after every epoch the full state (weights, optimiser, schedule, history) is written
@@ -40,7 +51,11 @@ class TrainConfig:
     batch_size: int = 32
     lrs: dict = field(default_factory=lambda: {"backbone": 1e-3})  # peak LR per param group
     weight_decay: float = 1e-4
-    pct_start: float = 0.2  # share of the schedule spent warming up
+    pct_start: float = 0.2  # share of each group's schedule spent warming up
+    freeze_epochs: int = 0  # epochs with the backbone frozen (linear probe) before fine-tuning
+    frozen_stages: int = 0  # the backbone's first feature stages that never train
+    select: str = ""  # validation metric whose best epoch is kept ('' = the last epoch)
+    select_initial: bool = False  # the starting weights compete too (fine-tuning a trained model: never end worse)
     grad_accum: int = 1
     clip_norm: float = 1.0  # 0: no clipping
     seed: int = 0
@@ -92,7 +107,51 @@ def build_optimizer(model: nn.Module, lrs: dict[str, float], weight_decay: float
                              weight_decay=weight_decay)
 
 
+def early_stages(backbone: nn.Module, n: int) -> list[nn.Module]:
+    """The backbone's modules from its input to the end of its ``n``-th feature stage (timm's
+    ``feature_info``), in forward order; [] for n = 0."""
+    if n <= 0:
+        return []
+    info = getattr(backbone, "feature_info", None)
+    if info is None or n > len(info):
+        raise ValueError(f"frozen_stages={n}: the backbone has {len(info) if info else 0} feature stages")
+    target = info[n - 1]["module"]
+    modules = list(backbone.named_modules())[1:]
+    last = max(i for i, (name, _) in enumerate(modules) if name == target or name.startswith(target + "."))
+    return [m for _, m in modules[:last + 1]]
+
+
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def one_cycle(total: int, start: int = 0, pct_start: float = 0.2, div: float = 25.0,
+              final_div: float = 1e4) -> Callable[[int], float]:
+    """The LR multiplier at step t of a one-cycle schedule that begins at step ``start`` (0 before):
+    linear warm-up from 1/div to 1 over ``pct_start`` of the steps left, then cosine down to 1/final_div."""
+    span = max(1, total - start)
+    warm = max(1, int(round(pct_start * span)))
+
+    def factor(t: int) -> float:
+        if t < start:
+            return 0.0
+        u = t - start
+        if u < warm:
+            return 1 / div + (1 - 1 / div) * u / warm
+        v = min(1.0, (u - warm) / max(1, span - warm))
+        return 1 / final_div + (1 - 1 / final_div) * 0.5 * (1 + math.cos(math.pi * v))
+
+    return factor
+
+
+def backbone_of(model: nn.Module) -> nn.Module | None:
+    """The pretrained part a linear probe freezes (``model.backbone`` or ``model.dolg.backbone``)."""
+    for path in ("backbone", "dolg.backbone"):
+        m = model
+        for name in path.split("."):
+            m = getattr(m, name, None)
+        if isinstance(m, nn.Module):
+            return m
+    return None
 
 
 def fit(model: nn.Module, loss_fn: LossFn, dataset: Dataset, cfg: TrainConfig, state_dir: Path | None, key: str,
@@ -115,11 +174,19 @@ def fit(model: nn.Module, loss_fn: LossFn, dataset: Dataset, cfg: TrainConfig, s
     # a last batch of one sample cannot train BatchNorm (it raises): drop it, and only it
     drop_last = per_rank > cfg.batch_size and per_rank % cfg.batch_size == 1
     batches = per_rank // cfg.batch_size if drop_last else math.ceil(per_rank / cfg.batch_size)
-    steps_per_epoch = math.ceil(batches / cfg.grad_accum)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], epochs=cfg.epochs,
-        steps_per_epoch=max(1, steps_per_epoch), pct_start=cfg.pct_start)
+    steps_per_epoch = max(1, math.ceil(batches / cfg.grad_accum))
+    total_steps = cfg.epochs * steps_per_epoch
+    frozen_steps = min(cfg.freeze_epochs, cfg.epochs) * steps_per_epoch
+    backbone = backbone_of(model)
+    if (cfg.freeze_epochs or cfg.frozen_stages) and backbone is None:
+        raise ValueError("freeze_epochs and frozen_stages need a model with a backbone")
+    kept = early_stages(backbone, cfg.frozen_stages) if cfg.frozen_stages else []
+    kept_params = [p for m in kept for p in m.parameters(recurse=False)]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [
+        one_cycle(total_steps, frozen_steps if g["name"] == "backbone" else 0, cfg.pct_start)
+        for g in optimizer.param_groups])
     history: list[dict] = []
+    best: dict = {}  # the selected epoch: {"epoch", "value", "model"}
     start = 0
     state_file = state_dir / "state.pt" if state_dir is not None else None
     if state_file is not None and state_file.exists():
@@ -129,15 +196,28 @@ def fit(model: nn.Module, loss_fn: LossFn, dataset: Dataset, cfg: TrainConfig, s
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             history, start = state["history"], state["epoch"] + 1
+            best = state.get("best", {})
             if rank == 0:
                 print(f"resuming from epoch {start} of {cfg.epochs} ({state_file})")
         elif rank == 0:
             print(f"discarding a training state made with other params or data ({state_file})")
             state_file.unlink()
+    if cfg.select and cfg.select_initial and start == 0 and rank == 0 and on_epoch_end is not None:
+        model.eval()
+        with torch.no_grad():
+            initial = {"epoch": -1, "train_loss": float("nan"), "img_per_s": 0.0, **on_epoch_end(model, -1)}
+        history.append(initial)
+        best = {"epoch": -1, "value": initial[cfg.select],
+                "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+        print(f"before training: {cfg.select} {best['value']:.4g}")
     for record in history:  # a resumed run re-logs what the killed one had logged
+        if record["epoch"] < 0:
+            continue
         if log is not None and rank == 0:
             log(record["epoch"], record)
 
+    for p in kept_params:  # before DDP is built: it leaves them out of its reduction for good
+        p.requires_grad_(False)
     net = model
     if world > 1:
         if cuda:
@@ -155,7 +235,16 @@ def fit(model: nn.Module, loss_fn: LossFn, dataset: Dataset, cfg: TrainConfig, s
             sampler.set_epoch(epoch)
         loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                             generator=generator, pin_memory=cuda, drop_last=drop_last, persistent_workers=False)
+        frozen = epoch < cfg.freeze_epochs
+        if backbone is not None and world == 1:  # under DDP a frozen backbone gets LR 0 instead (same ranks' graphs)
+            backbone.requires_grad_(not frozen)
+        for p in kept_params:
+            p.requires_grad_(False)
         net.train()
+        if frozen:
+            backbone.eval()  # keep the pretrained BatchNorm statistics while probing
+        for m in kept:
+            m.eval()
         total, count, t0 = 0.0, 0, time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=rank != 0, leave=False)
@@ -172,20 +261,26 @@ def fit(model: nn.Module, loss_fn: LossFn, dataset: Dataset, cfg: TrainConfig, s
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                if scheduler.last_epoch + 1 < scheduler.total_steps:
+                if scheduler.last_epoch + 1 < total_steps:
                     scheduler.step()
             total += loss.item() * len(x)
             count += len(x)
             bar.set_postfix(loss=f"{total / count:.3f}")
         elapsed = time.perf_counter() - t0
         record = {"epoch": epoch, "train_loss": total / max(count, 1), "img_per_s": count * world / elapsed,
-                  "lr": {g["name"]: g["lr"] for g in optimizer.param_groups}}
+                  "lr": {g["name"]: g["lr"] for g in optimizer.param_groups}, "frozen": frozen}
         if rank == 0:
             if on_epoch_end is not None:
                 model.eval()
                 with torch.no_grad():
                     record.update(on_epoch_end(model, epoch))
             history.append(record)
+            if cfg.select:
+                if cfg.select not in record:
+                    raise ValueError(f"select={cfg.select!r} is not among the validation metrics {sorted(record)}")
+                if not best or record[cfg.select] > best["value"]:
+                    best = {"epoch": epoch, "value": record[cfg.select],
+                            "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
             if log is not None:
                 log(epoch, record)
             print(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(
@@ -193,12 +288,25 @@ def fit(model: nn.Module, loss_fn: LossFn, dataset: Dataset, cfg: TrainConfig, s
             if state_file is not None:
                 with atomic_path(state_file) as tmp:
                     torch.save({"key": key, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                "scheduler": scheduler.state_dict(), "history": history}, tmp)
+                                "scheduler": scheduler.state_dict(), "history": history, "best": best}, tmp)
         if world > 1:
             dist.barrier()
         if stop_after is not None and epoch + 1 - start >= stop_after:
-            break
+            return history
+    if backbone is not None:
+        backbone.requires_grad_(True)
+    if best and rank == 0:
+        model.load_state_dict(best["model"])
+        for record in history:
+            record["selected"] = record["epoch"] == best["epoch"]
+        which = "the starting weights" if best["epoch"] < 0 else f"epoch {best['epoch'] + 1} of {cfg.epochs}"
+        print(f"kept {which}: best {cfg.select} {best['value']:.4g}")
     return history
+
+
+def selected(history: list[dict]) -> dict:
+    """The record of the epoch whose weights were kept (the best by ``select``, else the last)."""
+    return next((r for r in history if r.get("selected")), history[-1])
 
 
 def finished(state_dir: Path | None) -> None:

@@ -1,0 +1,149 @@
+"""The ablation table: `dvc exp run` variants from one baseline, results read back with `dvc exp show --csv`
+and written into the README's Results section (never typed by hand).
+
+    python bench/ablation.py --data demo                     # the built-in demo (about 40 min on 2 cores)
+    python bench/ablation.py --data marine                   # ../shared/data/marine_sample (no test truth: CV only)
+    python bench/ablation.py --data demo --rows baseline,untrained --no-readme   # a few rows, print only
+
+Each row is one experiment named ``abl-<data>-<row>``: the workspace's params.yaml with the row's
+``-S`` overrides (and, for the marine sample, the data params that point at it). Unchanged stages
+are restored from DVC's run cache, so rows that only touch embed or knn-rank cost seconds. The
+workspace's params.yaml is restored after every row and the baseline's outputs checked out at the end.
+Run it on a committed tree: `dvc exp run` records the experiments against HEAD.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+REPO = Path(__file__).resolve().parents[1]
+
+# (name, what it shows, -S overrides)
+ROWS: list[tuple[str, str, list[str]]] = [
+    ("baseline", "photoid's default: DOLG on ImageNet Lite0, adaptive margins, 2 sub-centres, flips, pseudo-labels, 1 fold", []),
+    ("untrained", "untrained ImageNet features + KNN (no training at all)", ["embed.features=untrained", "pseudo.enabled=false"]),
+    ("backbone", "plain backbone features (train-backbone's classifier, no DOLG)", ["embed.features=backbone", "pseudo.enabled=false"]),
+    ("no-pseudo", "DOLG without pseudo-labels (no retrain)", ["pseudo.enabled=false"]),
+    ("fixed-margin", "fixed ArcFace margin (margin_max for every class) instead of adaptive", ["dolg.margin_rule=fixed"]),
+    ("one-subcentre", "1 sub-centre per class instead of 2", ["dolg.subcenters=1"]),
+    ("no-query-flip", "queries without flip TTA (the crop alone)", ["knn.query_flip=false"]),
+    ("no-gallery-flip", "gallery without mirror-image entries", ["knn.gallery_flip=false"]),
+    ("no-flips", "no flip TTA at all (queries and gallery)", ["knn.query_flip=false", "knn.gallery_flip=false"]),
+    ("no-train-hflip", "no random mirror images in training", ["train.hflip=false"]),
+    ("3-folds", "3-fold ensemble instead of 1 fold", ["ensemble.folds=[0,1,2]"]),
+    ("scratch", "EfficientNet-Lite0 from scratch (random init, nothing frozen)",
+     ["train.pretrained=false", "train.frozen_stages=0", "backbone.freeze_epochs=0", "dolg.freeze_epochs=0"]),
+]
+
+MARINE = ["data.source=csv", "data.labels=dolphin.csv,seal.csv,whale.csv", "data.image_col=Image",
+          "data.individual_col=UniqueID,ID"]
+
+COLUMNS = [  # (csv column suffix, header)
+    ("metrics/knn.json:cv_map5", "CV MAP@5"),
+    ("metrics/knn.json:cv_map5_without_new", "CV MAP@5 known"),
+    ("metrics/knn.json:test_map5", "test MAP@5"),
+    ("metrics/knn.json:test_map5_without_new", "test MAP@5 known"),
+    ("metrics/pseudo.json:pseudo_labels", "pseudo-labels"),
+    ("metrics/pseudo.json:accuracy", "their precision"),
+]
+
+
+def run(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    print("$ " + " ".join(cmd), flush=True)
+    return subprocess.run(cmd, cwd=REPO, check=check, text=True)
+
+
+def quoted(override: str) -> str:
+    """`dvc exp run -S` reads a bare comma as a sweep: quote values that hold one."""
+    key, value = override.split("=", 1)
+    if "," in value and not value.startswith("["):
+        return f'{key}="{value}"'
+    return override
+
+
+def exp_table() -> dict[str, dict[str, str]]:
+    out = subprocess.run(["dvc", "exp", "show", "--csv", "--all-commits", "--force"], cwd=REPO, check=True,
+                         capture_output=True, text=True).stdout
+    return {row["Experiment"]: row for row in csv.DictReader(io.StringIO(out)) if row.get("Experiment")}
+
+
+def fmt(value: str | None) -> str:
+    if value in (None, "", "-"):
+        return "–"
+    try:
+        f = float(value)
+    except ValueError:
+        return value
+    return f"{int(f)}" if f.is_integer() and abs(f) > 1 else f"{f:.3f}"
+
+
+def markdown(data: str, rows: list[tuple[str, str, list[str]]], table: dict[str, dict[str, str]], minutes: float) -> str:
+    cols = [c for c in COLUMNS if any(table.get(f"abl-{data}-{name}", {}).get(c[0], "") not in ("", "-")
+                                      for name, _, _ in rows)]
+    lines = ["| row | what | `-S` | " + " | ".join(h for _, h in cols) + " |",
+             "|---|---|---|" + "---|" * len(cols)]
+    for name, what, overrides in rows:
+        r = table.get(f"abl-{data}-{name}", {})
+        lines.append(f"| {name} | {what} | {' '.join(f'`{o}`' for o in overrides) or '–'} | "
+                     + " | ".join(fmt(r.get(c)) for c, _ in cols) + " |")
+    lines.append("")
+    lines.append(f"Written by `python bench/ablation.py --data {data}` from `dvc exp show --csv` "
+                 f"({time.strftime('%Y-%m-%d')}, {minutes:.0f} min on this machine). \"known\": MAP@5 with "
+                 "`new_individual` never predicted, i.e. how well known animals are found.")
+    return "\n".join(lines)
+
+
+def write_readme(data: str, text: str, readme: Path) -> None:
+    start, end = f"<!-- ablation:{data}:start -->", f"<!-- ablation:{data}:end -->"
+    content = readme.read_text()
+    if start not in content or end not in content:
+        raise SystemExit(f"{readme} lacks the markers {start} ... {end} in its Results section")
+    head, rest = content.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{text}\n{end}{tail}")
+
+
+def main(
+    data: str = typer.Option("demo", help="demo | marine"),
+    rows: str = typer.Option("all", help="Comma-separated row names, or all."),
+    marine_root: Path = typer.Option(REPO.parent / "shared" / "data" / "marine_sample", help="The marine sample."),
+    readme: bool = typer.Option(True, help="Write the table into README.md (else print it only)."),
+    run_experiments: bool = typer.Option(True, help="false: only rebuild the table from experiments already run."),
+):
+    chosen = ROWS if rows == "all" else [r for r in ROWS if r[0] in rows.split(",")]
+    if not chosen:
+        raise SystemExit(f"no such rows: {rows}; have {', '.join(r[0] for r in ROWS)}")
+    base = [] if data == "demo" else [*MARINE, f"data.root={os.path.relpath(marine_root.resolve(), REPO)}"]
+    if data == "marine" and not marine_root.is_dir():
+        raise SystemExit(f"{marine_root} not found: the shared folder belongs beside the checkout")
+    start = time.perf_counter()
+    if run_experiments:
+        try:
+            for name, _, overrides in chosen:
+                exp = f"abl-{data}-{name}"
+                subprocess.run(["dvc", "exp", "remove", exp], cwd=REPO, capture_output=True)
+                args = [a for o in [*base, *overrides] for a in ("-S", quoted(o))]
+                t0 = time.perf_counter()
+                result = run(["dvc", "exp", "run", "--name", exp, *args], check=False)
+                print(f"ablation {exp}: exit {result.returncode} in {time.perf_counter() - t0:.0f} s", flush=True)
+                run(["git", "checkout", "--", "params.yaml"])
+        finally:
+            run(["git", "checkout", "--", "params.yaml", "dvc.lock", "metrics"], check=False)
+            run(["dvc", "checkout", "--quiet"], check=False)
+    text = markdown(data, chosen, exp_table(), (time.perf_counter() - start) / 60)
+    print(text)
+    if readme:
+        write_readme(data, text, REPO / "README.md")
+
+
+if __name__ == "__main__":
+    typer.run(main)
+    sys.exit(0)
