@@ -213,3 +213,88 @@ def test_flip_params_change_what_ranks(tmp_path):
     assert np.allclose(s.queries(g, flip=False), s.original[g] / np.linalg.norm(s.original[g], axis=1, keepdims=True),
                        atol=1e-6)
     assert not np.allclose(both.test.candidates.scores, neither.test.candidates.scores)
+
+
+def _stage(name):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", Path(__file__).resolve().parents[1] / "stages" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.app
+
+
+def test_pseudo_label_stage_cuts_where_cv_reaches_its_precision_and_labels_confident_test_images(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    split, truth = _planted(tmp_path, noise=0.05)
+    split.to_parquet(tmp_path / "split.parquet", index=False)
+    truth.to_parquet(tmp_path / "truth.parquet", index=False)
+    common = ["--folds", "0", "--folds", "1", "--embeddings", str(tmp_path / "emb"), "--split", str(tmp_path / "split.parquet"),
+              "--test-truth", str(tmp_path / "truth.parquet"), "--out", str(tmp_path / "p.parquet"),
+              "--metrics", str(tmp_path / "p.json")]
+    result = CliRunner().invoke(_stage("pseudo_label"), ["--precision", "0.95", *common])
+    assert result.exit_code == 0, result.output
+    m = json.loads((tmp_path / "p.json").read_text())
+    # planted clusters: every CV answer is right, so the cut is the least confident one and every
+    # known test image (4 of them) clears it; the new ones are answered new_individual first
+    assert m["threshold_auto"] and m["cv_precision_above_threshold"] == 1.0 and m["cv_answers_above_threshold"] > 0
+    assert m["pseudo_labels"] == 4 and m["accuracy"] == 1.0
+    pseudo = pd.read_parquet(tmp_path / "p.parquet")
+    assert sorted(pseudo["image_id"]) == ["te_known0", "te_known3", "te_known5", "te_known6"]
+    # a fixed cut above every margin labels nothing
+    result = CliRunner().invoke(_stage("pseudo_label"), ["--threshold", "5", *common])
+    assert result.exit_code == 0 and json.loads((tmp_path / "p.json").read_text())["pseudo_labels"] == 0
+    result = CliRunner().invoke(_stage("pseudo_label"), ["--threshold", "high", *common])
+    assert result.exit_code == 2 and "auto or a number" in result.output
+
+
+def test_knn_rank_reports_cv_before_and_after_retraining(tmp_path):
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    split, truth = _planted(tmp_path, noise=0.05)
+    shutil.copytree(tmp_path / "emb", tmp_path / "before")
+    _planted(tmp_path / "noisy", noise=1.5, seed=1)  # a worse "before": the same images, noisier vectors
+    shutil.rmtree(tmp_path / "before")
+    shutil.copytree(tmp_path / "noisy" / "emb", tmp_path / "before")
+    split.to_parquet(tmp_path / "split.parquet", index=False)
+    args = ["--folds", "0", "--folds", "1", "--embeddings", str(tmp_path / "emb"), "--before-embeddings",
+            str(tmp_path / "before"), "--split", str(tmp_path / "split.parquet"), "--test-truth", str(tmp_path / "none"),
+            "--submission-out", str(tmp_path / "s.csv"), "--predictions-out", str(tmp_path / "p.parquet"),
+            "--metrics", str(tmp_path / "k.json")]
+    result = CliRunner().invoke(_stage("knn_rank"), args)
+    assert result.exit_code == 0, result.output
+    m = json.loads((tmp_path / "k.json").read_text())
+    assert m["cv_map5"] == pytest.approx(1.0) and m["cv_map5_before_retrain"] < 0.9
+    assert m["retrain_gain"] == pytest.approx(m["cv_map5"] - m["cv_map5_before_retrain"])
+
+
+def test_embed_stage_makes_the_untrained_baseline_and_refuses_one_without_weights(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from photoid.models.weights import LITE0_PACKAGE
+
+    paths = [_crop(tmp_path / f"{i}.png", False, i) for i in range(3)]
+    pd.DataFrame({"image_id": list("abc"), "part": "train", "individual": ["x", "y", "x"], "species": "w",
+                  "crop_path": paths}).to_parquet(tmp_path / "crops.parquet", index=False)
+    common = ["--fold", "0", "--crops", str(tmp_path / "crops.parquet"), "--backbone", "efficientnet_lite0",
+              "--img-size", "32", "--metrics", str(tmp_path / "m.json")]
+    result = CliRunner().invoke(_stage("embed"), [*common, "--features", "untrained", "--pretrained", LITE0_PACKAGE,
+                                                  "--out-dir", str(tmp_path / "emb")])
+    assert result.exit_code == 0, result.output
+    s = EmbeddingSet.load(tmp_path / "emb")
+    assert s.original.shape == (3, 1280) and s.flipped is not None  # Lite0's pooled features, no training
+    assert json.loads((tmp_path / "m.json").read_text())["features"] == "untrained"
+    result = CliRunner().invoke(_stage("embed"), [*common, "--features", "untrained", "--pretrained", "false",
+                                                  "--out-dir", str(tmp_path / "emb2")])
+    assert result.exit_code == 2 and "no baseline" in result.output and not (tmp_path / "emb2").exists()
+    result = CliRunner().invoke(_stage("embed"), [*common, "--features", "vit", "--out-dir", str(tmp_path / "emb3")])
+    assert result.exit_code == 2 and "dolg, backbone or untrained" in result.output
