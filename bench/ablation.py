@@ -10,7 +10,9 @@ Each row is one experiment named ``abl-<data>-<row>``: the workspace's params.ya
 are restored from DVC's run cache, so rows that only touch embed or knn-rank cost seconds. The
 workspace (params.yaml, dvc.lock, metrics and outputs) is restored to HEAD after every row, so each
 row re-runs only what it changes.
-Run it on a committed tree: `dvc exp run` records the experiments against HEAD.
+Run it on a committed tree: `dvc exp run` records the experiments against HEAD. `dvc exp run`
+detaches HEAD while it runs; if you stop the script mid-row, put your branch back with
+`git checkout -B main HEAD` (or your branch's name) before committing.
 """
 
 from __future__ import annotations
