@@ -27,9 +27,9 @@ from photoid.data.sources import DataError
 from photoid.data.split import fold_view
 from photoid.embed import EmbeddingSet
 from photoid.metrics import NEW_INDIVIDUAL, average_precision_at_n, map_at_k
-from photoid.retrieval import (Candidates, concat_candidates, fold_ensemble, individual_candidates, neighbours,
-                               new_individual_precision_recall, predict, query_truth, ranked_images, tune_threshold,
-                               tune_species_thresholds)
+from photoid.retrieval import (Candidates, candidate_photos, concat_candidates, fold_ensemble, individual_candidates,
+                               neighbours, new_individual_precision_recall, predict, query_truth, ranked_images,
+                               tune_threshold, tune_species_thresholds)
 
 K = 5  # five predictions per image (Happywhale)
 N_MAP = 20  # mAP@20 (Where's Whale-do)
@@ -67,6 +67,7 @@ class Ranking:
     truth: list[str] | None = None  # individual, or new_individual when the gallery lacks it
     n_relevant: np.ndarray | None = None  # gallery images of the query's individual (mAP@20)
     fold: np.ndarray | None = None
+    photos: list[list[list[int]]] | None = None  # per query and candidate: its gallery images (row positions), best first
 
     def set_truth(self, individuals) -> "Ranking":
         self.truth = query_truth(individuals, list(self.gallery_counts))
@@ -77,21 +78,32 @@ class Ranking:
         return np.array([per_species.get(sp, overall) for sp in self.species], np.float64)
 
 
+@dataclass(frozen=True)
+class Shortlist:
+    """How many individuals each query keeps, and whether (and how many of) their gallery photos are
+    kept for re-ranking (0: every one the neighbour list found)."""
+
+    individuals: int = K
+    photos: int | None = None  # None: no photos kept
+
+
 def _rank(queries: np.ndarray, query_rows: pd.DataFrame, gallery: np.ndarray, owners: np.ndarray,
-          rows: pd.DataFrame, n_neighbours: int) -> Ranking:
+          rows: pd.DataFrame, n_neighbours: int, shortlist: Shortlist = Shortlist()) -> Ranking:
     sims, idx = neighbours(queries, gallery, n_neighbours)
     labels = rows["individual"].to_numpy()[owners]
     species = rows["species"].to_numpy()[owners]
     own = query_rows["species"].to_numpy()
     top = species[idx[:, 0]] if idx.shape[1] else np.full(len(query_rows), UNKNOWN_SPECIES, dtype=object)
     gallery_rows = rows.iloc[np.unique(owners)]
-    return Ranking(query_rows["image_id"].to_numpy(), individual_candidates(sims, idx, labels, n=K),
+    candidates = individual_candidates(sims, idx, labels, n=max(K, shortlist.individuals))
+    photos = None if shortlist.photos is None else candidate_photos(idx, owners, labels, candidates, shortlist.photos)
+    return Ranking(query_rows["image_id"].to_numpy(), candidates,
                    np.where(own == UNKNOWN_SPECIES, top, own), ranked_images(idx, owners, labels, N_MAP),
-                   gallery_rows["individual"].value_counts().to_dict())
+                   gallery_rows["individual"].value_counts().to_dict(), photos=photos)
 
 
 def cross_validate(sets: list[EmbeddingSet], folds: list[int], split: pd.DataFrame, n_neighbours: int,
-                   flips: Flips = Flips()) -> list[Ranking]:
+                   flips: Flips = Flips(), shortlist: Shortlist = Shortlist()) -> list[Ranking]:
     """The validation ranking of every fold, each with its own fold's embeddings."""
     held_out = set(split.loc[split["is_new"], "individual"])
     parts = []
@@ -106,7 +118,7 @@ def cross_validate(sets: list[EmbeddingSet], folds: list[int], split: pd.DataFra
             raise DataError(f"fold {fold} has {len(q)} validation and {len(g)} gallery images: check split.n_folds and "
                             "filter.min_samples against the data set's size.")
         gallery, owners = s.gallery(g, flips.gallery)
-        r = _rank(s.queries(q, flips.query), rows.iloc[q], gallery, owners, rows, n_neighbours)
+        r = _rank(s.queries(q, flips.query), rows.iloc[q], gallery, owners, rows, n_neighbours, shortlist)
         r.set_truth(rows["individual"].to_numpy()[q])
         r.fold = np.full(len(q), fold)
         parts.append(r)
@@ -121,10 +133,12 @@ def pool(parts: list[Ranking]) -> Ranking:
     return Ranking(np.concatenate([r.image_ids for r in parts]), concat_candidates([r.candidates for r in parts]),
                    np.concatenate([r.species for r in parts]), [x for r in parts for x in r.images], counts,
                    [t for r in parts for t in r.truth], np.concatenate([r.n_relevant for r in parts]),
-                   np.concatenate([r.fold for r in parts]))
+                   np.concatenate([r.fold for r in parts]),
+                   None if any(r.photos is None for r in parts) else [x for r in parts for x in r.photos])
 
 
-def rank_test(sets: list[EmbeddingSet], n_neighbours: int, flips: Flips = Flips()) -> Ranking:
+def rank_test(sets: list[EmbeddingSet], n_neighbours: int, flips: Flips = Flips(),
+              shortlist: Shortlist = Shortlist()) -> Ranking:
     """Test images against every training image, the folds' similarities averaged."""
     rows = sets[0].rows
     q = np.flatnonzero((rows["part"] == TEST).to_numpy())
@@ -135,7 +149,7 @@ def rank_test(sets: list[EmbeddingSet], n_neighbours: int, flips: Flips = Flips(
     owners = galleries[0][1]
     queries = fold_ensemble([s.queries(q, flips.query) for s in sets])
     gallery = fold_ensemble([vec for vec, _ in galleries])
-    return _rank(queries, rows.iloc[q], gallery, owners, rows, n_neighbours)
+    return _rank(queries, rows.iloc[q], gallery, owners, rows, n_neighbours, shortlist)
 
 
 def attach_truth(ranking: Ranking, truth_table: pd.DataFrame | None) -> Ranking:
@@ -173,10 +187,15 @@ def scores(r: Ranking, t: Thresholds) -> dict:
     precision, recall = new_individual_precision_recall(preds, r.truth)
     with_matches = np.flatnonzero(r.n_relevant > 0)
     species = np.asarray(r.species)
+    known = [i for i, y in enumerate(r.truth) if y != NEW_INDIVIDUAL]
+    ranked = predict(r.candidates, -np.inf, K)  # known individuals only, new_individual last
     return {
         "map5": map_at_k(preds, r.truth, K),
         "top1": float(np.mean([p[0] == y for p, y in zip(preds, r.truth)])) if r.truth else 0.0,
-        "map5_without_new": map_at_k(predict(r.candidates, -np.inf, K), r.truth, K),
+        # over every query (new ones score 0): bounded by the share of queries of known individuals
+        "map5_without_new": map_at_k(ranked, r.truth, K),
+        # over the queries of known individuals only: how well photoid finds a known animal
+        "map5_known": map_at_k([ranked[i] for i in known], [r.truth[i] for i in known], K),
         "new_precision": precision,
         "new_recall": recall,
         "map20": float(np.mean([average_precision_at_n([x == r.truth[i] for x in r.images[i]], int(r.n_relevant[i]),
@@ -189,9 +208,10 @@ def scores(r: Ranking, t: Thresholds) -> dict:
     }
 
 
-def predictions_table(r: Ranking, t: Thresholds) -> pd.DataFrame:
+def predictions_table(r: Ranking, t: Thresholds, p_new: np.ndarray | None = None) -> pd.DataFrame:
     """One row per query: the five predictions, the best known individual, its score and its margin
-    over the second (the confidence pseudo-labelling uses), and the threshold applied."""
+    over the second (the confidence pseudo-labelling uses), the threshold applied and, when given,
+    the calibrated probability that the photo shows a new individual."""
     thresholds = r.thresholds(t.overall, t.per_species)
     preds = predict(r.candidates, thresholds, K)
     s = r.candidates.scores
@@ -204,6 +224,7 @@ def predictions_table(r: Ranking, t: Thresholds) -> pd.DataFrame:
         "margin": np.where(np.isfinite(second), s[:, 0] - second, s[:, 0]).astype(np.float64),
         "species": r.species.astype(str),
         "threshold": thresholds,
+        **({} if p_new is None else {"p_new": np.asarray(p_new, np.float64)}),
     })
 
 
@@ -237,13 +258,14 @@ class RankResult:
 
 def rank_all(embeddings: Path, folds: list[int], split: pd.DataFrame, n_neighbours: int,
              fixed_threshold: float | None = None, per_species: bool = False, min_species_queries: int = 10,
-             test_truth: pd.DataFrame | None = None, flips: Flips = Flips()) -> RankResult:
+             test_truth: pd.DataFrame | None = None, flips: Flips = Flips(),
+             shortlist: Shortlist = Shortlist()) -> RankResult:
     """Cross-validate the folds' embedding sets under ``embeddings``, choose the threshold(s), rank the test images."""
     sets = load_fold_sets(embeddings, folds)
-    parts = cross_validate(sets, folds, split, n_neighbours, flips)
+    parts = cross_validate(sets, folds, split, n_neighbours, flips, shortlist)
     cv = pool(parts)
     thresholds = choose_thresholds(cv, fixed_threshold, per_species, min_species_queries)
-    test = attach_truth(rank_test(sets, n_neighbours, flips), test_truth)
+    test = attach_truth(rank_test(sets, n_neighbours, flips, shortlist), test_truth)
     return RankResult(parts, cv, thresholds, test, sets[0].rows)
 
 

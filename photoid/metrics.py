@@ -51,3 +51,19 @@ def map_at_n(ranked_labels: Sequence[Sequence[str]], truth: Sequence[str], galle
         if n_rel:
             scores.append(average_precision_at_n([r == t for r in ranked], n_rel, n))
     return float(np.mean(scores)) if scores else 0.0
+
+
+def reliability_bins(probability: Sequence[float], outcome: Sequence[bool], bins: int = 10) -> list[dict]:
+    """Equal-width bins of predicted probability: per non-empty bin its mean prediction, the observed
+    share of positive outcomes and the count (the points of a reliability diagram)."""
+    p, y = np.asarray(probability, np.float64), np.asarray(outcome, np.float64)
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    return [{"bin": int(b), "predicted": float(p[which == b].mean()), "observed": float(y[which == b].mean()),
+             "count": int((which == b).sum())} for b in range(bins) if (which == b).any()]
+
+
+def expected_calibration_error(probability: Sequence[float], outcome: Sequence[bool], bins: int = 10) -> float:
+    """ECE: the count-weighted mean gap between mean prediction and observed share over equal-width bins."""
+    table = reliability_bins(probability, outcome, bins)
+    n = sum(t["count"] for t in table)
+    return float(sum(t["count"] * abs(t["predicted"] - t["observed"]) for t in table) / n) if n else 0.0

@@ -27,6 +27,9 @@ BOXES_TABLE = INTERIM / "boxes.parquet"
 # crop
 CROPS_DIR = PROCESSED / "crops"
 
+# local-features: SIFT keypoints of every crop (see photoid.local_features)
+LOCAL_FEATURES = PROCESSED / "local_features"
+
 # filter, split
 FILTERED_TABLE = PROCESSED / "filtered.parquet"
 FILTERED_OUT_TABLE = PROCESSED / "filtered_out.parquet"
@@ -43,3 +46,4 @@ EMBEDDINGS = PROCESSED / "embeddings"  # dolg/fold<k> (embed), retrain/fold<k> (
 PSEUDO_TABLE = PROCESSED / "pseudo_labels.parquet"
 PREDICTIONS_TABLE = PROCESSED / "predictions.parquet"
 SUBMISSION = PROCESSED / "submission.csv"
+RELIABILITY = METRICS / "reliability.csv"  # knn-rank: reliability diagram of P(new individual)

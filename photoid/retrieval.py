@@ -98,6 +98,25 @@ def individual_candidates(sims: np.ndarray, idx: np.ndarray, gallery_labels: np.
     return Candidates(labels, scores)
 
 
+def candidate_photos(idx: np.ndarray, owners: np.ndarray, gallery_labels: np.ndarray, candidates: Candidates,
+                     m: int = 0) -> list[list[list[int]]]:
+    """Per query and candidate individual, its gallery images (``owners`` values) in the order the neighbour
+    list ``idx`` found them, best first, at most ``m`` (0: all that the list holds). An image and its
+    mirror entry are one image."""
+    gallery_labels = np.asarray(gallery_labels)
+    out = []
+    for row, labels in zip(idx, candidates.labels):
+        found: dict[str, list[int]] = {lab: [] for lab in labels if lab != ""}
+        for j in row:
+            if j < 0:
+                continue
+            photos = found.get(gallery_labels[j])
+            if photos is not None and int(owners[j]) not in photos and (m <= 0 or len(photos) < m):
+                photos.append(int(owners[j]))
+        out.append([found.get(lab, []) for lab in labels])
+    return out
+
+
 def predict(candidates: Candidates, threshold, k: int = 5) -> list[list[str]]:
     """Top-``k`` predictions with ``new_individual`` placed before the first score below ``threshold``
     (one threshold, or one per query)."""

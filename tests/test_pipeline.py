@@ -1,4 +1,4 @@
-"""`dvc repro` of all eleven stages on a tiny demo, in a temporary git repository; which stages a
+"""`dvc repro` of every stage on a tiny demo, in a temporary git repository; which stages a
 param change or a `dvc exp run -S` re-runs; what a user reads back (`dvc metrics diff`, `dvc exp show`)."""
 
 import json
@@ -8,7 +8,7 @@ import pytest
 
 from tests.pipeline import dvc, make_project, run, set_params, stages_run, stages_skipped
 
-DATA_STAGES = ["ingest", "detect", "crop", "filter", "split"]
+DATA_STAGES = ["ingest", "detect", "crop", "local-features", "filter", "split"]
 TRAINING_ONWARD = ["train-backbone@0", "train-dolg@0", "embed@0", "pseudo-label", "retrain@0", "knn-rank"]
 ALL_STAGES = [*DATA_STAGES, *TRAINING_ONWARD]
 
@@ -31,7 +31,7 @@ def test_repro_runs_every_data_stage_and_writes_the_tables(project):
     assert len(crops) == len(images) and all((root / p).exists() for p in crops.crop_path)
     assert split.fold.max() == 1 and split.is_new.any()
     for name in DATA_STAGES:
-        assert json.loads((root / "metrics" / f"{name}.json").read_text())
+        assert json.loads((root / "metrics" / f"{name.replace('-', '_')}.json").read_text())
     dolg = json.loads((root / "metrics/dolg/fold0.json").read_text())
     assert 0 <= dolg["val_map5"] <= 1 and 0 <= dolg["backbone_val_map5"] <= 1
     assert (root / "models/dolg/fold0/model.pt").exists()
@@ -55,6 +55,12 @@ def test_repro_runs_every_data_stage_and_writes_the_tables(project):
                 "threshold", "test_map5", "test_map20"]:
         assert key in knn, key
     assert 0 <= knn["cv_map5"] <= 1 and 0 <= knn["test_map5"] <= 1
+    # re-ranked by local features (the default), with the embedding-only figures beside and P(new) calibrated
+    assert knn["rerank"] and knn["rerank_figures"]["pairs"] > 0 and 0 <= knn["embedding_cv_map5"] <= 1
+    assert 0 <= knn["cv_new_ece"] <= 1 and (root / "metrics/reliability.csv").exists()
+    predictions = pd.read_parquet(root / "data/processed/predictions.parquet")
+    assert predictions["p_new"].between(0, 1).all() and set(predictions["image_id"]) == test_ids
+    assert json.loads((root / "metrics/local_features.json").read_text())["crops"] == len(crops)
     pseudo = json.loads((root / "metrics/pseudo.json").read_text())
     assert pseudo["enabled"] and pseudo["test_images"] == len(test_ids)
 
@@ -71,7 +77,7 @@ def test_min_samples_reruns_filter_and_after_only(project):
     set_params(root / "params.yaml", {"filter.min_samples": 5})
     out = dvc(root, "repro")
     assert stages_run(out) == ["filter", "split", *TRAINING_ONWARD]
-    assert set(stages_skipped(out)) == {"ingest", "detect", "crop"}
+    assert set(stages_skipped(out)) == {"ingest", "detect", "crop", "local-features"}
     after = json.loads((root / "metrics/filter.json").read_text())
     assert after["min_samples"] == 5 and after["individuals_after"] <= before["individuals_after"]
 
@@ -104,6 +110,19 @@ def test_exp_run_knn_param_reruns_knn_rank_only_and_the_metrics_show_it(project)
     assert "metrics/knn.json" in diff and "threshold" in diff
     shown = dvc(root, "exp", "show", "--no-pager", "--csv")
     assert "cv_map5" in shown and "knn.threshold" in shown
+
+
+def test_exp_run_rerank_param_reruns_knn_rank_alone_not_the_keypoint_cache(project):
+    root, _ = project
+    out = dvc(root, "exp", "run", "-S", "rerank.candidates=10")
+    assert stages_run(out) == ["knn-rank"]
+    assert "local-features" in stages_skipped(out)
+    knn = json.loads((root / "metrics/knn.json").read_text())
+    assert knn["rerank_figures"]["candidates"] == 10
+    out = dvc(root, "exp", "run", "-S", "rerank.enabled=false")
+    assert stages_run(out) == ["knn-rank"]
+    knn = json.loads((root / "metrics/knn.json").read_text())
+    assert not knn["rerank"] and knn["cv_map5"] == knn["embedding_cv_map5"]
 
 
 def test_pseudo_labelling_off_passes_the_models_through(project):
@@ -189,7 +208,7 @@ def test_kill_9_mid_run_resumes_to_the_same_weights(project):
     assert not state.exists()  # removed once the model was written
 
 
-def test_marine_sample_runs_through_all_eleven_stages(tmp_path, marine_sample):
+def test_marine_sample_runs_through_every_stage(tmp_path, marine_sample):
     """Real photos with messy labels and no test part: every stage runs, CV metrics come out, the
     submission is an empty table with its header, and nothing is lost."""
     root = make_project(tmp_path / "marine", {

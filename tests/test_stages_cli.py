@@ -19,7 +19,7 @@ def _app(name):
     return module.app
 
 
-@pytest.mark.parametrize("name", ["ingest", "detect", "crop", "filter", "split", "train_backbone", "train_dolg",
+@pytest.mark.parametrize("name", ["ingest", "detect", "crop", "local_features", "filter", "split", "train_backbone", "train_dolg",
                                   "embed", "pseudo_label", "retrain", "knn_rank"])
 def test_help_explains_every_option(name):
     result = CliRunner().invoke(_app(name), ["--help"], terminal_width=200)

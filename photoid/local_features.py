@@ -1,0 +1,210 @@
+"""Local features of crops and their geometric verification: the evidence that two photos show the
+same nick, scar or patch in the same place.
+
+- **Keypoints**: OpenCV SIFT on the grey crop (contrast-limited histogram equalisation first, so that
+  faint patches on a dark fin give keypoints), inside the crop's picture (the black letterbox bars
+  are masked), at most ``max_keypoints`` per crop; descriptors as RootSIFT (L1-normalised, square
+  root: the Hellinger kernel as a dot product), stored as uint8. Each crop is described twice: as it
+  is and mirrored, because a photo may show the other side of a fin.
+- **Store** (a folder, a DVC output of the local-features stage): ``frames.npy`` (M×4 float32: x, y,
+  size, angle of every keypoint, in crop pixels), ``descriptors.npy`` (M×128 uint8), ``index.parquet``
+  (image_id, flipped, start, count: the rows of each crop in the arrays). Read by memory map, so
+  matching workers share it without copies.
+- **Verification** (:func:`count_inliers`): mutual nearest neighbours that pass Lowe's ratio test,
+  then RANSAC with a similarity model (``cv2.estimateAffinePartial2D``: rotation, scale, shift). A
+  transform whose scale is beyond ``max_scale`` is no match (crops are scaled to the animal, so a
+  true match is near scale 1), and an inlier must also agree with the transform in its own scale and
+  orientation (the keypoints' frames, as HotSpotter checks them). The count of such inliers is the
+  score; random matches between unrelated crops rarely give more than a handful.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from photoid.data.sources import DataError
+from photoid.io import atomic_path, read_parquet
+
+DESCRIPTOR_DIM = 128
+
+
+@dataclass(frozen=True)
+class KeypointConfig:
+    max_keypoints: int = 500  # strongest keypoints kept per crop
+    contrast_threshold: float = 0.04  # SIFT's: lower finds fainter keypoints
+    clahe: bool = True  # equalise contrast locally before detection
+
+
+@dataclass(frozen=True)
+class MatchConfig:
+    ratio: float = 0.8  # Lowe's ratio test: best match distance below ratio x second best
+    ransac_threshold: float = 0.025  # RANSAC reprojection threshold, as a share of the crop's side
+    max_scale: float = 2.0  # transforms that scale by more than this (or less than its inverse) are no match
+    max_angle: float = 30.0  # degrees an inlier's own orientation may differ from the transform's rotation
+    scale_tolerance: float = 1.5  # factor an inlier's own scale change may differ from the transform's
+
+
+@dataclass
+class Keypoints:
+    frames: np.ndarray  # N×4 float32: x, y, size, angle (degrees, OpenCV's convention)
+    descriptors: np.ndarray  # N×128 uint8 RootSIFT
+    side: float = 1.0  # the crop's longer side in pixels (sets the RANSAC threshold)
+
+
+def _sift(cfg: KeypointConfig):
+    import cv2
+
+    return cv2.SIFT_create(nfeatures=cfg.max_keypoints, contrastThreshold=cfg.contrast_threshold)
+
+
+def root_sift(descriptors: np.ndarray) -> np.ndarray:
+    """RootSIFT as uint8: square root of the L1-normalised descriptor (unit L2 norm), times 255."""
+    d = np.asarray(descriptors, np.float32)
+    d = np.sqrt(d / np.maximum(d.sum(axis=1, keepdims=True), 1e-7))
+    return np.clip(np.round(d * 255.0), 0, 255).astype(np.uint8)
+
+
+def detect(grey: np.ndarray, cfg: KeypointConfig = KeypointConfig(), sift=None) -> Keypoints:
+    """SIFT keypoints of a grey uint8 image (H×W); black letterbox bars masked. A crop without texture
+    (a flat colour) gives no keypoints: an empty :class:`Keypoints`, never an error."""
+    import cv2
+
+    grey = np.ascontiguousarray(grey, dtype=np.uint8)
+    mask = (grey > 0).astype(np.uint8) * 255
+    if cfg.clahe:
+        grey = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(4, 4)).apply(grey)
+    kps, desc = (sift or _sift(cfg)).detectAndCompute(grey, mask)
+    side = float(max(grey.shape))
+    if desc is None or len(kps) == 0:
+        return Keypoints(np.zeros((0, 4), np.float32), np.zeros((0, DESCRIPTOR_DIM), np.uint8), side)
+    frames = np.array([(k.pt[0], k.pt[1], k.size, k.angle) for k in kps], np.float32)
+    return Keypoints(frames, root_sift(desc), side)
+
+
+def read_grey(path: str | Path) -> np.ndarray:
+    import cv2
+
+    grey = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if grey is None:
+        raise DataError(f"{path}: the crop cannot be read; re-run the crop stage (`dvc repro crop`).")
+    return grey
+
+
+def _tentative_matches(a: Keypoints, b: Keypoints, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (in a, in b) of mutual nearest neighbours that pass the ratio test."""
+    da = a.descriptors.astype(np.float32) / 255.0
+    db = b.descriptors.astype(np.float32) / 255.0
+    sq = np.maximum(2.0 - 2.0 * (da @ db.T), 0.0)  # squared L2 distance of unit vectors
+    best = np.argmin(sq, axis=1)
+    two = np.partition(sq, 1, axis=1)[:, :2]
+    passes = np.sqrt(two[:, 0]) < ratio * np.sqrt(two[:, 1])
+    mutual = np.argmin(sq, axis=0)[best] == np.arange(len(da))
+    keep = np.flatnonzero(passes & mutual)
+    return keep, best[keep]
+
+
+def count_inliers(a: Keypoints, b: Keypoints, cfg: MatchConfig = MatchConfig()) -> int:
+    """Geometrically verified matches between two crops' keypoints (see the module's docstring)."""
+    import cv2
+
+    if len(a.descriptors) < 2 or len(b.descriptors) < 2:
+        return 0
+    ia, ib = _tentative_matches(a, b, cfg.ratio)
+    if len(ia) < 3:
+        return 0
+    pa, pb = a.frames[ia], b.frames[ib]
+    threshold = cfg.ransac_threshold * max(a.side, b.side)
+    model, inliers = cv2.estimateAffinePartial2D(np.ascontiguousarray(pa[:, :2]), np.ascontiguousarray(pb[:, :2]),
+                                                 method=cv2.RANSAC,
+                                                 ransacReprojThreshold=threshold)
+    if model is None or inliers is None:
+        return 0
+    scale = float(np.hypot(model[0, 0], model[1, 0]))
+    if not (1.0 / cfg.max_scale <= scale <= cfg.max_scale):
+        return 0
+    rotation = float(np.degrees(np.arctan2(model[1, 0], model[0, 0])))  # as OpenCV's keypoint angles turn
+    keep = inliers.ravel().astype(bool)
+    own_scale = pb[keep, 2] / np.maximum(pa[keep, 2], 1e-6) / scale
+    own_turn = (pb[keep, 3] - pa[keep, 3] - rotation + 180.0) % 360.0 - 180.0
+    agree = (own_scale <= cfg.scale_tolerance) & (own_scale >= 1.0 / cfg.scale_tolerance) & (np.abs(own_turn) <= cfg.max_angle)
+    return int(agree.sum())
+
+
+# --------------------------------------------------------------------------------------------- store
+
+def _describe(args) -> tuple[Keypoints, Keypoints]:
+    path, cfg = args
+    grey = read_grey(path)
+    sift = _sift(cfg)
+    return detect(grey, cfg, sift), detect(np.ascontiguousarray(grey[:, ::-1]), cfg, sift)
+
+
+def write_store(rows: pd.DataFrame, out_dir: Path, cfg: KeypointConfig = KeypointConfig(), workers: int = 1,
+                progress: bool = True) -> dict:
+    """Describe every crop of ``rows`` (image_id, crop_path), as it is and mirrored, into a store at
+    ``out_dir``; return figures (crops, keypoints per crop, crops without keypoints, seconds)."""
+    from multiprocessing import get_context
+
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    jobs = [(p, cfg) for p in rows["crop_path"]]
+    if workers > 1 and len(jobs) > 1:
+        with get_context("spawn").Pool(workers) as pool:
+            described = list(tqdm(pool.imap(_describe, jobs, chunksize=8), total=len(jobs), desc="local features",
+                                  unit="crop", disable=not progress))
+    else:
+        described = [_describe(j) for j in tqdm(jobs, desc="local features", unit="crop", disable=not progress)]
+    index, frames, descriptors, sides, start_row = [], [], [], [], 0
+    for image_id, pair in zip(rows["image_id"], described):
+        for flipped, kp in enumerate(pair):
+            index.append((image_id, bool(flipped), start_row, len(kp.frames), kp.side))
+            frames.append(kp.frames)
+            descriptors.append(kp.descriptors)
+            start_row += len(kp.frames)
+    table = pd.DataFrame(index, columns=["image_id", "flipped", "start", "count", "side"])
+    counts = table.loc[~table["flipped"], "count"].to_numpy()
+    figures = {"crops": len(rows), "keypoints_per_crop": float(counts.mean()) if len(counts) else 0.0,
+               "crops_without_keypoints": int((counts == 0).sum()), "seconds": time.perf_counter() - start,
+               "config": asdict(cfg)}
+    with atomic_path(out_dir) as tmp:  # the store appears whole or not at all
+        tmp.mkdir()
+        with open(tmp / "frames.npy", "wb") as f:
+            np.save(f, np.concatenate(frames) if frames else np.zeros((0, 4), np.float32))
+        with open(tmp / "descriptors.npy", "wb") as f:
+            np.save(f, np.concatenate(descriptors) if descriptors else np.zeros((0, DESCRIPTOR_DIM), np.uint8))
+        table.to_parquet(tmp / "index.parquet", index=False, engine="pyarrow")
+        (tmp / "meta.json").write_text(json.dumps(figures, indent=2))
+    return figures
+
+
+class KeypointStore:
+    """Read side of a store: :meth:`get` gives one crop's keypoints, as it is or mirrored."""
+
+    def __init__(self, root: Path):
+        root = Path(root)
+        if not (root / "index.parquet").exists():
+            raise DataError(f"{root} holds no local features: run the local-features stage (`dvc repro local-features`).")
+        self.root = root
+        index = read_parquet(root / "index.parquet")
+        self._where = {(i, bool(f)): (int(s), int(n), float(side))
+                       for i, f, s, n, side in index[["image_id", "flipped", "start", "count", "side"]].itertuples(index=False)}
+        self.frames = np.load(root / "frames.npy", mmap_mode="r")
+        self.descriptors = np.load(root / "descriptors.npy", mmap_mode="r")
+
+    def __contains__(self, image_id) -> bool:
+        return (image_id, False) in self._where
+
+    def get(self, image_id, flipped: bool = False) -> Keypoints:
+        try:
+            start, n, side = self._where[(image_id, bool(flipped))]
+        except KeyError:
+            raise DataError(f"{self.root} has no local features of {image_id!r}: re-run the local-features stage "
+                            "(`dvc repro local-features`).") from None
+        return Keypoints(np.asarray(self.frames[start:start + n]), np.asarray(self.descriptors[start:start + n]), side)

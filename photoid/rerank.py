@@ -1,0 +1,359 @@
+"""Re-ranking the embedding's shortlist by geometrically verified local-feature matches, fused with the
+embedding similarity into a calibrated probability.
+
+For each query (CV and test alike):
+
+1. **Shortlist.** Its best ``candidates`` individuals by embedding similarity, and for each the best
+   ``photos`` of that individual's gallery photos the neighbour search found.
+2. **Verification.** The query's crop, as it is and mirrored (the other side of a fin), is matched to
+   each of those photos (:func:`photoid.local_features.count_inliers`); a candidate's evidence is its
+   largest inlier count. Keypoints come from the local-features stage's store, computed once per
+   crop; the pairs run in parallel across ``workers`` processes.
+3. **Fusion.** A logistic model turns (embedding similarity, log inlier count, and each one's rank
+   among the query's candidates as 1/rank) into P(same individual). Its coefficients are bounded
+   at zero or above (:class:`MonotoneLogistic`), so the probability never falls when the similarity
+   or the inlier count grows. It is fitted on the CV queries only, never on test.
+4. **New individual.** The ``new_individual`` threshold is tuned on the fused probabilities, and
+   isotonic regression gives P(new individual) from the best candidate's probability (the lower
+   it is, the likelier new).
+
+The CV figures are honest: every CV query's probabilities come from models fitted on the other CV
+queries (``calibration_folds``-fold cross-fitting); test queries get the models fitted on all of them.
+``score: inliers`` ranks by the local-feature evidence alone (the "SIFT only" row; ties broken at
+random, not by the embedding).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from photoid.data.sources import DataError
+from photoid.local_features import KeypointStore, MatchConfig, count_inliers
+from photoid.metrics import NEW_INDIVIDUAL
+from photoid.retrieval import Candidates
+
+SCORES = ("fused", "inliers")
+
+
+@dataclass(frozen=True)
+class RerankConfig:
+    candidates: int = 20  # individuals of the embedding's shortlist that are verified (0: all it holds)
+    photos: int = 3  # gallery photos verified per candidate (0: all the neighbour search found)
+    score: str = "fused"  # fused: embedding + local features | inliers: local features alone
+    calibration_folds: int = 5  # cross-fitting of the CV probabilities
+    seed: int = 0
+    workers: int = 1
+    match: MatchConfig = field(default_factory=MatchConfig)
+
+    def __post_init__(self):
+        if self.score not in SCORES:
+            raise DataError(f"rerank.score takes {' or '.join(SCORES)}, got {self.score!r}")
+        if self.candidates and self.candidates < 5:
+            raise DataError(f"rerank.candidates must be 0 (all) or at least 5 (the five answers), got {self.candidates}")
+        if self.calibration_folds < 2:
+            raise DataError(f"rerank.calibration_folds must be at least 2, got {self.calibration_folds}")
+
+
+# ------------------------------------------------------------------------------------------- pairs
+
+_STORE: KeypointStore | None = None
+_MATCH: MatchConfig | None = None
+
+
+def _init_worker(store_dir: str, match: MatchConfig, single_thread: bool = False) -> None:
+    global _STORE, _MATCH
+    _STORE, _MATCH = KeypointStore(Path(store_dir)), match
+    if single_thread:  # one process per core: threads inside each would only fight over the cores
+        import cv2
+        from threadpoolctl import threadpool_limits
+
+        cv2.setNumThreads(1)
+        threadpool_limits(1)
+
+
+def _verify(pair: tuple[str, str]) -> int:
+    query, photo = pair
+    gallery = _STORE.get(photo)
+    return max(count_inliers(_STORE.get(query), gallery, _MATCH),
+               count_inliers(_STORE.get(query, flipped=True), gallery, _MATCH))
+
+
+def verify_pairs(pairs: list[tuple[str, str]], store_dir: Path, match: MatchConfig, workers: int = 1,
+                 progress: bool = True) -> dict[tuple[str, str], int]:
+    """Inlier count of each (query image_id, gallery image_id) pair: the better of the query crop and its
+    mirror image against the gallery crop."""
+    unique = list(dict.fromkeys(pairs))
+    bar = dict(total=len(unique), desc="re-rank: verifying pairs", unit="pair", disable=not progress, mininterval=2)
+    if workers > 1 and len(unique) > 64:
+        from multiprocessing import get_context
+
+        with get_context("spawn").Pool(workers, _init_worker, (str(store_dir), match, True)) as pool:
+            counts = list(tqdm(pool.imap(_verify, unique, chunksize=64), **bar))
+    else:
+        _init_worker(str(store_dir), match)
+        counts = [_verify(p) for p in tqdm(unique, **bar)]
+    return dict(zip(unique, counts))
+
+
+def shortlist_pairs(query_ids, labels: np.ndarray, photos: list[list[list[int]]], gallery_ids: np.ndarray,
+                    n_candidates: int, n_photos: int) -> list[tuple[int, int, str, str]]:
+    """(query row, candidate column, query image_id, gallery image_id) of every pair to verify."""
+    out = []
+    for i, (qid, row) in enumerate(zip(query_ids, photos)):
+        for j, imgs in enumerate(row[: n_candidates or len(row)]):
+            if labels[i, j] == "":
+                continue
+            for g in imgs[: n_photos or len(imgs)]:
+                out.append((i, j, qid, gallery_ids[g]))
+    return out
+
+
+def inlier_matrix(query_ids, candidates: Candidates, photos, gallery_ids: np.ndarray, counts: dict, n_candidates: int,
+                  n_photos: int) -> np.ndarray:
+    """Q×C: each shortlisted candidate's largest inlier count over its verified photos (0 when none)."""
+    c = n_candidates or candidates.labels.shape[1]
+    out = np.zeros((len(query_ids), min(c, candidates.labels.shape[1])), np.float32)
+    for i, j, qid, gid in shortlist_pairs(query_ids, candidates.labels, photos, gallery_ids, n_candidates, n_photos):
+        if j < out.shape[1]:
+            out[i, j] = max(out[i, j], counts[(qid, gid)])
+    return out
+
+
+# ----------------------------------------------------------------------------------------- fusion
+
+def _ranks(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Per row, 1 + the number of valid entries strictly greater (ties share the better rank)."""
+    v = np.where(valid, values, -np.inf)
+    return 1.0 + (v[:, None, :] > v[:, :, None]).sum(axis=2)
+
+
+def pair_features(similarity: np.ndarray, inliers: np.ndarray, valid: np.ndarray, score: str = "fused") -> np.ndarray:
+    """Q×C×F features of each (query, candidate), each one growing with the evidence of a match:
+    fused: similarity, log(1 + inliers), 1/similarity rank, 1/inlier rank; inliers: the last two of
+    the inlier kind."""
+    log_inliers = np.log1p(inliers)
+    by_inliers = 1.0 / _ranks(inliers, valid)
+    if score == "inliers":
+        return np.stack([log_inliers, by_inliers], axis=-1)
+    sim = np.where(valid, similarity, 0.0)
+    return np.stack([sim, log_inliers, 1.0 / _ranks(sim, valid), by_inliers], axis=-1)
+
+
+class MonotoneLogistic:
+    """Logistic regression with every coefficient >= 0 (L-BFGS-B with bounds, a small L2 penalty on
+    standardised features): its probability is non-decreasing in every feature. With one class only
+    it predicts that class's share."""
+
+    def __init__(self, l2: float = 1e-3):
+        self.l2 = l2
+        self.coef = None
+        self.intercept = 0.0
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> "MonotoneLogistic":
+        from scipy.optimize import minimize
+
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        if len(y) == 0:
+            raise DataError("no CV candidates to fit the re-ranking calibration on: check the split (split.n_folds).")
+        mean, std = x.mean(axis=0), x.std(axis=0)
+        std = np.where(std > 1e-12, std, 1.0)
+        z = (x - mean) / std
+        share = np.clip(y.mean(), 1e-6, 1 - 1e-6)
+        if y.min() == y.max():
+            self.coef, self.intercept = np.zeros(x.shape[1]), float(np.log(share / (1 - share)))
+            return self
+
+        def loss(params):
+            w, b = params[:-1], params[-1]
+            t = z @ w + b
+            p = 1.0 / (1.0 + np.exp(-t))
+            value = np.mean(np.logaddexp(0.0, t) - y * t) + 0.5 * self.l2 * w @ w
+            g = p - y
+            return value, np.append(z.T @ g / len(y) + self.l2 * w, g.mean())
+
+        start = np.append(np.zeros(x.shape[1]), np.log(share / (1 - share)))
+        bounds = [(0.0, None)] * x.shape[1] + [(None, None)]
+        res = minimize(loss, start, jac=True, method="L-BFGS-B", bounds=bounds)
+        w = res.x[:-1]
+        self.coef = w / std
+        self.intercept = float(res.x[-1] - (w * mean / std).sum())
+        return self
+
+    def decision(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, np.float64) @ self.coef + self.intercept
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-self.decision(x)))
+
+
+class NewIndividualCalibration:
+    """P(new individual) from the best candidate's score: isotonic regression, non-increasing in that
+    score (a query whose best candidate is more convincing is never more likely new)."""
+
+    def fit(self, top: np.ndarray, is_new: np.ndarray) -> "NewIndividualCalibration":
+        from sklearn.isotonic import IsotonicRegression
+
+        if len(is_new) == 0:
+            raise DataError("no CV queries to calibrate P(new individual) on: check the split (split.n_folds).")
+        self.model = IsotonicRegression(increasing=False, out_of_bounds="clip", y_min=0.0, y_max=1.0)
+        self.model.fit(np.asarray(top, np.float64), np.asarray(is_new, np.float64))
+        return self
+
+    def predict(self, top: np.ndarray) -> np.ndarray:
+        top = np.asarray(top, np.float64)
+        return self.model.predict(top) if len(top) else np.zeros(0)
+
+
+def _best(p: np.ndarray) -> np.ndarray:
+    """Each row's best finite score (-1 where there is none)."""
+    p = np.where(np.isfinite(p), p, -1.0)
+    return p.max(axis=1) if p.shape[1] else np.full(len(p), -1.0)
+
+
+@dataclass
+class Calibration:
+    """The two monotone models: P(same individual | pair features) and P(new | best candidate's probability)."""
+
+    same: MonotoneLogistic
+    new: NewIndividualCalibration
+
+    @staticmethod
+    def fit(features: np.ndarray, valid: np.ndarray, truth_hits: np.ndarray, is_new: np.ndarray) -> "Calibration":
+        same = MonotoneLogistic().fit(features[valid], truth_hits[valid])
+        p = np.where(valid, same.predict_proba(features.reshape(-1, features.shape[-1])).reshape(valid.shape), -np.inf)
+        return Calibration(same, NewIndividualCalibration().fit(_best(p), is_new))
+
+    def apply(self, features: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(P(same) Q×C with -inf where no candidate, P(new) Q)."""
+        p = self.same.predict_proba(features.reshape(-1, features.shape[-1])).reshape(valid.shape)
+        p = np.where(valid, p, -np.inf)
+        return p, self.new.predict(_best(p))
+
+
+def _sorted(labels: np.ndarray, probability: np.ndarray, rng: np.random.Generator | None) -> Candidates:
+    """Candidates re-ordered by probability, best first; ties in the shortlist's order or, with ``rng``, at random."""
+    order_in = np.tile(np.arange(labels.shape[1]), (len(labels), 1))
+    if rng is not None:
+        order_in = np.argsort(rng.random(labels.shape), axis=1)
+    shuffled = np.take_along_axis(probability, order_in, axis=1)
+    order = np.take_along_axis(order_in, np.argsort(-shuffled, axis=1, kind="stable"), axis=1)
+    return Candidates(np.take_along_axis(labels, order, axis=1), np.take_along_axis(probability, order, axis=1).astype(np.float32))
+
+
+@dataclass
+class Reranked:
+    cv: Candidates  # CV queries: cross-fitted probabilities, best first
+    test: Candidates  # test queries: the models fitted on every CV query
+    cv_p_new: np.ndarray
+    test_p_new: np.ndarray
+    calibration: Calibration  # fitted on every CV query
+    feature_names: list[str]
+
+
+def rerank_candidates(cv: Candidates, cv_inliers: np.ndarray, cv_truth: list[str], test: Candidates,
+                      test_inliers: np.ndarray, cfg: RerankConfig) -> Reranked:
+    """Fuse the shortlists' similarities with their inlier counts (see the module's docstring)."""
+    c = cv_inliers.shape[1]
+    if test_inliers.shape[1] != c:
+        raise ValueError("CV and test shortlists must have the same width")
+
+    def prepare(cands: Candidates, inliers: np.ndarray):
+        labels, sims = cands.labels[:, :c], cands.scores[:, :c].astype(np.float64)
+        valid = labels != ""
+        return labels, valid, pair_features(sims, inliers, valid, cfg.score)
+
+    cv_labels, cv_valid, cv_x = prepare(cv, cv_inliers)
+    test_labels, test_valid, test_x = prepare(test, test_inliers)
+    truth = np.asarray(cv_truth, dtype=object)
+    hits = (cv_labels == truth[:, None]).astype(np.float64)
+    is_new = (truth == NEW_INDIVIDUAL).astype(np.float64)
+
+    rng = np.random.default_rng(cfg.seed)
+    p_cv, p_new_cv = np.full(cv_labels.shape, -np.inf), np.zeros(len(cv_labels))
+    parts = np.array_split(rng.permutation(len(cv_labels)), min(cfg.calibration_folds, len(cv_labels)))
+    for held in parts:
+        rest = np.setdiff1d(np.arange(len(cv_labels)), held)
+        model = Calibration.fit(cv_x[rest], cv_valid[rest], hits[rest], is_new[rest])
+        p_cv[held], p_new_cv[held] = model.apply(cv_x[held], cv_valid[held])
+    full = Calibration.fit(cv_x, cv_valid, hits, is_new)
+    p_test, p_new_test = full.apply(test_x, test_valid)
+    tie_rng = np.random.default_rng(cfg.seed + 1) if cfg.score == "inliers" else None
+    names = (["log_inliers", "inv_inlier_rank"] if cfg.score == "inliers"
+             else ["similarity", "log_inliers", "inv_similarity_rank", "inv_inlier_rank"])
+    return Reranked(_sorted(cv_labels, p_cv, tie_rng), _sorted(test_labels, p_test, tie_rng), p_new_cv, p_new_test,
+                    full, names)
+
+
+def figures(result: Reranked) -> dict:
+    """The fitted models' coefficients, for the metrics file."""
+    same = result.calibration.same
+    return {"same_coefficients": dict(zip(result.feature_names, map(float, same.coef))),
+            "same_intercept": same.intercept}
+
+
+def timed_verification(pairs: list[tuple[str, str]], store_dir: Path, match: MatchConfig, workers: int,
+                       progress: bool = True) -> tuple[dict, dict]:
+    start = time.perf_counter()
+    counts = verify_pairs(pairs, store_dir, match, workers, progress)
+    seconds = time.perf_counter() - start
+    return counts, {"pairs": len(counts), "seconds": seconds,
+                    "pairs_per_second": len(counts) / seconds if seconds > 0 else 0.0}
+
+
+# ----------------------------------------------------------------------------------- on rankings
+
+@dataclass
+class RerankOutcome:
+    result: "RankResult"  # the rankings with fused (or inlier) probabilities and the re-tuned threshold(s)
+    cv_p_new: np.ndarray
+    test_p_new: np.ndarray
+    figures: dict
+
+
+def rerank_result(result, store_dir: Path, cfg: RerankConfig, fixed_threshold: float | None = None,
+                  per_species: bool = False, min_species_queries: int = 10, progress: bool = True) -> RerankOutcome:
+    """Re-rank a :class:`photoid.knn.RankResult` whose rankings kept their shortlists' photos
+    (:class:`photoid.knn.Shortlist`); the threshold(s) are tuned again, on the CV probabilities."""
+    from dataclasses import replace
+
+    from photoid.knn import RankResult, choose_thresholds
+
+    if result.cv.photos is None or result.test.photos is None:
+        raise ValueError("the rankings must keep their shortlists' photos (rank_all(..., shortlist=Shortlist(photos=...)))")
+    ids = result.rows["image_id"].to_numpy()
+    width = min(cfg.candidates or 10**9, result.cv.candidates.labels.shape[1], result.test.candidates.labels.shape[1])
+    pairs = [(q, g) for r in (result.cv, result.test)
+             for _, _, q, g in shortlist_pairs(r.image_ids, r.candidates.labels, r.photos, ids, width, cfg.photos)]
+    counts, timing = timed_verification(pairs, store_dir, cfg.match, cfg.workers, progress)
+    cv_inliers = inlier_matrix(result.cv.image_ids, result.cv.candidates, result.cv.photos, ids, counts, width, cfg.photos)
+    test_inliers = inlier_matrix(result.test.image_ids, result.test.candidates, result.test.photos, ids, counts, width,
+                                 cfg.photos)
+    fused = rerank_candidates(result.cv.candidates, cv_inliers, result.cv.truth, result.test.candidates, test_inliers, cfg)
+    cv = replace(result.cv, candidates=fused.cv)
+    folds, start = [], 0
+    for part in result.folds:
+        n = len(part.image_ids)
+        folds.append(replace(part, candidates=Candidates(fused.cv.labels[start:start + n], fused.cv.scores[start:start + n])))
+        start += n
+    thresholds = choose_thresholds(cv, fixed_threshold, per_species, min_species_queries)
+    test = replace(result.test, candidates=fused.test)
+    figures_ = {**figures(fused), "candidates": width, "photos": cfg.photos, "score": cfg.score, **timing}
+    return RerankOutcome(RankResult(folds, cv, thresholds, test, result.rows), fused.cv_p_new, fused.test_p_new, figures_)
+
+
+def similarity_new_probability(cv: Candidates, cv_truth: list[str], test: Candidates, folds: int = 5,
+                               seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """P(new individual) from the best candidate's raw score alone (:class:`NewIndividualCalibration`
+    fitted on the CV queries, cross-fitted for them): what predictions carry when re-ranking is off."""
+    top_cv, top_test = _best(cv.scores.astype(np.float64)), _best(test.scores.astype(np.float64))
+    y = np.array([t == NEW_INDIVIDUAL for t in cv_truth], np.float64)
+    p_cv = np.zeros(len(y))
+    for held in np.array_split(np.random.default_rng(seed).permutation(len(y)), max(1, min(folds, len(y)))):
+        rest = np.setdiff1d(np.arange(len(y)), held)
+        p_cv[held] = NewIndividualCalibration().fit(top_cv[rest], y[rest]).predict(top_cv[held])
+    return p_cv, NewIndividualCalibration().fit(top_cv, y).predict(top_test)

@@ -1,0 +1,196 @@
+"""Local-feature re-ranking: geometric verification, the monotone calibrated fusion, P(new) and its
+calibration error, and crops that give no keypoints."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from photoid.data.demo import make_fin, render_fin, render_photo
+from photoid.local_features import KeypointConfig, KeypointStore, MatchConfig, count_inliers, detect, write_store
+from photoid.metrics import NEW_INDIVIDUAL, expected_calibration_error, reliability_bins
+from photoid.rerank import (MonotoneLogistic, NewIndividualCalibration, RerankConfig, pair_features, rerank_candidates,
+                            verify_pairs)
+from photoid.retrieval import Candidates
+from photoid.data.sources import DataError
+
+cv2 = pytest.importorskip("cv2")
+
+
+def _fin_crop(individual: int, photo: int, size: int = 160) -> np.ndarray:
+    """A grey crop of one demo individual's fin (one photo of it), letterboxed to ``size`` as the crop stage does."""
+    fin = render_fin(make_fin(np.random.default_rng([0, individual, 1]), "bottlenose_dolphin"))
+    rng = np.random.default_rng([0, individual, 2, photo])
+    img, box = render_photo(fin, rng, 320, 240)
+    while box is None:
+        img, box = render_photo(fin, rng, 320, 240)
+    crop = img.crop(tuple(int(v) for v in box)).convert("L")
+    scale = size / max(crop.size)
+    crop = crop.resize((max(1, round(crop.width * scale)), max(1, round(crop.height * scale))), Image.Resampling.BICUBIC)
+    canvas = Image.new("L", (size, size), 0)
+    canvas.paste(crop, ((size - crop.width) // 2, (size - crop.height) // 2))
+    return np.maximum(np.asarray(canvas), 1)  # the fin's own pixels are never letterbox black
+
+
+def _rotated(grey: np.ndarray, degrees: float, scale: float) -> np.ndarray:
+    h, w = grey.shape
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), degrees, scale)
+    return cv2.warpAffine(grey, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)
+
+
+def test_a_crop_and_its_rotated_rescaled_copy_share_many_inliers_two_individuals_few():
+    a = _fin_crop(3, 0)
+    kp = detect(a)
+    same = count_inliers(kp, detect(_rotated(a, 20, 0.8)))
+    others = [count_inliers(kp, detect(_fin_crop(other, 0))) for other in (4, 5, 6, 7)]
+    assert same >= 30, same
+    assert max(others) <= 10 and same >= 4 * max(others), (same, others)
+
+
+def test_a_mirror_image_matches_only_once_mirrored_back():
+    a = _fin_crop(3, 0)
+    mirrored = np.ascontiguousarray(a[:, ::-1])
+    assert count_inliers(detect(a), detect(np.ascontiguousarray(mirrored[:, ::-1]))) >= 30
+    # SIFT is not mirror-invariant: that is why every crop is also described mirrored
+    assert count_inliers(detect(a), detect(mirrored)) < count_inliers(detect(a), detect(a)) // 3
+
+
+def test_scale_beyond_the_limit_is_no_match():
+    a = _fin_crop(3, 0)
+    small = cv2.resize(a, None, fx=0.35, fy=0.35, interpolation=cv2.INTER_AREA)
+    wide = MatchConfig(max_scale=4.0)
+    assert count_inliers(detect(a), detect(small), wide) > count_inliers(detect(a), detect(small), MatchConfig(max_scale=2.0))
+    assert count_inliers(detect(a), detect(small), MatchConfig(max_scale=2.0)) == 0
+
+
+def test_a_flat_colour_crop_has_no_keypoints_and_matches_nothing(tmp_path):
+    flat = np.full((160, 160), 128, np.uint8)
+    kp = detect(flat)
+    assert len(kp.frames) == 0 and kp.descriptors.shape == (0, 128)
+    assert count_inliers(kp, detect(_fin_crop(3, 0))) == 0 and count_inliers(detect(_fin_crop(3, 0)), kp) == 0
+    # through the store and the pair verification, as the stages use them
+    paths = []
+    for name, grey in [("flat", flat), ("fin", _fin_crop(3, 0))]:
+        Image.fromarray(grey).save(tmp_path / f"{name}.png")
+        paths.append(str(tmp_path / f"{name}.png"))
+    figures = write_store(pd.DataFrame({"image_id": ["flat", "fin"], "crop_path": paths}), tmp_path / "store",
+                          KeypointConfig(), workers=1, progress=False)
+    assert figures["crops"] == 2 and figures["crops_without_keypoints"] == 1
+    store = KeypointStore(tmp_path / "store")
+    assert len(store.get("flat").frames) == 0 and len(store.get("fin", flipped=True).frames) > 20
+    counts = verify_pairs([("flat", "fin"), ("fin", "fin")], tmp_path / "store", MatchConfig(), workers=1, progress=False)
+    assert counts[("flat", "fin")] == 0 and counts[("fin", "fin")] > 30
+    with pytest.raises(DataError, match="local-features"):
+        store.get("missing")
+
+
+def test_root_sift_descriptors_are_unit_vectors():
+    kp = detect(_fin_crop(3, 0))
+    norms = np.linalg.norm(kp.descriptors.astype(np.float32) / 255.0, axis=1)
+    assert np.allclose(norms, 1.0, atol=0.03)
+
+
+# --------------------------------------------------------------------------------- calibration
+
+def _synthetic_cv(n=300, c=8, seed=0, informative_inliers=True):
+    """Queries whose true individual (if known) sits somewhere in an 8-long shortlist; similarity and
+    inlier counts are noisy evidence of it; a third of the queries are new individuals."""
+    rng = np.random.default_rng(seed)
+    labels = np.array([[f"ind{q}_{j}" for j in range(c)] for q in range(n)], dtype=object)
+    truth, sims, inl = [], rng.uniform(0.3, 0.7, (n, c)), rng.poisson(3, (n, c)).astype(np.float32)
+    for q in range(n):
+        if rng.random() < 1 / 3:
+            truth.append(NEW_INDIVIDUAL)
+            continue
+        j = int(rng.integers(0, 3))
+        truth.append(labels[q, j])
+        sims[q, j] += 0.15
+        if informative_inliers:
+            inl[q, j] += rng.poisson(12)
+    order = np.argsort(-sims, axis=1)
+    return Candidates(np.take_along_axis(labels, order, 1), np.take_along_axis(sims, order, 1).astype(np.float32)), \
+        np.take_along_axis(inl, order, 1), truth
+
+
+def test_fused_probability_never_falls_when_similarity_or_inliers_grow():
+    cands, inliers, truth = _synthetic_cv(seed=1)
+    result = rerank_candidates(cands, inliers, truth, cands, inliers, RerankConfig(calibration_folds=3))
+    model = result.calibration.same
+    assert (model.coef >= 0).all()
+    base_sims = np.array([[0.6, 0.55, 0.5, 0.45, 0.4]])
+    base_inl = np.array([[5.0, 3.0, 2.0, 2.0, 1.0]])
+    valid = np.ones_like(base_sims, bool)
+
+    def p_first(sim, inl):
+        s, i = base_sims.copy(), base_inl.copy()
+        s[0, 1], i[0, 1] = sim, inl  # the second candidate's evidence varies
+        return model.predict_proba(pair_features(s, i, valid)[0])[1]
+
+    grid_sim, grid_inl = np.linspace(0.0, 1.0, 21), np.arange(0, 40, 2)
+    table = np.array([[p_first(s, i) for i in grid_inl] for s in grid_sim])
+    assert (np.diff(table, axis=0) >= -1e-12).all() and (np.diff(table, axis=1) >= -1e-12).all()
+    assert table[-1, -1] > table[0, 0] + 0.3
+
+
+def test_a_feature_that_speaks_against_a_match_gets_no_weight():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 2))
+    y = (x[:, 0] - 2 * x[:, 1] + rng.normal(scale=0.5, size=400) > 0).astype(float)
+    model = MonotoneLogistic().fit(x, y)
+    assert model.coef[0] > 0.5 and model.coef[1] == 0.0
+
+
+def test_inliers_lift_the_true_individual_that_the_embedding_ranked_second():
+    cands, inliers, truth = _synthetic_cv(seed=2)
+    result = rerank_candidates(cands, inliers, truth, cands, inliers, RerankConfig(calibration_folds=5))
+    known = [i for i, t in enumerate(truth) if t != NEW_INDIVIDUAL]
+    top1_before = np.mean([cands.labels[i, 0] == truth[i] for i in known])
+    top1_after = np.mean([result.cv.labels[i, 0] == truth[i] for i in known])
+    assert top1_after > top1_before + 0.2
+    # probabilities are sorted best first and P(new) is higher for new queries
+    assert (np.diff(result.cv.scores, axis=1) <= 1e-9).all()
+    new = np.array([t == NEW_INDIVIDUAL for t in truth])
+    assert result.cv_p_new[new].mean() > result.cv_p_new[~new].mean() + 0.3
+
+
+def test_a_data_set_without_test_photos_is_re_ranked_on_cv_alone():
+    cands, inliers, truth = _synthetic_cv(seed=4)
+    empty = Candidates(cands.labels[:0], cands.scores[:0])
+    result = rerank_candidates(cands, inliers, truth, empty, inliers[:0], RerankConfig(calibration_folds=3))
+    assert result.test.labels.shape == (0, cands.labels.shape[1]) and len(result.test_p_new) == 0
+    assert len(result.cv_p_new) == len(truth)
+
+
+def test_uninformative_inliers_leave_the_embedding_order():
+    cands, inliers, truth = _synthetic_cv(seed=3, informative_inliers=False)
+    result = rerank_candidates(cands, inliers, truth, cands, inliers, RerankConfig(calibration_folds=5))
+    known = [i for i, t in enumerate(truth) if t != NEW_INDIVIDUAL]
+    top1_before = np.mean([cands.labels[i, 0] == truth[i] for i in known])
+    top1_after = np.mean([result.cv.labels[i, 0] == truth[i] for i in known])
+    assert top1_after >= top1_before - 0.05
+
+
+def test_p_new_falls_as_the_best_candidate_gets_more_convincing():
+    rng = np.random.default_rng(0)
+    top = rng.uniform(0, 1, 500)
+    is_new = (rng.uniform(0, 1, 500) > top).astype(float)  # P(new) = 1 - top
+    cal = NewIndividualCalibration().fit(top, is_new)
+    grid = np.linspace(0, 1, 50)
+    p = cal.predict(grid)
+    assert (np.diff(p) <= 1e-12).all() and p[0] > 0.8 and p[-1] < 0.2
+    assert expected_calibration_error(cal.predict(top), is_new) < 0.1
+
+
+def test_expected_calibration_error_by_hand():
+    # bin 0.1-0.2: predicted 0.1, 0.1, observed 0 of 2 -> gap 0.1; bin 0.9-1.0: predicted 0.9 x2, observed 1 of 2 -> gap 0.4
+    p, y = [0.1, 0.1, 0.9, 0.9], [0, 0, 1, 0]
+    assert expected_calibration_error(p, y) == pytest.approx((2 * 0.1 + 2 * 0.4) / 4)
+    bins = reliability_bins(p, y)
+    assert [b["count"] for b in bins] == [2, 2] and bins[1]["observed"] == 0.5
+
+
+def test_bad_settings_are_clear_errors():
+    with pytest.raises(DataError, match="rerank.score"):
+        RerankConfig(score="cosine")
+    with pytest.raises(DataError, match="at least 5"):
+        RerankConfig(candidates=3)
