@@ -39,6 +39,7 @@ def main(
     print(f"store {store}: {len(ids)} crops, {per_crop:.0f} keypoints per crop; {workers} worker(s), {photos} photos per candidate")
     print(f"{'candidates':>10} {'pairs':>7} {'seconds':>8} {'pairs/s':>8} {'s per 1,000 queries':>20}")
     verify_pairs([(ids[0], ids[1])], store, MatchConfig(), 1, progress=False)  # imports and first-call costs
+    timed = []
     for c in (int(v) for v in candidates.split(",")):
         pairs = []
         for q in rng.choice(len(ids), size=queries, replace=len(ids) < queries):
@@ -49,6 +50,11 @@ def main(
         seconds = time.perf_counter() - start
         rate = len(pairs) / seconds
         print(f"{c:>10} {len(pairs):>7} {seconds:>8.2f} {rate:>8.0f} {1000 * c * photos / rate:>20.0f}")
+        timed.append((len(pairs), seconds))
+    if len(timed) >= 2 and timed[-1][1] > timed[-2][1]:
+        marginal = (timed[-1][0] - timed[-2][0]) / (timed[-1][1] - timed[-2][1])
+        print(f"marginal rate between the two longest shortlists (pool start-up excluded): {marginal:.0f} pairs/s, "
+              f"{1000 * 20 * photos / marginal:.0f} s per 1,000 queries at 20 candidates")
     print("seconds per 1,000 queries = 1,000 x candidates x photos / pairs per second (pool start-up included in each row)")
 
 

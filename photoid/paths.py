@@ -46,4 +46,4 @@ EMBEDDINGS = PROCESSED / "embeddings"  # dolg/fold<k> (embed), retrain/fold<k> (
 PSEUDO_TABLE = PROCESSED / "pseudo_labels.parquet"
 PREDICTIONS_TABLE = PROCESSED / "predictions.parquet"
 SUBMISSION = PROCESSED / "submission.csv"
-RELIABILITY = METRICS / "reliability.csv"  # knn-rank: reliability diagram of P(new individual)
+RELIABILITY = METRICS / "reliability"  # knn-rank: reliability diagram of P(new individual), cv.csv and test.csv

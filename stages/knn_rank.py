@@ -15,7 +15,8 @@ Outputs: submission.csv (image,predictions: the Happywhale format), predictions.
 with the best individual's score and margin, and P(new individual) calibrated on CV),
 metrics/knn.json (CV MAP@5, MAP@5 on known individuals, top-1, mAP@20, new_individual precision
 and recall, MAP@5 per species and fold, the thresholds, the calibration error of P(new); test
-figures when the data set has test truth), metrics/reliability.csv (reliability diagram of P(new)).
+figures when the data set has test truth), metrics/reliability/{cv,test}.csv (reliability diagram of P(new): per bin of predicted
+probability, the observed share of new individuals).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def main(
     rerank_workers: int = typer.Option(2, help="Processes verifying pairs."),
     seed: int = typer.Option(0, help="Cross-fitting split and the inlier-only ranking's tie breaks."),
     local_features: Path = typer.Option(paths.LOCAL_FEATURES, help="The local-features stage's keypoint store."),
-    reliability: Path = typer.Option(paths.RELIABILITY, help="Reliability diagram of P(new individual) (CSV)."),
+    reliability: Path = typer.Option(paths.RELIABILITY, help="Folder of the reliability diagram of P(new individual): cv.csv, test.csv."),
     embeddings: Path = typer.Option(paths.EMBEDDINGS / "retrain", help="Folder of the folds' embedding sets."),
     before_embeddings: Path = typer.Option(None, help="The embeddings before retraining (train-dolg's): their CV MAP@5 is reported beside, to show whether retraining helped."),
     split: Path = typer.Option(paths.SPLIT_TABLE, help="The split table."),
@@ -107,15 +108,19 @@ def main(
     if reranking:
         figures["rerank_figures"] = outcome.figures
     # how well P(new individual) is calibrated: on CV (cross-fitted) and, with test truth, on test
+    columns = ["bin", "predicted", "observed", "count"]
     cv_new = [t == NEW_INDIVIDUAL for t in result.cv.truth]
-    curves = [pd.DataFrame(reliability_bins(cv_p_new, cv_new)).assign(queries="cv")]
+    curves = {"cv": pd.DataFrame(reliability_bins(cv_p_new, cv_new), columns=columns),
+              "test": pd.DataFrame(columns=columns)}  # empty without test truth
     figures["cv_new_ece"] = expected_calibration_error(cv_p_new, cv_new)
     if result.test.truth is not None:
         test_new = [t == NEW_INDIVIDUAL for t in result.test.truth]
         figures["test_new_ece"] = expected_calibration_error(test_p_new, test_new)
-        curves.append(pd.DataFrame(reliability_bins(test_p_new, test_new)).assign(queries="test"))
+        curves["test"] = pd.DataFrame(reliability_bins(test_p_new, test_new), columns=columns)
     with atomic_path(reliability) as tmp:
-        pd.concat(curves, ignore_index=True).to_csv(tmp, index=False)
+        tmp.mkdir()
+        for name, table in curves.items():
+            table.to_csv(tmp / f"{name}.csv", index=False)
     if before_embeddings is not None:
         before = cv_figures(before_embeddings, list(folds), split_table, neighbours, flips, fixed,
                             by_species, min_species_queries)

@@ -57,7 +57,7 @@ def test_repro_runs_every_data_stage_and_writes_the_tables(project):
     assert 0 <= knn["cv_map5"] <= 1 and 0 <= knn["test_map5"] <= 1
     # re-ranked by local features (the default), with the embedding-only figures beside and P(new) calibrated
     assert knn["rerank"] and knn["rerank_figures"]["pairs"] > 0 and 0 <= knn["embedding_cv_map5"] <= 1
-    assert 0 <= knn["cv_new_ece"] <= 1 and (root / "metrics/reliability.csv").exists()
+    assert 0 <= knn["cv_new_ece"] <= 1 and (root / "metrics/reliability/cv.csv").exists()
     predictions = pd.read_parquet(root / "data/processed/predictions.parquet")
     assert predictions["p_new"].between(0, 1).all() and set(predictions["image_id"]) == test_ids
     assert json.loads((root / "metrics/local_features.json").read_text())["crops"] == len(crops)
