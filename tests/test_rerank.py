@@ -76,6 +76,10 @@ def test_a_flat_colour_crop_has_no_keypoints_and_matches_nothing(tmp_path):
     figures = write_store(pd.DataFrame({"image_id": ["flat", "fin"], "crop_path": paths}), tmp_path / "store",
                           KeypointConfig(), workers=1, progress=False)
     assert figures["crops"] == 2 and figures["crops_without_keypoints"] == 1
+    # the same crops give the same bytes (DVC finds the store in its cache instead of computing it again)
+    write_store(pd.DataFrame({"image_id": ["flat", "fin"], "crop_path": paths}), tmp_path / "again", workers=1, progress=False)
+    for name in ("frames.npy", "descriptors.npy", "index.parquet", "meta.json"):
+        assert (tmp_path / "store" / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
     store = KeypointStore(tmp_path / "store")
     assert len(store.get("flat").frames) == 0 and len(store.get("fin", flipped=True).frames) > 20
     counts = verify_pairs([("flat", "fin"), ("fin", "fin")], tmp_path / "store", MatchConfig(), workers=1, progress=False)
