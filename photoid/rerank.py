@@ -113,14 +113,12 @@ def shortlist_pairs(query_ids, labels: np.ndarray, photos: list[list[list[int]]]
     return out
 
 
-def inlier_matrix(query_ids, candidates: Candidates, photos, gallery_ids: np.ndarray, counts: dict, n_candidates: int,
-                  n_photos: int) -> np.ndarray:
-    """Q×C: each shortlisted candidate's largest inlier count over its verified photos (0 when none)."""
-    c = n_candidates or candidates.labels.shape[1]
-    out = np.zeros((len(query_ids), min(c, candidates.labels.shape[1])), np.float32)
-    for i, j, qid, gid in shortlist_pairs(query_ids, candidates.labels, photos, gallery_ids, n_candidates, n_photos):
-        if j < out.shape[1]:
-            out[i, j] = max(out[i, j], counts[(qid, gid)])
+def inlier_matrix(pairs: list[tuple[int, int, str, str]], shape: tuple[int, int], counts: dict) -> np.ndarray:
+    """Q×C: each shortlisted candidate's largest inlier count over its verified photos (0 when none), from
+    :func:`shortlist_pairs` and the pairs' counts."""
+    out = np.zeros(shape, np.float32)
+    for i, j, qid, gid in pairs:
+        out[i, j] = max(out[i, j], counts[(qid, gid)])
     return out
 
 
@@ -225,14 +223,25 @@ class Calibration:
     @staticmethod
     def fit(features: np.ndarray, valid: np.ndarray, truth_hits: np.ndarray, is_new: np.ndarray) -> "Calibration":
         same = MonotoneLogistic().fit(features[valid], truth_hits[valid])
-        p = np.where(valid, same.predict_proba(features.reshape(-1, features.shape[-1])).reshape(valid.shape), -np.inf)
-        return Calibration(same, NewIndividualCalibration().fit(_best(p), is_new))
+        return Calibration(same, NewIndividualCalibration().fit(_best(_p_same(same, features, valid)), is_new))
 
     def apply(self, features: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(P(same) Q×C with -inf where no candidate, P(new) Q)."""
-        p = self.same.predict_proba(features.reshape(-1, features.shape[-1])).reshape(valid.shape)
-        p = np.where(valid, p, -np.inf)
+        p = _p_same(self.same, features, valid)
         return p, self.new.predict(_best(p))
+
+
+def _p_same(model: MonotoneLogistic, features: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Q×C P(same individual) of Q×C×F features, -inf where there is no candidate."""
+    p = model.predict_proba(features.reshape(-1, features.shape[-1])).reshape(valid.shape)
+    return np.where(valid, p, -np.inf)
+
+
+def crossfit_folds(n: int, folds: int, seed: int):
+    """(fitting rows, held-out rows) of a seeded ``folds``-way split of ``n`` queries: each query is
+    scored once, by a model that did not see it."""
+    for held in np.array_split(np.random.default_rng(seed).permutation(n), max(1, min(folds, n))):
+        yield np.setdiff1d(np.arange(n), held), held
 
 
 def _sorted(labels: np.ndarray, probability: np.ndarray, rng: np.random.Generator | None) -> Candidates:
@@ -273,11 +282,8 @@ def rerank_candidates(cv: Candidates, cv_inliers: np.ndarray, cv_truth: list[str
     hits = (cv_labels == truth[:, None]).astype(np.float64)
     is_new = (truth == NEW_INDIVIDUAL).astype(np.float64)
 
-    rng = np.random.default_rng(cfg.seed)
     p_cv, p_new_cv = np.full(cv_labels.shape, -np.inf), np.zeros(len(cv_labels))
-    parts = np.array_split(rng.permutation(len(cv_labels)), min(cfg.calibration_folds, len(cv_labels)))
-    for held in parts:
-        rest = np.setdiff1d(np.arange(len(cv_labels)), held)
+    for rest, held in crossfit_folds(len(cv_labels), cfg.calibration_folds, cfg.seed):
         model = Calibration.fit(cv_x[rest], cv_valid[rest], hits[rest], is_new[rest])
         p_cv[held], p_new_cv[held] = model.apply(cv_x[held], cv_valid[held])
     full = Calibration.fit(cv_x, cv_valid, hits, is_new)
@@ -327,12 +333,12 @@ def rerank_result(result, store_dir: Path, cfg: RerankConfig, fixed_threshold: f
         raise ValueError("the rankings must keep their shortlists' photos (rank_all(..., shortlist=Shortlist(photos=...)))")
     ids = result.rows["image_id"].to_numpy()
     width = min(cfg.candidates or 10**9, result.cv.candidates.labels.shape[1], result.test.candidates.labels.shape[1])
-    pairs = [(q, g) for r in (result.cv, result.test)
-             for _, _, q, g in shortlist_pairs(r.image_ids, r.candidates.labels, r.photos, ids, width, cfg.photos)]
-    counts, timing = timed_verification(pairs, store_dir, cfg.match, cfg.workers, progress)
-    cv_inliers = inlier_matrix(result.cv.image_ids, result.cv.candidates, result.cv.photos, ids, counts, width, cfg.photos)
-    test_inliers = inlier_matrix(result.test.image_ids, result.test.candidates, result.test.photos, ids, counts, width,
-                                 cfg.photos)
+    cv_pairs, test_pairs = (shortlist_pairs(r.image_ids, r.candidates.labels, r.photos, ids, width, cfg.photos)
+                            for r in (result.cv, result.test))
+    counts, timing = timed_verification([(q, g) for _, _, q, g in cv_pairs + test_pairs], store_dir, cfg.match,
+                                        cfg.workers, progress)
+    cv_inliers = inlier_matrix(cv_pairs, (len(result.cv.image_ids), width), counts)
+    test_inliers = inlier_matrix(test_pairs, (len(result.test.image_ids), width), counts)
     fused = rerank_candidates(result.cv.candidates, cv_inliers, result.cv.truth, result.test.candidates, test_inliers, cfg)
     cv = replace(result.cv, candidates=fused.cv)
     folds, start = [], 0
@@ -353,7 +359,6 @@ def similarity_new_probability(cv: Candidates, cv_truth: list[str], test: Candid
     top_cv, top_test = _best(cv.scores.astype(np.float64)), _best(test.scores.astype(np.float64))
     y = np.array([t == NEW_INDIVIDUAL for t in cv_truth], np.float64)
     p_cv = np.zeros(len(y))
-    for held in np.array_split(np.random.default_rng(seed).permutation(len(y)), max(1, min(folds, len(y)))):
-        rest = np.setdiff1d(np.arange(len(y)), held)
+    for rest, held in crossfit_folds(len(y), folds, seed):
         p_cv[held] = NewIndividualCalibration().fit(top_cv[rest], y[rest]).predict(top_cv[held])
     return p_cv, NewIndividualCalibration().fit(top_cv, y).predict(top_test)
