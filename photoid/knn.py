@@ -5,8 +5,12 @@ What knn-rank and pseudo-label share.
 - **Cross-validation.** For fold k (with fold k's model): the queries are the fold's validation
   images (its known ones plus every held-out individual's); the gallery is every other training
   image, held-out individuals excluded, individuals too rare to train on included (they are still
-  known animals). The folds' candidates are pooled; the ``new_individual`` threshold is tuned on
-  them — never on the test set.
+  known animals). The photos of those rare individuals are queries too, each in one fold, their
+  other photos in its gallery (:func:`rare_query_folds`): they are among the hardest test cases.
+  The folds' candidates are pooled; the ``new_individual`` threshold is tuned on them — never on
+  the test set's truth (:class:`ThresholdRule`).
+- **Pseudo-labels.** Test images ranked by each fold's model against every training image but
+  that fold's validation images (:func:`rank_test_per_fold`).
 - **Test.** The queries are the test images, the gallery every training image; the folds are
   ensembled by averaging their similarities (:func:`photoid.retrieval.fold_ensemble`).
 - Flips (:class:`Flips`, each a param): a query is the flip-TTA mean of the crop and its mirror
@@ -16,6 +20,7 @@ What knn-rank and pseudo-label share.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +73,7 @@ class Ranking:
     n_relevant: np.ndarray | None = None  # gallery images of the query's individual (mAP@20)
     fold: np.ndarray | None = None
     photos: list[list[list[int]]] | None = None  # per query and candidate: its gallery images (row positions), best first
+    rare: np.ndarray | None = None  # CV: the query is of an individual too rare to train on (filter.min_samples)
 
     def set_truth(self, individuals) -> "Ranking":
         self.truth = query_truth(individuals, list(self.gallery_counts))
@@ -102,15 +108,39 @@ def _rank(queries: np.ndarray, query_rows: pd.DataFrame, gallery: np.ndarray, ow
                    gallery_rows["individual"].value_counts().to_dict(), photos=photos)
 
 
+def rare_query_folds(rows: pd.DataFrame, split: pd.DataFrame) -> pd.Series:
+    """The CV fold in which each training photo of a rare individual is a query (indexed by image_id).
+
+    Rare individuals (fewer than ``filter.min_samples`` photos: not in the split, never trained on) are
+    known animals all the same, and among the hardest test cases. Each one with at least two photos
+    has every photo a query in one fold (dealt round-robin over the split's folds in image order, from
+    a starting fold fixed by the individual's name), its other photos staying in that fold's gallery."""
+    n_folds = int(split["fold"].max()) + 1 if (split["fold"] >= 0).any() else 0
+    train = rows[(rows["part"] == TRAIN) & ~rows["individual"].isin(set(split["individual"]))]
+    out = {}
+    if n_folds == 0:
+        return pd.Series(out, dtype=np.int64)
+    for ind, group in train.groupby("individual", sort=True):
+        if len(group) < 2:  # a photo with no other photo of its animal would only play a new individual
+            continue
+        start = zlib.crc32(str(ind).encode())
+        for j, image_id in enumerate(sorted(group["image_id"])):
+            out[image_id] = (start + j) % n_folds
+    return pd.Series(out, dtype=np.int64)
+
+
 def cross_validate(sets: list[EmbeddingSet], folds: list[int], split: pd.DataFrame, n_neighbours: int,
-                   flips: Flips = Flips(), shortlist: Shortlist = Shortlist()) -> list[Ranking]:
-    """The validation ranking of every fold, each with its own fold's embeddings."""
+                   flips: Flips = Flips(), shortlist: Shortlist = Shortlist(), rare_queries: bool = True) -> list[Ranking]:
+    """The validation ranking of every fold, each with its own fold's embeddings. With ``rare_queries``
+    the photos of rare individuals are queries too (:func:`rare_query_folds`)."""
     held_out = set(split.loc[split["is_new"], "individual"])
     parts = []
     for fold, s in zip(folds, sets):
         rows = s.rows
         _, val = fold_view(split, fold)
-        in_val = rows["image_id"].isin(set(val["image_id"]))
+        rare_folds = rare_query_folds(rows, split) if rare_queries else pd.Series(dtype=np.int64)
+        rare = set(rare_folds.index[rare_folds.to_numpy() == fold])
+        in_val = rows["image_id"].isin(set(val["image_id"]) | rare)
         in_gallery = (rows["part"] == TRAIN) & ~in_val & ~rows["individual"].isin(held_out)
         q = np.flatnonzero(in_val.to_numpy())
         g = np.flatnonzero(in_gallery.to_numpy())
@@ -121,6 +151,7 @@ def cross_validate(sets: list[EmbeddingSet], folds: list[int], split: pd.DataFra
         r = _rank(s.queries(q, flips.query), rows.iloc[q], gallery, owners, rows, n_neighbours, shortlist)
         r.set_truth(rows["individual"].to_numpy()[q])
         r.fold = np.full(len(q), fold)
+        r.rare = rows["image_id"].iloc[q].isin(rare).to_numpy()
         parts.append(r)
     return parts
 
@@ -134,7 +165,8 @@ def pool(parts: list[Ranking]) -> Ranking:
                    np.concatenate([r.species for r in parts]), [x for r in parts for x in r.images], counts,
                    [t for r in parts for t in r.truth], np.concatenate([r.n_relevant for r in parts]),
                    np.concatenate([r.fold for r in parts]),
-                   None if any(r.photos is None for r in parts) else [x for r in parts for x in r.photos])
+                   None if any(r.photos is None for r in parts) else [x for r in parts for x in r.photos],
+                   None if any(r.rare is None for r in parts) else np.concatenate([r.rare for r in parts]))
 
 
 def rank_test(sets: list[EmbeddingSet], n_neighbours: int, flips: Flips = Flips(),
@@ -152,6 +184,26 @@ def rank_test(sets: list[EmbeddingSet], n_neighbours: int, flips: Flips = Flips(
     return _rank(queries, rows.iloc[q], gallery, owners, rows, n_neighbours, shortlist)
 
 
+def rank_test_per_fold(sets: list[EmbeddingSet], folds: list[int], split: pd.DataFrame, n_neighbours: int,
+                       flips: Flips = Flips()) -> list[Ranking]:
+    """Test images ranked by each fold's model alone against every training image except that fold's
+    validation images: what pseudo-labels for fold k come from, so that no fold trains on a test photo
+    labelled by an image it validates on (often a near-duplicate of one encounter)."""
+    out = []
+    for fold, s in zip(folds, sets):
+        rows = s.rows
+        _, val = fold_view(split, fold)
+        q = np.flatnonzero((rows["part"] == TEST).to_numpy())
+        g = np.flatnonzero(((rows["part"] == TRAIN) & ~rows["image_id"].isin(set(val["image_id"]))).to_numpy())
+        if len(g) == 0:
+            raise DataError(f"fold {fold} leaves no training image for its gallery: check split.n_folds.")
+        gallery, owners = s.gallery(g, flips.gallery)
+        r = _rank(s.queries(q, flips.query), rows.iloc[q], gallery, owners, rows, n_neighbours)
+        r.fold = np.full(len(q), fold)
+        out.append(r)
+    return out
+
+
 def attach_truth(ranking: Ranking, truth_table: pd.DataFrame | None) -> Ranking:
     """Set the truth of a test ranking from a test-truth table (image_id, individual) when it covers every query."""
     if truth_table is None or truth_table.empty or len(ranking.image_ids) == 0:
@@ -167,13 +219,75 @@ class Thresholds:
     overall: float
     per_species: dict[str, float] = field(default_factory=dict)
     tuned: bool = True
+    rule: str = "auto"
 
 
-def choose_thresholds(cv: Ranking, fixed: float | None = None, per_species: bool = False,
-                      min_species_queries: int = 10) -> Thresholds:
-    """The ``new_individual`` threshold(s): ``fixed`` if given, else tuned on the CV queries for MAP@5."""
-    if fixed is not None:
-        return Thresholds(float(fixed), {}, tuned=False)
+@dataclass(frozen=True)
+class ThresholdRule:
+    """How the ``new_individual`` threshold is chosen (``knn.threshold``):
+
+    - ``auto``: tuned for MAP@5 on the CV queries;
+    - a number: that score;
+    - ``new_share:r``: the score below which a share ``r`` of the test photos is answered
+      ``new_individual`` first (the Happywhale winners' way: the share of new animals in a survey is
+      often known better than a score on the model's scale, and it does not move with the gallery's
+      size as a tuned score does). The CV figures are then those of that same score."""
+
+    fixed: float | None = None
+    new_share: float | None = None
+
+    @classmethod
+    def parse(cls, text, name: str = "knn.threshold") -> "ThresholdRule":
+        t = str(text).strip().lower()
+        if t == "auto":
+            return cls()
+        try:
+            if t.startswith("new_share:"):
+                r = float(t.split(":", 1)[1])
+                if not 0.0 <= r <= 1.0:
+                    raise ValueError
+                return cls(new_share=r)
+            return cls(fixed=float(t))
+        except ValueError:
+            raise DataError(f"{name} takes auto, a number, or new_share:<r> with r between 0 and 1 "
+                            f"(e.g. new_share:0.5), got {text!r}") from None
+
+    def __str__(self) -> str:
+        return "auto" if self.fixed is None and self.new_share is None else (
+            str(self.fixed) if self.fixed is not None else f"new_share:{self.new_share:g}")
+
+
+def share_threshold(candidates: Candidates, share: float) -> float:
+    """The threshold at which a share ``share`` of these queries (as near as ties allow) has its best
+    score below it, i.e. is answered ``new_individual`` first by :func:`photoid.retrieval.predict`."""
+    top = np.sort(candidates.scores[:, 0].astype(np.float64)) if candidates.scores.size else np.zeros(0)
+    if len(top) == 0:
+        return 0.0
+    finite = top[np.isfinite(top)]
+    lo, hi = (finite.min(), finite.max()) if len(finite) else (0.0, 0.0)
+    n = int(round(share * len(top)))
+    if n <= 0:
+        return float(lo - 1e-3)
+    if n >= len(top):
+        return float(hi + 1e-3)
+    a, b = top[n - 1], top[n]
+    a = a if np.isfinite(a) else b - 1e-3
+    return float((a + b) / 2)
+
+
+def choose_thresholds(cv: Ranking, rule: ThresholdRule = ThresholdRule(), per_species: bool = False,
+                      min_species_queries: int = 10, test: Ranking | None = None) -> Thresholds:
+    """The ``new_individual`` threshold(s) by ``rule``: tuned on the CV queries for MAP@5 (one overall or
+    one per species), a fixed number, or the score giving the test photos the share ``rule.new_share``
+    of new-first answers (needs ``test``)."""
+    if rule.fixed is not None:
+        return Thresholds(float(rule.fixed), {}, tuned=False, rule=str(rule))
+    if rule.new_share is not None:
+        if test is None:
+            raise ValueError("a new_share threshold needs the test ranking")
+        if per_species:
+            raise DataError("knn.threshold new_share:<r> sets one threshold for all test photos: set knn.per_species false.")
+        return Thresholds(share_threshold(test.candidates, rule.new_share), {}, tuned=False, rule=str(rule))
     if per_species:
         overall, by_species = tune_species_thresholds(cv.candidates, cv.truth, cv.species, min_species_queries, k=K)
         return Thresholds(overall, by_species)
@@ -189,7 +303,7 @@ def scores(r: Ranking, t: Thresholds) -> dict:
     species = np.asarray(r.species)
     known = [i for i, y in enumerate(r.truth) if y != NEW_INDIVIDUAL]
     ranked = predict(r.candidates, -np.inf, K)  # known individuals only, new_individual last
-    return {
+    out = {
         "map5": map_at_k(preds, r.truth, K),
         "top1": float(np.mean([p[0] == y for p, y in zip(preds, r.truth)])) if r.truth else 0.0,
         # over every query (new ones score 0): bounded by the share of queries of known individuals
@@ -198,6 +312,7 @@ def scores(r: Ranking, t: Thresholds) -> dict:
         "map5_known": map_at_k([ranked[i] for i in known], [r.truth[i] for i in known], K),
         "new_precision": precision,
         "new_recall": recall,
+        "new_first_share": float(np.mean([bool(p) and p[0] == NEW_INDIVIDUAL for p in preds])) if preds else 0.0,
         "map20": float(np.mean([average_precision_at_n([x == r.truth[i] for x in r.images[i]], int(r.n_relevant[i]),
                                                        N_MAP) for i in with_matches])) if len(with_matches) else 0.0,
         "queries": len(r.truth),
@@ -206,6 +321,11 @@ def scores(r: Ranking, t: Thresholds) -> dict:
                                           [y for y, m in zip(r.truth, species == sp) if m], K)
                              for sp in sorted(set(species.tolist()))},
     }
+    if r.rare is not None and r.rare.any():  # individuals too rare to train on, as CV queries
+        rare = np.flatnonzero(r.rare)
+        out["rare_queries"] = int(len(rare))
+        out["map5_rare"] = map_at_k([preds[i] for i in rare], [r.truth[i] for i in rare], K)
+    return out
 
 
 def predictions_table(r: Ranking, t: Thresholds, p_new: np.ndarray | None = None) -> pd.DataFrame:
@@ -215,13 +335,12 @@ def predictions_table(r: Ranking, t: Thresholds, p_new: np.ndarray | None = None
     thresholds = r.thresholds(t.overall, t.per_species)
     preds = predict(r.candidates, thresholds, K)
     s = r.candidates.scores
-    second = s[:, 1] if s.shape[1] > 1 else np.full(len(s), -np.inf)
     return pd.DataFrame({
         "image_id": r.image_ids,
         "predictions": [" ".join(p) for p in preds],
         "top_individual": r.candidates.labels[:, 0].astype(str),
         "top_score": s[:, 0].astype(np.float64),
-        "margin": np.where(np.isfinite(second), s[:, 0] - second, s[:, 0]).astype(np.float64),
+        "margin": r.candidates.margin(),
         "species": r.species.astype(str),
         "threshold": thresholds,
         **({} if p_new is None else {"p_new": np.asarray(p_new, np.float64)}),
@@ -251,27 +370,31 @@ class RankResult:
         if self.thresholds.per_species:
             out["threshold_per_species"] = self.thresholds.per_species
         out["test_images"] = len(self.test.image_ids)
+        out["threshold_rule"] = self.thresholds.rule
+        # the share of test photos answered new_individual first: known without test truth, to set beside CV's
+        first = [p[0] for p in predict(self.test.candidates, self.test.thresholds(self.thresholds.overall,
+                                                                                  self.thresholds.per_species), K)]
+        out["test_new_first_share"] = float(np.mean([f == NEW_INDIVIDUAL for f in first])) if first else 0.0
         if self.test.truth is not None:
             out.update({f"test_{k}": v for k, v in scores(self.test, self.thresholds).items() if k != "queries"})
         return out
 
 
 def rank_all(embeddings: Path, folds: list[int], split: pd.DataFrame, n_neighbours: int,
-             fixed_threshold: float | None = None, per_species: bool = False, min_species_queries: int = 10,
+             threshold: ThresholdRule = ThresholdRule(), per_species: bool = False, min_species_queries: int = 10,
              test_truth: pd.DataFrame | None = None, flips: Flips = Flips(),
              shortlist: Shortlist = Shortlist()) -> RankResult:
-    """Cross-validate the folds' embedding sets under ``embeddings``, choose the threshold(s), rank the test images."""
+    """Cross-validate the folds' embedding sets under ``embeddings``, rank the test images, choose the threshold(s)."""
     sets = load_fold_sets(embeddings, folds)
     parts = cross_validate(sets, folds, split, n_neighbours, flips, shortlist)
     cv = pool(parts)
-    thresholds = choose_thresholds(cv, fixed_threshold, per_species, min_species_queries)
     test = attach_truth(rank_test(sets, n_neighbours, flips, shortlist), test_truth)
+    thresholds = choose_thresholds(cv, threshold, per_species, min_species_queries, test)
     return RankResult(parts, cv, thresholds, test, sets[0].rows)
 
 
 def cv_figures(embeddings: Path, folds: list[int], split: pd.DataFrame, n_neighbours: int, flips: Flips = Flips(),
-               fixed_threshold: float | None = None, per_species: bool = False, min_species_queries: int = 10) -> dict:
+               threshold: ThresholdRule = ThresholdRule(), per_species: bool = False, min_species_queries: int = 10) -> dict:
     """The CV figures of another set of embeddings (e.g. before retraining), ranked and thresholded the same way."""
-    sets = load_fold_sets(embeddings, folds)
-    cv = pool(cross_validate(sets, folds, split, n_neighbours, flips))
-    return scores(cv, choose_thresholds(cv, fixed_threshold, per_species, min_species_queries))
+    result = rank_all(embeddings, folds, split, n_neighbours, threshold, per_species, min_species_queries, flips=flips)
+    return scores(result.cv, result.thresholds)

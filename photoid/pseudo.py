@@ -61,12 +61,13 @@ def cv_answers(predictions: pd.DataFrame, truth, confidence: str = "margin") -> 
     return confidence_of(predictions, confidence)[known], (first == np.asarray(truth, dtype=object))[known]
 
 
-PSEUDO_COLUMNS = ["image_id", "part", "individual", "species", "crop_path", "confidence", "margin"]
+PSEUDO_COLUMNS = ["image_id", "part", "individual", "species", "crop_path", "confidence", "margin", "fold"]
 
 
 def select_pseudo_labels(predictions: pd.DataFrame, crops: pd.DataFrame, threshold: float,
-                         min_margin: float, confidence: str = "score") -> pd.DataFrame:
-    """Pseudo-labelled rows (crop rows of the chosen test images, labelled with their prediction)."""
+                         min_margin: float, confidence: str = "score", fold: int = -1) -> pd.DataFrame:
+    """Pseudo-labelled rows (crop rows of the chosen test images, labelled with their prediction) for
+    fold ``fold`` (the fold whose model and gallery made ``predictions``; -1: any fold)."""
     first = np.array([str(p).split(" ")[0] for p in predictions["predictions"]], dtype=object)
     keep = ((first != NEW_INDIVIDUAL) & (first == predictions["top_individual"].to_numpy(dtype=object))
             & (confidence_of(predictions, confidence) >= threshold) & (predictions["margin"].to_numpy() >= min_margin))
@@ -77,14 +78,18 @@ def select_pseudo_labels(predictions: pd.DataFrame, crops: pd.DataFrame, thresho
     rows["species"] = species_of.reindex(rows["individual"]).to_numpy()
     rows["confidence"] = chosen["top_score"].to_numpy()
     rows["margin"] = chosen["margin"].to_numpy()
+    rows["fold"] = np.int64(fold)
     return rows[PSEUDO_COLUMNS].reset_index(drop=True)
 
 
 def pseudo_label_figures(pseudo: pd.DataFrame, n_test: int, truth: pd.DataFrame | None) -> dict:
     """How many test images were labelled and, where the test truth is known, how many correctly."""
     out = {"test_images": int(n_test), "pseudo_labels": int(len(pseudo)),
-           "share": float(len(pseudo) / n_test) if n_test else 0.0,
+           "images": int(pseudo["image_id"].nunique()),
+           "share": float(pseudo["image_id"].nunique() / n_test) if n_test else 0.0,
            "individuals": int(pseudo["individual"].nunique())}
+    if "fold" in pseudo:
+        out["pseudo_labels_per_fold"] = {str(k): int(n) for k, n in pseudo["fold"].value_counts().sort_index().items()}
     if truth is not None and not truth.empty and len(pseudo):
         by_id = dict(zip(truth["image_id"], truth["individual"]))
         known = [i in by_id for i in pseudo["image_id"]]

@@ -321,13 +321,14 @@ class RerankOutcome:
     figures: dict
 
 
-def rerank_result(result, store_dir: Path, cfg: RerankConfig, fixed_threshold: float | None = None,
+def rerank_result(result, store_dir: Path, cfg: RerankConfig, threshold=None,
                   per_species: bool = False, min_species_queries: int = 10, progress: bool = True) -> RerankOutcome:
     """Re-rank a :class:`photoid.knn.RankResult` whose rankings kept their shortlists' photos
-    (:class:`photoid.knn.Shortlist`); the threshold(s) are tuned again, on the CV probabilities."""
+    (:class:`photoid.knn.Shortlist`); the threshold(s) are chosen again by ``threshold`` (a
+    :class:`photoid.knn.ThresholdRule`; default: tuned), on the probabilities."""
     from dataclasses import replace
 
-    from photoid.knn import RankResult, choose_thresholds
+    from photoid.knn import RankResult, ThresholdRule, choose_thresholds
 
     if result.cv.photos is None or result.test.photos is None:
         raise ValueError("the rankings must keep their shortlists' photos (rank_all(..., shortlist=Shortlist(photos=...)))")
@@ -346,8 +347,8 @@ def rerank_result(result, store_dir: Path, cfg: RerankConfig, fixed_threshold: f
         n = len(part.image_ids)
         folds.append(replace(part, candidates=Candidates(fused.cv.labels[start:start + n], fused.cv.scores[start:start + n])))
         start += n
-    thresholds = choose_thresholds(cv, fixed_threshold, per_species, min_species_queries)
     test = replace(result.test, candidates=fused.test)
+    thresholds = choose_thresholds(cv, threshold or ThresholdRule(), per_species, min_species_queries, test)
     figures_ = {**figures(fused), "candidates": width, "photos": cfg.photos, "score": cfg.score, **timing}
     return RerankOutcome(RankResult(folds, cv, thresholds, test, result.rows), fused.cv_p_new, fused.test_p_new, figures_)
 

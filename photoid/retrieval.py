@@ -77,6 +77,19 @@ class Candidates:
 
     labels: np.ndarray
     scores: np.ndarray
+    # per query, the lowest similarity its neighbour list searched: no unlisted individual scores above it
+    # (None where the scores are not similarities, e.g. re-ranked probabilities)
+    floor: np.ndarray | None = None
+
+    def margin(self) -> np.ndarray:
+        """The best individual's lead over the second. When the neighbour list held one individual only,
+        the lead over ``floor`` (a lower bound of the true lead), or 0 without a floor: one individual
+        filling the list is never a lead by itself."""
+        s = self.scores.astype(np.float64)
+        top = s[:, 0] if s.shape[1] else np.full(len(s), -np.inf)
+        second = s[:, 1] if s.shape[1] > 1 else np.full(len(s), -np.inf)
+        bound = np.zeros(len(s)) if self.floor is None else top - np.asarray(self.floor, np.float64)
+        return np.where(np.isfinite(second), top - second, np.where(np.isfinite(top), bound, 0.0))
 
 
 def individual_candidates(sims: np.ndarray, idx: np.ndarray, gallery_labels: np.ndarray, n: int = 5) -> Candidates:
@@ -95,7 +108,8 @@ def individual_candidates(sims: np.ndarray, idx: np.ndarray, gallery_labels: np.
             seen.append(lab)
             if len(seen) == n:
                 break
-    return Candidates(labels, scores)
+    floor = sims[:, -1].astype(np.float64) if sims.shape[1] else np.full(q, -np.inf)
+    return Candidates(labels, scores, floor)
 
 
 def candidate_photos(idx: np.ndarray, owners: np.ndarray, gallery_labels: np.ndarray, candidates: Candidates,
@@ -198,7 +212,8 @@ def new_individual_precision_recall(predictions: list[list[str]], truth: list[st
 
 
 def concat_candidates(parts: list[Candidates]) -> Candidates:
-    return Candidates(np.concatenate([c.labels for c in parts]), np.concatenate([c.scores for c in parts]))
+    floor = None if any(c.floor is None for c in parts) else np.concatenate([c.floor for c in parts])
+    return Candidates(np.concatenate([c.labels for c in parts]), np.concatenate([c.scores for c in parts]), floor)
 
 
 def query_truth(query_labels, gallery_labels) -> list[str]:

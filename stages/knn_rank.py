@@ -3,7 +3,10 @@
 faiss IndexFlatIP over L2-normalised embeddings (on the GPU with faiss-gpu); the gallery is every
 training image and its mirror image; an individual scores its best gallery entry; the folds'
 similarities are averaged. The new_individual threshold is tuned on the split's held-out
-individuals for cross-validated MAP@5 (never on test), one overall or one per species.
+individuals for cross-validated MAP@5 (never on test), one overall or one per species; or it is
+the score that answers new_individual first for a given share of the test photos
+(--threshold new_share:r). The shares of new-first answers on CV and test are reported side by
+side: where they differ much, the tuned threshold does not transfer.
 
 Re-ranking (--rerank, rerank.* in params.yaml; see photoid.rerank): each query's shortlist of
 individuals is verified by SIFT matching with RANSAC against their best gallery photos (keypoints
@@ -28,9 +31,8 @@ import typer
 
 from photoid import paths
 from photoid.cli import as_bool, reports_data_errors, stage_app
-from photoid.data.sources import DataError
 from photoid.io import atomic_path, read_parquet, write_json, write_parquet
-from photoid.knn import Flips, Shortlist, cv_figures, predictions_table, rank_all, submission
+from photoid.knn import Flips, Shortlist, ThresholdRule, cv_figures, predictions_table, rank_all, submission
 from photoid.local_features import MatchConfig
 from photoid.metrics import NEW_INDIVIDUAL, expected_calibration_error, reliability_bins
 from photoid.rerank import RerankConfig, rerank_result, similarity_new_probability
@@ -42,7 +44,7 @@ app = stage_app(__doc__)
 @reports_data_errors
 def main(
     neighbours: int = typer.Option(100, help="Gallery entries searched per query (an image and its flip are two)."),
-    threshold: str = typer.Option("auto", help="new_individual threshold: auto (tuned on CV MAP@5) or a number."),
+    threshold: str = typer.Option("auto", help="new_individual threshold: auto (tuned on CV MAP@5), a number, or new_share:<r> (the score that answers new_individual first for a share r of the test photos)."),
     per_species: str = typer.Option("false", help="true: one tuned threshold per species with enough CV queries."),
     min_species_queries: int = typer.Option(10, help="Least CV queries of a species for its own threshold."),
     query_flip: str = typer.Option("true", help="true: a query is the mean of its crop's and mirror image's embeddings."),
@@ -69,13 +71,7 @@ def main(
     predictions_out: Path = typer.Option(paths.PREDICTIONS_TABLE, help="Predictions table."),
     metrics: Path = typer.Option(paths.METRICS / "knn.json", help="Metrics file."),
 ):
-    if threshold.strip().lower() == "auto":
-        fixed = None
-    else:
-        try:
-            fixed = float(threshold)
-        except ValueError:
-            raise DataError(f"--threshold takes auto or a number, got {threshold!r} (knn.threshold in params.yaml)") from None
+    rule = ThresholdRule.parse(threshold)
     truth = read_parquet(test_truth) if Path(test_truth).exists() else None
     flips = Flips(as_bool(query_flip, "query-flip"), as_bool(gallery_flip, "gallery-flip"))
     split_table = read_parquet(split)
@@ -89,11 +85,11 @@ def main(
         shortlist = Shortlist(individuals, cfg.photos)
         # enough neighbours for the shortlist's photos (an image and its mirror are two entries)
         searched = len(split_table) * 2 if not (cfg.candidates and cfg.photos) else max(neighbours, 4 * individuals * cfg.photos)
-    result = rank_all(embeddings, list(folds), split_table, searched, fixed,
+    result = rank_all(embeddings, list(folds), split_table, searched, rule,
                       by_species, min_species_queries, truth, flips, shortlist)
     embedding = result.metrics()
     if reranking:
-        outcome = rerank_result(result, local_features, cfg, fixed, by_species, min_species_queries)
+        outcome = rerank_result(result, local_features, cfg, rule, by_species, min_species_queries)
         result, cv_p_new, test_p_new = outcome.result, outcome.cv_p_new, outcome.test_p_new
     else:
         cv_p_new, test_p_new = similarity_new_probability(result.cv.candidates, result.cv.truth, result.test.candidates,
@@ -122,7 +118,7 @@ def main(
         for name, table in curves.items():
             table.to_csv(tmp / f"{name}.csv", index=False)
     if before_embeddings is not None:
-        before = cv_figures(before_embeddings, list(folds), split_table, neighbours, flips, fixed,
+        before = cv_figures(before_embeddings, list(folds), split_table, neighbours, flips, rule,
                             by_species, min_species_queries)
         after = embedding["cv_map5"]  # retraining changes the embeddings: compare them as embeddings
         figures.update({"cv_map5_before_retrain": before["map5"],
@@ -132,8 +128,9 @@ def main(
     write_json(figures, metrics)
     test = f", test MAP@5 {figures['test_map5']:.3f}" if "test_map5" in figures else ""
     ranked = "fused with local features" if reranking and cfg.score == "fused" else ("by inliers" if reranking else "by similarity")
-    print(f"knn-rank ({ranked}): CV MAP@5 {figures['cv_map5']:.3f} (threshold {figures['threshold']:.3f}){test}; "
-          f"{len(predictions)} test images -> {submission_out}")
+    print(f"knn-rank ({ranked}): CV MAP@5 {figures['cv_map5']:.3f} (threshold {figures['threshold']:.3f}, "
+          f"{figures['threshold_rule']}){test}; new individual first for {figures['cv_new_first_share']:.0%} of CV "
+          f"and {figures['test_new_first_share']:.0%} of test photos; {len(predictions)} test images -> {submission_out}")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 """pseudo-label: confident test predictions of the train-dolg models become extra training labels.
 
-The test images are ranked as knn-rank ranks them (fold ensemble, flips, new_individual threshold
-tuned on the held-out individuals), from the embed stage's embeddings. A prediction is kept when
-its best individual is its first answer, its confidence (--confidence: its lead over the second
-individual, or its similarity) reaches the cut, and it leads the second by --min-margin (see
-photoid.pseudo). The cut (--threshold auto) is the lowest confidence at which the CV queries'
-first answers reach --precision. --enabled false writes an empty table:
-retrain then passes the models through.
+Each fold labels for itself: the test images are ranked by fold k's model against every training
+image except fold k's validation images (so no fold trains on a test photo that one of its own CV
+queries labelled), with knn-rank's params (neighbours, flips, the new_individual threshold rule,
+per-species thresholds), from the embed stage's embeddings. A prediction is kept when its best
+individual is its first answer, its confidence (--confidence: its lead over the second individual,
+or its similarity) reaches the cut, and it leads the second by --min-margin (see photoid.pseudo).
+The cut (--threshold auto) is the lowest confidence at which the CV queries' first answers reach
+--precision. --enabled false writes an empty table: retrain then passes the models through.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from photoid import paths
 from photoid.cli import as_bool, reports_data_errors, stage_app
 from photoid.io import read_parquet, write_json, write_parquet
 from photoid.data.sources import DataError
-from photoid.knn import Flips, predictions_table, rank_all
+from photoid.knn import Flips, ThresholdRule, choose_thresholds, load_fold_sets, predictions_table, rank_all, rank_test_per_fold
 from photoid.pseudo import PSEUDO_COLUMNS, cv_answers, precision_cut, pseudo_label_figures, select_pseudo_labels
 
 app = stage_app(__doc__)
@@ -36,6 +37,9 @@ def main(
     precision: float = typer.Option(0.95, help="auto: the precision the CV queries' first answers must reach above the cut."),
     min_margin: float = typer.Option(0.0, help="Least lead of the best individual over the second."),
     neighbours: int = typer.Option(100, help="Gallery entries searched per query (as knn-rank)."),
+    new_threshold: str = typer.Option("auto", help="The new_individual threshold rule, as knn-rank's --threshold."),
+    per_species: str = typer.Option("false", help="As knn-rank."),
+    min_species_queries: int = typer.Option(10, help="As knn-rank."),
     query_flip: str = typer.Option("true", help="As knn-rank."),
     gallery_flip: str = typer.Option("true", help="As knn-rank."),
     folds: list[int] = typer.Option([0], help="A fold to ensemble; repeat for more (--folds 0 --folds 1)."),
@@ -52,8 +56,10 @@ def main(
         write_json({"enabled": False, "pseudo_labels": 0}, metrics)
         print("pseudo-label: off")
         return
-    result = rank_all(embeddings, fold_list, read_parquet(split), neighbours,
-                      flips=Flips(as_bool(query_flip, "query-flip"), as_bool(gallery_flip, "gallery-flip")))
+    split_table = read_parquet(split)
+    flips = Flips(as_bool(query_flip, "query-flip"), as_bool(gallery_flip, "gallery-flip"))
+    rule, by_species = ThresholdRule.parse(new_threshold), as_bool(per_species, "per-species")
+    result = rank_all(embeddings, fold_list, split_table, neighbours, rule, by_species, min_species_queries, flips=flips)
     cv_scores, cv_correct = cv_answers(predictions_table(result.cv, result.thresholds), result.cv.truth, confidence)
     if threshold.strip().lower() == "auto":
         cut, cv_precision, cv_count = precision_cut(cv_scores, cv_correct, precision)
@@ -64,8 +70,14 @@ def main(
             raise DataError(f"--threshold takes auto or a number, got {threshold!r} (pseudo.threshold)") from None
         above = cv_scores >= cut
         cv_precision, cv_count = (float(cv_correct[above].mean()) if above.any() else 0.0), int(above.sum())
-    pseudo = select_pseudo_labels(predictions_table(result.test, result.thresholds), result.rows, cut, min_margin,
-                                  confidence)
+    per_fold = rank_test_per_fold(load_fold_sets(embeddings, fold_list), fold_list, split_table, neighbours, flips)
+    chosen = []
+    for k, ranking in zip(fold_list, per_fold):
+        # a share of new-first answers is a share of what this fold ranks; a tuned or fixed score is the same for all
+        t = (choose_thresholds(result.cv, rule, by_species, min_species_queries, ranking)
+             if rule.new_share is not None else result.thresholds)
+        chosen.append(select_pseudo_labels(predictions_table(ranking, t), result.rows, cut, min_margin, confidence, fold=k))
+    pseudo = pd.concat(chosen, ignore_index=True)
     write_parquet(pseudo, out)
     figures = pseudo_label_figures(pseudo, len(result.test.image_ids), truth)
     figures.update({"enabled": True, "confidence": confidence, "threshold": cut if np.isfinite(cut) else None, "threshold_auto": threshold == "auto",

@@ -8,7 +8,9 @@ import torch
 from PIL import Image
 
 from photoid.embed import EmbeddingSet, embed_paths, embed_rows
-from photoid.knn import predictions_table, rank_all, submission
+from photoid.data.sources import DataError
+from photoid.knn import Flips, ThresholdRule, predictions_table, rank_all, rank_test_per_fold, rare_query_folds, submission
+from photoid.retrieval import Candidates
 from photoid.metrics import NEW_INDIVIDUAL
 from photoid.models import create_model
 from photoid.pseudo import pseudo_label_figures, select_pseudo_labels
@@ -70,19 +72,25 @@ def _write_set(folder, rows, vectors, flipped=None):
     (folder / "meta.json").write_text(json.dumps({"flip": flipped is not None}))
 
 
-def _planted(tmp_path, n_folds_embedded=2, noise=0.05, seed=0):
+def _planted(tmp_path, n_folds_embedded=2, noise=0.05, seed=0, rare=0):
     """Individuals as tight clusters around orthogonal directions: 8 known (4 images each, two species), 2
-    held out as new in the split; test: 1 image of 4 known individuals and 2 of 2 never-seen ones."""
+    held out as new in the split; test: 1 image of 4 known individuals and 2 of 2 never-seen ones.
+    ``rare``: that many more individuals with 2 training images each, left out of the split (too rare to
+    train on), one test image each."""
     rng = np.random.default_rng(seed)
     dim = 32
     basis = np.linalg.qr(rng.normal(size=(dim, dim)))[0]  # orthogonal directions: individuals are far apart
-    centre = {f"ind{i}": basis[i] for i in range(14)}
+    centre = {f"ind{i}": basis[i] for i in range(14 + rare)}
     rows, truth_ind = [], []  # (image_id, part, individual, species) and each image's true individual
     for i in range(10):
         for j in range(4):
             rows.append((f"tr{i}_{j}", "train", f"ind{i}", "dolphin" if i % 2 else "beluga"))
             truth_ind.append(f"ind{i}")
-    for i in (0, 3, 5, 6):
+    for i in range(14, 14 + rare):
+        for j in range(2):
+            rows.append((f"tr{i}_{j}", "train", f"ind{i}", "beluga"))
+            truth_ind.append(f"ind{i}")
+    for i in (0, 3, 5, 6, *range(14, 14 + rare)):
         rows.append((f"te_known{i}", "test", "", "unknown"))
         truth_ind.append(f"ind{i}")
     for i in (12, 13):
@@ -95,7 +103,7 @@ def _planted(tmp_path, n_folds_embedded=2, noise=0.05, seed=0):
         v = np.stack([centre[t] + noise * rng.normal(size=dim) * np.linalg.norm(centre[t]) for t in truth_ind])
         f = np.stack([centre[t] + noise * rng.normal(size=dim) * np.linalg.norm(centre[t]) for t in truth_ind])
         _write_set(tmp_path / "emb" / f"fold{k}", table, v, f)
-    train = table[table.part == "train"].copy()
+    train = table[(table.part == "train") & ~table.individual.isin([f"ind{i}" for i in range(14, 14 + rare)])].copy()
     train["is_new"] = train["individual"].isin(["ind8", "ind9"])
     train["fold"] = np.where(train["is_new"], -1, [int(r.split("_")[1]) % 2 for r in train.image_id])
     truth = pd.DataFrame({"image_id": table.image_id[table.part == "test"],
@@ -124,7 +132,7 @@ def test_planted_clusters_rank_perfectly_and_the_submission_has_the_happywhale_f
 
 def test_a_fixed_threshold_is_used_as_given_and_noise_lowers_cv(tmp_path):
     split, truth = _planted(tmp_path, noise=0.05)
-    fixed = rank_all(tmp_path / "emb", [0, 1], split, 100, fixed_threshold=2.0, test_truth=truth)
+    fixed = rank_all(tmp_path / "emb", [0, 1], split, 100, ThresholdRule(fixed=2.0), test_truth=truth)
     assert fixed.metrics()["threshold"] == 2.0 and not fixed.metrics()["threshold_tuned"]
     assert fixed.metrics()["cv_new_recall"] == 1.0 and fixed.metrics()["cv_new_precision"] < 1.0  # all said new
     split2, truth2 = _planted(tmp_path / "noisy", noise=1.5, seed=1)
@@ -242,9 +250,14 @@ def test_pseudo_label_stage_cuts_where_cv_reaches_its_precision_and_labels_confi
     # planted clusters: every CV answer is right, so the cut is the least confident one and every
     # known test image (4 of them) clears it; the new ones are answered new_individual first
     assert m["threshold_auto"] and m["cv_precision_above_threshold"] == 1.0 and m["cv_answers_above_threshold"] > 0
-    assert m["pseudo_labels"] == 4 and m["accuracy"] == 1.0
+    # each fold labels for itself (its own model, a gallery without its validation images)
+    assert m["pseudo_labels"] == 8 and m["images"] == 4 and m["accuracy"] == 1.0
+    assert m["pseudo_labels_per_fold"] == {"0": 4, "1": 4}
     pseudo = pd.read_parquet(tmp_path / "p.parquet")
-    assert sorted(pseudo["image_id"]) == ["te_known0", "te_known3", "te_known5", "te_known6"]
+    assert sorted(set(pseudo["image_id"])) == ["te_known0", "te_known3", "te_known5", "te_known6"]
+    # the new_individual threshold rule is knn-rank's: a share of 1 answers every test photo new first
+    result = CliRunner().invoke(_stage("pseudo_label"), ["--new-threshold", "new_share:1", *common])
+    assert result.exit_code == 0 and json.loads((tmp_path / "p.json").read_text())["pseudo_labels"] == 0
     # a fixed cut above every margin labels nothing
     result = CliRunner().invoke(_stage("pseudo_label"), ["--threshold", "5", *common])
     assert result.exit_code == 0 and json.loads((tmp_path / "p.json").read_text())["pseudo_labels"] == 0
@@ -298,3 +311,75 @@ def test_embed_stage_makes_the_untrained_baseline_and_refuses_one_without_weight
     assert result.exit_code == 2 and "no baseline" in result.output and not (tmp_path / "emb2").exists()
     result = CliRunner().invoke(_stage("embed"), [*common, "--features", "vit", "--out-dir", str(tmp_path / "emb3")])
     assert result.exit_code == 2 and "dolg, backbone or untrained" in result.output
+
+
+def test_the_threshold_rule_reads_auto_a_number_or_a_share_and_names_the_param_when_wrong():
+    assert ThresholdRule.parse("auto") == ThresholdRule()
+    assert ThresholdRule.parse(" 0.7 ") == ThresholdRule(fixed=0.7)
+    assert ThresholdRule.parse("new_share:0.5") == ThresholdRule(new_share=0.5)
+    assert str(ThresholdRule.parse("new_share:0.25")) == "new_share:0.25"
+    for bad in ("tuned", "new_share:1.5", "new_share:", "new_share:half"):
+        with pytest.raises(DataError, match="knn.threshold takes auto, a number, or new_share"):
+            ThresholdRule.parse(bad)
+
+
+def test_a_new_share_threshold_answers_new_first_for_that_share_of_the_test_photos(tmp_path):
+    split, truth = _planted(tmp_path)  # 8 test photos, 4 of them of never-seen individuals
+    tuned = rank_all(tmp_path / "emb", [0, 1], split, 100, test_truth=truth).metrics()
+    half = rank_all(tmp_path / "emb", [0, 1], split, 100, ThresholdRule(new_share=0.5), test_truth=truth).metrics()
+    quarter = rank_all(tmp_path / "emb", [0, 1], split, 100, ThresholdRule(new_share=0.25), test_truth=truth).metrics()
+    assert half["test_new_first_share"] == 0.5 and quarter["test_new_first_share"] == 0.25
+    assert half["threshold_rule"] == "new_share:0.5" and not half["threshold_tuned"]
+    assert half["test_map5"] == pytest.approx(1.0)  # the four least similar are the new ones
+    assert quarter["test_new_recall"] == 0.5 and quarter["test_map5"] < 1.0
+    # the tuned threshold's shares, reported for CV and test side by side: both halves here
+    assert tuned["cv_new_first_share"] == pytest.approx(tuned["cv_new_queries"] / tuned["cv_queries"])
+    assert tuned["test_new_first_share"] == 0.5
+
+
+def test_rare_individuals_are_cv_queries_with_their_other_photos_in_the_gallery(tmp_path):
+    split, truth = _planted(tmp_path, rare=3)
+    s = EmbeddingSet.load(tmp_path / "emb" / "fold0")
+    folds = rare_query_folds(s.rows, split)
+    assert sorted(folds.index) == [f"tr{i}_{j}" for i in (14, 15, 16) for j in (0, 1)]
+    for i in (14, 15, 16):  # each photo a query in one fold, the two photos of an animal in different folds
+        assert folds[f"tr{i}_0"] != folds[f"tr{i}_1"]
+    m = rank_all(tmp_path / "emb", [0, 1], split, 100, test_truth=truth).metrics()
+    assert m["cv_rare_queries"] == 6 and m["cv_map5_rare"] == pytest.approx(1.0)  # found, not called new
+    assert m["cv_queries"] == 32 + 2 * 8 + 6  # every known photo once, the 8 held-out ones per fold, the rare once
+    assert m["test_map5"] == pytest.approx(1.0)
+
+
+def test_a_lone_individual_filling_the_neighbour_list_is_not_a_lead_by_itself():
+    lone = Candidates(np.array([["a", ""]], dtype=object), np.array([[0.9, -np.inf]], np.float32), floor=np.array([0.7]))
+    assert lone.margin() == pytest.approx([0.2])  # the lead over the lowest similarity searched: a lower bound
+    assert Candidates(lone.labels, lone.scores).margin() == pytest.approx([0.0])  # no floor: no lead
+    two = Candidates(np.array([["a", "b"]], dtype=object), np.array([[0.9, 0.4]], np.float32))
+    assert two.margin() == pytest.approx([0.5])
+
+
+def test_no_fold_pseudo_labels_a_test_photo_by_one_of_its_own_validation_images(tmp_path):
+    split, truth = _planted(tmp_path)
+    val0 = split[(split.fold == 0) & ~split.is_new]
+    # a test photo that is an exact copy of one of fold 0's validation images (one encounter's burst)
+    for k in (0, 1):
+        folder = tmp_path / "emb" / f"fold{k}"
+        s = EmbeddingSet.load(folder)
+        src = int(np.flatnonzero((s.rows.image_id == val0.image_id.iloc[0]).to_numpy())[0])
+        rows = pd.concat([s.rows, s.rows.iloc[[src]].assign(image_id="te_copy", part="test", individual="")],
+                         ignore_index=True)
+        orig, flipped = np.array(s.original), np.array(s.flipped)
+        import shutil
+        shutil.rmtree(folder)
+        _write_set(folder, rows, np.vstack([orig, orig[src]]), np.vstack([flipped, flipped[src]]))
+    sets = [EmbeddingSet.load(tmp_path / "emb" / f"fold{k}") for k in (0, 1)]
+    per_fold = rank_test_per_fold(sets, [0, 1], split, 100, Flips(query=False))  # the copy is the original's entry
+    i0, i1 = (int(np.flatnonzero(r.image_ids == "te_copy")[0]) for r in per_fold)
+    assert per_fold[1].candidates.scores[i1, 0] == pytest.approx(1.0, abs=1e-5)  # fold 1 trains on the original
+    assert per_fold[0].candidates.scores[i0, 0] < 0.99  # fold 0 validates on it: not in its gallery
+    assert per_fold[0].candidates.labels[i0, 0] == per_fold[1].candidates.labels[i1, 0]  # still found, by others
+    pseudo = pd.concat([select_pseudo_labels(predictions_table(r, rank_all(tmp_path / "emb", [0, 1], split, 100).thresholds),
+                                             sets[0].rows, 0.0, 0.0, fold=k) for k, r in zip((0, 1), per_fold)])
+    from photoid.train.fold import pseudo_rows_for_fold
+    for k in (0, 1):
+        assert set(pseudo_rows_for_fold(pseudo, split, k)["fold"]) <= {k}

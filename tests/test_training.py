@@ -3,6 +3,7 @@ never resuming a stale run, and two processes under gloo that stay in step."""
 
 import os
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,6 +142,66 @@ def test_two_processes_under_gloo_stay_in_step_and_learn(tmp_path):
         assert len(mismatches) >= 8 and mismatches.max() == 0.0
     loss = np.load(tmp_path / "loss.npy")
     assert loss[-1] < loss[0]
+
+
+def _dolg(backbone):
+    torch.manual_seed(0)
+    return create_model(dict(kind="dolg", backbone=backbone, embedding_dim=16, local_dim=8, dilations=[1, 2],
+                             n_classes=4, margins=[0.2] * 4, scale=16.0))
+
+
+def _ddp_dolg_worker(rank, world, port, out_dir, backbone):
+    """The real DOLG under DistributedDataParallel: a straight run, then one killed after an epoch and resumed."""
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    y = torch.arange(32) % 4
+    data = TensorDataset(torch.randn(32, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 0.3
+                         + torch.linspace(-1, 1, 4)[y][:, None, None, None], y)
+    cfg = _cfg(epochs=3, batch_size=8, freeze_epochs=1, frozen_stages=1,
+               lrs={"backbone": 1e-3, "dolg": 3e-3, "neck": 3e-3, "head": 3e-2})
+    loss = lambda m, xb, yb: F.cross_entropy(m(xb, yb), yb)  # noqa: E731
+    val = lambda m, epoch: {"val": float(epoch)}  # noqa: E731 - rank 0 alone validates
+    straight = _dolg(backbone)
+    fit(straight, loss, data, cfg, Path(out_dir) / "straight", "k", on_epoch_end=val)
+    killed = _dolg(backbone)
+    first = fit(killed, loss, data, cfg, Path(out_dir) / "resumed", "k", on_epoch_end=val, stop_after=1)
+    resumed = _dolg(backbone)
+    history = fit(resumed, loss, data, cfg, Path(out_dir) / "resumed", "k", on_epoch_end=val)
+    # parameters: DDP keeps them equal on every rank (BatchNorm statistics are each rank's own; rank 0's are saved)
+    flat = lambda m: torch.cat([v.detach().float().flatten() for v in m.parameters()]).numpy()  # noqa: E731
+    np.savez(os.path.join(out_dir, f"rank{rank}.npz"), straight=flat(straight), resumed=flat(resumed),
+             first=len(first), history=len(history))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet18"])
+def test_dolg_trains_under_ddp_and_resumes_with_rank_0_alone_writing(tmp_path, backbone):
+    # the DOLG takes the backbone's intermediates: a backbone module left without a gradient made DDP stop
+    # at step 2 ("Expected to have finished reduction"); after a resume every rank used to think it had trained
+    mp.spawn(_ddp_dolg_worker, args=(2, _free_port(), str(tmp_path), backbone), nprocs=2, join=True)
+    r0, r1 = np.load(tmp_path / "rank0.npz"), np.load(tmp_path / "rank1.npz")
+    assert np.array_equal(r0["straight"], r1["straight"])  # the ranks stayed in step
+    assert np.array_equal(r0["straight"], r0["resumed"]) and np.array_equal(r1["straight"], r1["resumed"])
+    assert int(r0["first"]) == 1 and int(r0["history"]) == 3  # rank 0's history covers every epoch
+    assert int(r1["first"]) == 0 and int(r1["history"]) == 0  # rank 1 never reports a history: it writes nothing
+
+
+def test_an_unreadable_resume_state_is_discarded_in_one_line_and_training_starts_over(tmp_path, capsys):
+    data, cfg = _data(), _cfg(epochs=3)
+    fit(Tiny(), _ce, data, cfg, tmp_path, "k", stop_after=1)
+    state = tmp_path / "state.pt"
+    state.write_bytes(state.read_bytes()[:100])  # truncated, as by a full disk or a copy cut short
+    model = Tiny()
+    history = fit(model, _ce, data, cfg, tmp_path, "k")
+    out = capsys.readouterr().out
+    assert "discarding an unreadable training state" in out and "starts over" in out
+    assert [r["epoch"] for r in history] == [0, 1, 2]
+    straight = Tiny()
+    fit(straight, _ce, data, cfg, None, "k")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in straight.state_dict().items())
 
 
 def test_a_last_batch_of_one_sample_does_not_break_batchnorm():

@@ -208,7 +208,9 @@ def train_dolg(split: pd.DataFrame, fold: int, backbone_ckpt: Path, bp: Backbone
 
 
 def pseudo_rows_for_fold(pseudo: pd.DataFrame, split: pd.DataFrame, fold: int) -> pd.DataFrame:
-    """The pseudo-labelled rows fold ``fold`` can train on: those of individuals it trains (a pseudo-label
-    may name an individual the fold holds out or that filter left out; those rows are not used)."""
+    """The pseudo-labelled rows fold ``fold`` can train on: those its own model and gallery labelled
+    (see photoid.knn.rank_test_per_fold) that name an individual it trains (a pseudo-label may name an
+    individual the fold holds out or that filter left out; those rows are not used)."""
     classes = set(FoldData.of(split, fold).classes)
-    return pseudo[pseudo["individual"].isin(classes)].reset_index(drop=True)
+    mine = pseudo["fold"].isin([fold, -1]) if "fold" in pseudo else np.ones(len(pseudo), bool)
+    return pseudo[mine & pseudo["individual"].isin(classes)].reset_index(drop=True)

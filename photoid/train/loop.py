@@ -154,6 +154,20 @@ def backbone_of(model: nn.Module) -> nn.Module | None:
     return None
 
 
+def _read_state(state_file: Path | None, rank: int) -> dict | None:
+    """The resume state, or None when there is none or it cannot be read (a truncated or corrupt file:
+    said in one line and, by rank 0, deleted, so that training starts over instead of failing for good)."""
+    if state_file is None or not state_file.exists():
+        return None
+    try:
+        return torch.load(state_file, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable state is discarded, whatever the reader raised
+        if rank == 0:
+            print(f"discarding an unreadable training state ({state_file}: {type(e).__name__}); training starts over")
+            state_file.unlink(missing_ok=True)
+        return None
+
+
 def fit(model: nn.Module, loss_fn: LossFn, dataset: Dataset, cfg: TrainConfig, state_dir: Path | None, key: str,
         on_epoch_end: Callable[[nn.Module, int], dict] | None = None, log: Callable[[int, dict], None] | None = None,
         stop_after: int | None = None) -> list[dict]:
@@ -189,15 +203,17 @@ def fit(model: nn.Module, loss_fn: LossFn, dataset: Dataset, cfg: TrainConfig, s
     best: dict = {}  # the selected epoch: {"epoch", "value", "model"}
     start = 0
     state_file = state_dir / "state.pt" if state_dir is not None else None
-    if state_file is not None and state_file.exists():
-        state = torch.load(state_file, map_location="cpu", weights_only=False)
+    state = _read_state(state_file, rank)
+    if world > 1:
+        dist.barrier()  # every rank has read the state before rank 0 may delete a stale one
+    if state is not None:
         if state.get("key") == key:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-            history, start = state["history"], state["epoch"] + 1
-            best = state.get("best", {})
-            if rank == 0:
+            start = state["epoch"] + 1
+            if rank == 0:  # history and the best epoch live on rank 0 only: it alone validates and writes
+                history, best = state["history"], state.get("best", {})
                 print(f"resuming from epoch {start} of {cfg.epochs} ({state_file})")
         elif rank == 0:
             print(f"discarding a training state made with other params or data ({state_file})")
