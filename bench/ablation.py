@@ -56,6 +56,7 @@ MARINE = ["data.source=csv", "data.labels=dolphin.csv,seal.csv,whale.csv", "data
 COLUMNS = [  # (csv column suffix, header)
     ("metrics/knn.json:cv_map5", "CV MAP@5"),
     ("metrics/knn.json:cv_map5_known", "CV MAP@5 known"),
+    ("metrics/knn.json:cv_map5_rare", "CV MAP@5 rare"),
     ("metrics/knn.json:test_map5", "test MAP@5"),
     ("metrics/knn.json:test_map5_known", "test MAP@5 known"),
     ("metrics/knn.json:embedding_cv_map5", "CV MAP@5, embedding only"),
@@ -93,6 +94,19 @@ def exp_table() -> dict[str, dict[str, str]]:
     return {row["Experiment"]: row for row in csv.DictReader(io.StringIO(out)) if row.get("Experiment")}
 
 
+def baselines() -> dict[str, str]:
+    """The commit each experiment was run against (its baseline), short, by experiment name: DVC keeps an
+    experiment under refs/exps/<baseline sha, split after 2 characters>/<name>."""
+    refs = subprocess.run(["git", "for-each-ref", "refs/exps", "--format=%(refname)"], cwd=REPO, check=True,
+                          capture_output=True, text=True).stdout.split()
+    out = {}
+    for ref in refs:
+        parts = ref.split("/")
+        if len(parts) >= 5:
+            out[parts[-1]] = (parts[2] + parts[3])[:7]
+    return out
+
+
 def cell(row: dict[str, str], column: str) -> str | None:
     """A metric of an exp-show row: DVC names a column ``file:key`` only where the bare key is ambiguous."""
     key = column.split(":", 1)[1]
@@ -115,19 +129,23 @@ def fmt(value: str | None, count: bool = False) -> str:
 def markdown(data: str, rows: list[tuple[str, str, list[str]]], table: dict[str, dict[str, str]]) -> str:
     cols = [c for c in COLUMNS if any(cell(table.get(f"abl-{data}-{name}", {}), c[0]) is not None
                                       for name, _, _ in rows)]
-    lines = ["| row | what | `-S` | " + " | ".join(h for _, h in cols) + " |",
-             "|---|---|---|" + "---|" * len(cols)]
+    commits = baselines()
+    lines = ["| row | what | `-S` | " + " | ".join(h for _, h in cols) + " | run on |",
+             "|---|---|---|" + "---|" * len(cols) + "---|"]
     for name, what, overrides in rows:
         r = table.get(f"abl-{data}-{name}", {})
         lines.append(f"| {name} | {what} | {' '.join(f'`{o}`' for o in overrides) or '–'} | "
-                     + " | ".join(fmt(cell(r, c), count=h == "pseudo-labels") for c, h in cols) + " |")
+                     + " | ".join(fmt(cell(r, c), count=h == "pseudo-labels") for c, h in cols)
+                     + f" | {commits.get(f'abl-{data}-{name}', '–')} |")
     lines.append("")
     lines.append(f"Written by `python bench/ablation.py --data {data}` from `dvc exp show --csv` "
                  f"({time.strftime('%Y-%m-%d')}, a 2-core CPU). "
                  "\"known\": MAP@5 over the photos of known individuals with `new_individual` never predicted, "
-                 "i.e. how well known animals are found. \"embedding only\": the same run's embeddings ranked by "
+                 "i.e. how well known animals are found. \"rare\": MAP@5 of the CV photos of individuals too rare to "
+                 "train on (queries since f23e3e2; before, CV had none). \"embedding only\": the same run's embeddings ranked by "
                  "similarity alone, before re-ranking. ECE: expected calibration error of P(new individual), "
-                 "cross-fitted on CV.")
+                 "cross-fitted on CV. \"run on\": the commit the row's experiment ran against; rows of "
+                 "different commits compare only where the code between them did not change the figure.")
     return "\n".join(lines)
 
 

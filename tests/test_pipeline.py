@@ -98,10 +98,12 @@ def test_exp_run_img_size_reruns_training_onward_not_the_data_stages(project):
     assert json.loads((root / "metrics/embed/fold0.json").read_text())["img_size"] == 40
 
 
-def test_exp_run_knn_param_reruns_knn_rank_only_and_the_metrics_show_it(project):
+def test_exp_run_knn_threshold_reruns_the_rankings_not_training_and_the_metrics_show_it(project):
     root, _ = project
     out = dvc(root, "exp", "run", "-S", "knn.threshold=2.0")  # above every similarity: new_individual first
-    assert stages_run(out) == ["knn-rank"]
+    # pseudo-label ranks with knn-rank's threshold rule; retrain re-runs only where its labels changed (none
+    # were confident at this size either way)
+    assert stages_run(out) == ["pseudo-label", "knn-rank"]
     knn = json.loads((root / "metrics/knn.json").read_text())
     assert knn["threshold"] == 2.0 and knn["test_new_recall"] == 1.0
     sub = pd.read_csv(root / "data/processed/submission.csv")
