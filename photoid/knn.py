@@ -32,7 +32,7 @@ from photoid.data.sources import DataError
 from photoid.data.split import fold_view
 from photoid.embed import EmbeddingSet
 from photoid.metrics import NEW_INDIVIDUAL, average_precision_at_n, map_at_k
-from photoid.retrieval import (Candidates, candidate_photos, concat_candidates, fold_ensemble, individual_candidates,
+from photoid.retrieval import (Candidates, answered_new_first, candidate_photos, concat_candidates, fold_ensemble, individual_candidates,
                                neighbours, new_individual_precision_recall, predict, query_truth, ranked_images,
                                tune_threshold, tune_species_thresholds)
 
@@ -130,15 +130,15 @@ def rare_query_folds(rows: pd.DataFrame, split: pd.DataFrame) -> pd.Series:
 
 
 def cross_validate(sets: list[EmbeddingSet], folds: list[int], split: pd.DataFrame, n_neighbours: int,
-                   flips: Flips = Flips(), shortlist: Shortlist = Shortlist(), rare_queries: bool = True) -> list[Ranking]:
-    """The validation ranking of every fold, each with its own fold's embeddings. With ``rare_queries``
-    the photos of rare individuals are queries too (:func:`rare_query_folds`)."""
+                   flips: Flips = Flips(), shortlist: Shortlist = Shortlist()) -> list[Ranking]:
+    """The validation ranking of every fold, each with its own fold's embeddings; the photos of rare
+    individuals are queries too (:func:`rare_query_folds`)."""
     held_out = set(split.loc[split["is_new"], "individual"])
+    rare_folds = rare_query_folds(sets[0].rows, split)
     parts = []
-    for fold, s in zip(folds, sets):
+    for fold, s in zip(folds, sets):  # every fold's set embeds the same rows (load_fold_sets checks)
         rows = s.rows
         _, val = fold_view(split, fold)
-        rare_folds = rare_query_folds(rows, split) if rare_queries else pd.Series(dtype=np.int64)
         rare = set(rare_folds.index[rare_folds.to_numpy() == fold])
         in_val = rows["image_id"].isin(set(val["image_id"]) | rare)
         in_gallery = (rows["part"] == TRAIN) & ~in_val & ~rows["individual"].isin(held_out)
@@ -218,8 +218,11 @@ def attach_truth(ranking: Ranking, truth_table: pd.DataFrame | None) -> Ranking:
 class Thresholds:
     overall: float
     per_species: dict[str, float] = field(default_factory=dict)
-    tuned: bool = True
-    rule: str = "auto"
+    rule: str = "auto"  # the ThresholdRule that chose them
+
+    @property
+    def tuned(self) -> bool:
+        return self.rule == "auto"
 
 
 @dataclass(frozen=True)
@@ -281,13 +284,13 @@ def choose_thresholds(cv: Ranking, rule: ThresholdRule = ThresholdRule(), per_sp
     one per species), a fixed number, or the score giving the test photos the share ``rule.new_share``
     of new-first answers (needs ``test``)."""
     if rule.fixed is not None:
-        return Thresholds(float(rule.fixed), {}, tuned=False, rule=str(rule))
+        return Thresholds(float(rule.fixed), {}, rule=str(rule))
     if rule.new_share is not None:
         if test is None:
             raise ValueError("a new_share threshold needs the test ranking")
         if per_species:
             raise DataError("knn.threshold new_share:<r> sets one threshold for all test photos: set knn.per_species false.")
-        return Thresholds(share_threshold(test.candidates, rule.new_share), {}, tuned=False, rule=str(rule))
+        return Thresholds(share_threshold(test.candidates, rule.new_share), {}, rule=str(rule))
     if per_species:
         overall, by_species = tune_species_thresholds(cv.candidates, cv.truth, cv.species, min_species_queries, k=K)
         return Thresholds(overall, by_species)
@@ -312,7 +315,7 @@ def scores(r: Ranking, t: Thresholds) -> dict:
         "map5_known": map_at_k([ranked[i] for i in known], [r.truth[i] for i in known], K),
         "new_precision": precision,
         "new_recall": recall,
-        "new_first_share": float(np.mean([bool(p) and p[0] == NEW_INDIVIDUAL for p in preds])) if preds else 0.0,
+        "new_first_share": float(answered_new_first(preds).mean()) if preds else 0.0,
         "map20": float(np.mean([average_precision_at_n([x == r.truth[i] for x in r.images[i]], int(r.n_relevant[i]),
                                                        N_MAP) for i in with_matches])) if len(with_matches) else 0.0,
         "queries": len(r.truth),
@@ -372,9 +375,8 @@ class RankResult:
         out["test_images"] = len(self.test.image_ids)
         out["threshold_rule"] = self.thresholds.rule
         # the share of test photos answered new_individual first: known without test truth, to set beside CV's
-        first = [p[0] for p in predict(self.test.candidates, self.test.thresholds(self.thresholds.overall,
-                                                                                  self.thresholds.per_species), K)]
-        out["test_new_first_share"] = float(np.mean([f == NEW_INDIVIDUAL for f in first])) if first else 0.0
+        preds = predict(self.test.candidates, self.test.thresholds(self.thresholds.overall, self.thresholds.per_species), K)
+        out["test_new_first_share"] = float(answered_new_first(preds).mean()) if preds else 0.0
         if self.test.truth is not None:
             out.update({f"test_{k}": v for k, v in scores(self.test, self.thresholds).items() if k != "queries"})
         return out
@@ -385,7 +387,15 @@ def rank_all(embeddings: Path, folds: list[int], split: pd.DataFrame, n_neighbou
              test_truth: pd.DataFrame | None = None, flips: Flips = Flips(),
              shortlist: Shortlist = Shortlist()) -> RankResult:
     """Cross-validate the folds' embedding sets under ``embeddings``, rank the test images, choose the threshold(s)."""
-    sets = load_fold_sets(embeddings, folds)
+    return rank_sets(load_fold_sets(embeddings, folds), folds, split, n_neighbours, threshold, per_species,
+                     min_species_queries, test_truth, flips, shortlist)
+
+
+def rank_sets(sets: list[EmbeddingSet], folds: list[int], split: pd.DataFrame, n_neighbours: int,
+              threshold: ThresholdRule = ThresholdRule(), per_species: bool = False, min_species_queries: int = 10,
+              test_truth: pd.DataFrame | None = None, flips: Flips = Flips(),
+              shortlist: Shortlist = Shortlist()) -> RankResult:
+    """:func:`rank_all` of fold sets already loaded (:func:`load_fold_sets`)."""
     parts = cross_validate(sets, folds, split, n_neighbours, flips, shortlist)
     cv = pool(parts)
     test = attach_truth(rank_test(sets, n_neighbours, flips, shortlist), test_truth)

@@ -65,9 +65,9 @@ PSEUDO_COLUMNS = ["image_id", "part", "individual", "species", "crop_path", "con
 
 
 def select_pseudo_labels(predictions: pd.DataFrame, crops: pd.DataFrame, threshold: float,
-                         min_margin: float, confidence: str = "score", fold: int = -1) -> pd.DataFrame:
+                         min_margin: float, confidence: str, fold: int) -> pd.DataFrame:
     """Pseudo-labelled rows (crop rows of the chosen test images, labelled with their prediction) for
-    fold ``fold`` (the fold whose model and gallery made ``predictions``; -1: any fold)."""
+    fold ``fold``, the fold whose model and gallery made ``predictions``."""
     first = np.array([str(p).split(" ")[0] for p in predictions["predictions"]], dtype=object)
     keep = ((first != NEW_INDIVIDUAL) & (first == predictions["top_individual"].to_numpy(dtype=object))
             & (confidence_of(predictions, confidence) >= threshold) & (predictions["margin"].to_numpy() >= min_margin))

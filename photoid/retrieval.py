@@ -202,9 +202,14 @@ def tune_species_thresholds(candidates: Candidates, truth: list[str], species, m
     return overall, per_species
 
 
+def answered_new_first(predictions: list[list[str]]) -> np.ndarray:
+    """Per query, whether ``new_individual`` is its first prediction."""
+    return np.array([bool(p) and p[0] == NEW_INDIVIDUAL for p in predictions], dtype=bool)
+
+
 def new_individual_precision_recall(predictions: list[list[str]], truth: list[str]) -> tuple[float, float]:
     """Precision and recall of ``new_individual`` as the first prediction."""
-    said_new = np.array([bool(p) and p[0] == NEW_INDIVIDUAL for p in predictions])
+    said_new = answered_new_first(predictions)
     is_new = np.array([t == NEW_INDIVIDUAL for t in truth])
     precision = float((said_new & is_new).sum() / said_new.sum()) if said_new.any() else 0.0
     recall = float((said_new & is_new).sum() / is_new.sum()) if is_new.any() else 0.0

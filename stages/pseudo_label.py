@@ -22,7 +22,7 @@ from photoid import paths
 from photoid.cli import as_bool, reports_data_errors, stage_app
 from photoid.io import read_parquet, write_json, write_parquet
 from photoid.data.sources import DataError
-from photoid.knn import Flips, ThresholdRule, choose_thresholds, load_fold_sets, predictions_table, rank_all, rank_test_per_fold
+from photoid.knn import Flips, ThresholdRule, choose_thresholds, load_fold_sets, predictions_table, rank_sets, rank_test_per_fold
 from photoid.pseudo import PSEUDO_COLUMNS, cv_answers, precision_cut, pseudo_label_figures, select_pseudo_labels
 
 app = stage_app(__doc__)
@@ -59,7 +59,8 @@ def main(
     split_table = read_parquet(split)
     flips = Flips(as_bool(query_flip, "query-flip"), as_bool(gallery_flip, "gallery-flip"))
     rule, by_species = ThresholdRule.parse(new_threshold), as_bool(per_species, "per-species")
-    result = rank_all(embeddings, fold_list, split_table, neighbours, rule, by_species, min_species_queries, flips=flips)
+    sets = load_fold_sets(embeddings, fold_list)
+    result = rank_sets(sets, fold_list, split_table, neighbours, rule, by_species, min_species_queries, flips=flips)
     cv_scores, cv_correct = cv_answers(predictions_table(result.cv, result.thresholds), result.cv.truth, confidence)
     if threshold.strip().lower() == "auto":
         cut, cv_precision, cv_count = precision_cut(cv_scores, cv_correct, precision)
@@ -70,7 +71,7 @@ def main(
             raise DataError(f"--threshold takes auto or a number, got {threshold!r} (pseudo.threshold)") from None
         above = cv_scores >= cut
         cv_precision, cv_count = (float(cv_correct[above].mean()) if above.any() else 0.0), int(above.sum())
-    per_fold = rank_test_per_fold(load_fold_sets(embeddings, fold_list), fold_list, split_table, neighbours, flips)
+    per_fold = rank_test_per_fold(sets, fold_list, split_table, neighbours, flips)
     chosen = []
     for k, ranking in zip(fold_list, per_fold):
         # a share of new-first answers is a share of what this fold ranks; a tuned or fixed score is the same for all

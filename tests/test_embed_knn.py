@@ -151,7 +151,7 @@ def test_pseudo_labels_need_a_known_first_answer_a_high_score_and_a_margin():
     crops = pd.DataFrame({"image_id": ["a", "b", "c", "d", "e", "t1", "t5"],
                           "part": ["test"] * 5 + ["train"] * 2, "individual": [""] * 5 + ["i1", "i5"],
                           "species": ["unknown"] * 5 + ["orca", "beluga"], "crop_path": list("abcde") + ["t1", "t5"]})
-    pseudo = select_pseudo_labels(preds, crops, threshold=0.8, min_margin=0.05)
+    pseudo = select_pseudo_labels(preds, crops, threshold=0.8, min_margin=0.05, confidence="score", fold=0)
     # b: new_individual first; c: score too low; d: margin too small
     assert pseudo["image_id"].tolist() == ["a", "e"] and pseudo["individual"].tolist() == ["i1", "i5"]
     assert pseudo["species"].tolist() == ["orca", "beluga"] and pseudo["crop_path"].tolist() == ["a", "e"]
@@ -165,7 +165,7 @@ def test_retrain_uses_only_pseudo_labels_of_individuals_the_fold_trains():
 
     split = pd.DataFrame({"image_id": list("abcdef"), "individual": ["x", "x", "y", "y", "z", "z"],
                           "fold": [0, 1, 0, 1, -1, -1], "is_new": [False] * 4 + [True] * 2})
-    pseudo = pd.DataFrame({"image_id": ["t1", "t2", "t3"], "individual": ["x", "z", "w"]})
+    pseudo = pd.DataFrame({"image_id": ["t1", "t2", "t3"], "individual": ["x", "z", "w"], "fold": [0, 0, 0]})
     assert pseudo_rows_for_fold(pseudo, split, 0)["image_id"].tolist() == ["t1"]  # z held out, w not trained
 
 
@@ -183,7 +183,7 @@ def test_a_data_set_without_test_images_gives_an_empty_submission_and_no_pseudo_
     predictions = predictions_table(result.test, result.thresholds)
     assert predictions.empty and list(submission(predictions).columns) == ["image", "predictions"]
     assert result.metrics()["test_images"] == 0 and "test_map5" not in result.metrics()
-    assert select_pseudo_labels(predictions, result.rows, 0.5, 0.0).empty
+    assert select_pseudo_labels(predictions, result.rows, 0.5, 0.0, "score", 0).empty
 
 
 def test_the_pseudo_label_cut_reaches_its_precision_on_a_constructed_case():
@@ -379,7 +379,7 @@ def test_no_fold_pseudo_labels_a_test_photo_by_one_of_its_own_validation_images(
     assert per_fold[0].candidates.scores[i0, 0] < 0.99  # fold 0 validates on it: not in its gallery
     assert per_fold[0].candidates.labels[i0, 0] == per_fold[1].candidates.labels[i1, 0]  # still found, by others
     pseudo = pd.concat([select_pseudo_labels(predictions_table(r, rank_all(tmp_path / "emb", [0, 1], split, 100).thresholds),
-                                             sets[0].rows, 0.0, 0.0, fold=k) for k, r in zip((0, 1), per_fold)])
+                                             sets[0].rows, 0.0, 0.0, "margin", fold=k) for k, r in zip((0, 1), per_fold)])
     from photoid.train.fold import pseudo_rows_for_fold
     for k in (0, 1):
         assert set(pseudo_rows_for_fold(pseudo, split, k)["fold"]) <= {k}

@@ -212,5 +212,4 @@ def pseudo_rows_for_fold(pseudo: pd.DataFrame, split: pd.DataFrame, fold: int) -
     (see photoid.knn.rank_test_per_fold) that name an individual it trains (a pseudo-label may name an
     individual the fold holds out or that filter left out; those rows are not used)."""
     classes = set(FoldData.of(split, fold).classes)
-    mine = pseudo["fold"].isin([fold, -1]) if "fold" in pseudo else np.ones(len(pseudo), bool)
-    return pseudo[mine & pseudo["individual"].isin(classes)].reset_index(drop=True)
+    return pseudo[(pseudo["fold"] == fold) & pseudo["individual"].isin(classes)].reset_index(drop=True)
