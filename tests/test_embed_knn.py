@@ -167,6 +167,8 @@ def test_retrain_uses_only_pseudo_labels_of_individuals_the_fold_trains():
                           "fold": [0, 1, 0, 1, -1, -1], "is_new": [False] * 4 + [True] * 2})
     pseudo = pd.DataFrame({"image_id": ["t1", "t2", "t3"], "individual": ["x", "z", "w"], "fold": [0, 0, 0]})
     assert pseudo_rows_for_fold(pseudo, split, 0)["image_id"].tolist() == ["t1"]  # z held out, w not trained
+    with pytest.raises(DataError, match="no fold column.*re-run pseudo-label"):  # a table from before folds labelled
+        pseudo_rows_for_fold(pseudo.drop(columns="fold"), split, 0)
 
 
 def test_a_data_set_without_test_images_gives_an_empty_submission_and_no_pseudo_labels(tmp_path):

@@ -152,7 +152,8 @@ def test_retrain_trains_on_pseudo_labels_and_embeds_with_the_new_model(project):
     crops = pd.read_parquet(root / "data/processed/crops/crops.parquet")
     trained = split[(~split.is_new) & (split.fold != 0)]["individual"].iloc[0]
     test = crops[crops.part == "test"].head(2)
-    pseudo = test[["image_id", "part", "crop_path"]].assign(individual=trained, species="x", confidence=0.9, margin=0.1)
+    pseudo = test[["image_id", "part", "crop_path"]].assign(individual=trained, species="x", confidence=0.9, margin=0.1,
+                                                             fold=0)
     pseudo.to_parquet(root / "pseudo_test.parquet", index=False)
     args = [sys.executable, "stages/retrain.py", "--fold", "0", "--epochs", "1", "--backbone", "resnet18",
             "--img-size", "40", "--batch-size", "8", "--embedding-dim", "32", "--local-dim", "32",

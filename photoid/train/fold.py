@@ -21,6 +21,7 @@ import pandas as pd
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from photoid.data.sources import DataError
 from photoid.data.split import fold_view
 from photoid.embed import embed_paths, iter_embeddings
 from photoid.models import create_model, load_model, save_model
@@ -211,5 +212,8 @@ def pseudo_rows_for_fold(pseudo: pd.DataFrame, split: pd.DataFrame, fold: int) -
     """The pseudo-labelled rows fold ``fold`` can train on: those its own model and gallery labelled
     (see photoid.knn.rank_test_per_fold) that name an individual it trains (a pseudo-label may name an
     individual the fold holds out or that filter left out; those rows are not used)."""
+    if "fold" not in pseudo.columns:
+        raise DataError("the pseudo-label table has no fold column (it was made before each fold labelled for "
+                        "itself): re-run pseudo-label (`dvc repro`).")
     classes = set(FoldData.of(split, fold).classes)
     return pseudo[(pseudo["fold"] == fold) & pseudo["individual"].isin(classes)].reset_index(drop=True)
