@@ -21,6 +21,7 @@ import typer
 
 from photoid import paths
 from photoid.local_features import KeypointStore, MatchConfig
+from photoid.params import PARAMS_FILE, load_params
 from photoid.rerank import verify_pairs
 
 
@@ -30,15 +31,18 @@ def main(
     candidates: str = typer.Option("5,10,20,40", help="Shortlist lengths to time."),
     photos: int = typer.Option(3, help="Gallery photos verified per candidate."),
     workers: int = typer.Option(2, help="Processes verifying pairs."),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="Which queries and gallery photos are drawn."),
+    params_file: Path = typer.Option(PARAMS_FILE, "--params", help="Where the matching settings (rerank.ratio ...) come from."),
 ):
+    match = load_params(("rerank",), params_file).build(MatchConfig, "rerank")
     keypoints = KeypointStore(store)
     ids = sorted({i for i, flipped in keypoints._where if not flipped})
     per_crop = np.mean([len(keypoints.get(i).frames) for i in ids])
     rng = np.random.default_rng(seed)
-    print(f"store {store}: {len(ids)} crops, {per_crop:.0f} keypoints per crop; {workers} worker(s), {photos} photos per candidate")
+    print(f"store {store}: {len(ids)} crops, {per_crop:.0f} keypoints per crop; {workers} worker(s), "
+          f"{photos} photos per candidate")
     print(f"{'candidates':>10} {'pairs':>7} {'seconds':>8} {'pairs/s':>8} {'s per 1,000 queries':>20}")
-    verify_pairs([(ids[0], ids[1])], store, MatchConfig(), 1, progress=False)  # imports and first-call costs
+    verify_pairs([(ids[0], ids[1])], store, match, 1, progress=False)  # imports and first-call costs
     timed = []
     for c in (int(v) for v in candidates.split(",")):
         pairs = []
@@ -46,7 +50,7 @@ def main(
             others = [g for g in rng.choice(len(ids), size=min(len(ids), c * photos + 1), replace=False) if g != q]
             pairs += [(ids[q], ids[g]) for g in others[: c * photos]]
         start = time.perf_counter()
-        verify_pairs(pairs, store, MatchConfig(), workers, progress=False)
+        verify_pairs(pairs, store, match, workers, progress=False)
         seconds = time.perf_counter() - start
         rate = len(pairs) / seconds
         print(f"{c:>10} {len(pairs):>7} {seconds:>8.2f} {rate:>8.0f} {1000 * c * photos / rate:>20.0f}")

@@ -22,8 +22,8 @@ import typer
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from photoid.datasets import CropDataset, train_transform
 from photoid.models import create_model
-from photoid.train.data import CropDataset, train_transform
 
 
 def _crops(n: int, size: int) -> list[str]:

@@ -1,4 +1,5 @@
-"""What every stage script shares: a Typer app and the way bad input is reported."""
+"""What every stage script shares: a Typer app, its two parameter options, and the way bad input is
+reported."""
 
 from __future__ import annotations
 
@@ -9,12 +10,36 @@ import time
 
 import typer
 
-from photoid.data.sources import DataError
+from photoid.errors import DataError
+from photoid.params import PARAMS_FILE
+
+# Every stage takes its parameters from params.yaml (see photoid.params); these two options say
+# which file, and change single values for one run.
+PARAMS_OPTION = typer.Option(PARAMS_FILE, "--params", help="The parameter file: every parameter of the stage comes "
+                             "from it (its comments say what each does).")
+SET_OPTION = typer.Option(None, "--set", "-S", metavar="KEY=VALUE", help="Change one parameter for this run only, as "
+                          "`dvc exp run -S` does: section.key=value (repeatable).")
 
 
-def stage_app(help: str) -> typer.Typer:
-    return typer.Typer(add_completion=False, help=help, pretty_exceptions_enable=False,
-                       context_settings={"help_option_names": ["-h", "--help"]})
+class StageApp(typer.Typer):
+    """A Typer app of one command whose --help shows the stage's docstring and the parameters it reads."""
+
+    def __init__(self, help: str, epilog: str | None):
+        super().__init__(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
+                         context_settings={"help_option_names": ["-h", "--help"]})
+        self.stage_help, self.stage_epilog = help, epilog
+
+    def command(self, *args, **kwargs):
+        kwargs.setdefault("help", self.stage_help)
+        kwargs.setdefault("epilog", self.stage_epilog)
+        return super().command(*args, **kwargs)
+
+
+def stage_app(help: str, reads: tuple[str, ...] = ()) -> StageApp:
+    """The stage's Typer app; ``reads`` (the params.yaml sections or keys it reads) goes into its --help."""
+    epilog = (f"Parameters: {', '.join(reads)} from params.yaml (or --params); change one for a run with --set, "
+              f"e.g. --set {reads[0]}{'' if '.' in reads[0] else '.<key>'}=<value>.") if reads else None
+    return StageApp(help, epilog)
 
 
 def reports_data_errors(fn):
@@ -29,25 +54,9 @@ def reports_data_errors(fn):
         except DataError as e:
             print(f"error: {e}", file=sys.stderr)
             raise typer.Exit(2)
-        print(f"{os.path.basename(sys.argv[0]).removesuffix('.py')}: done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+        stage = os.path.basename(sys.argv[0]).removesuffix(".py")
+        print(f"{stage}: done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
         return result
 
     return wrapper
 
-
-def as_bool(value: str, name: str) -> bool:
-    """A boolean option given as a value (dvc.yaml renders params as ``true``/``false``)."""
-    v = str(value).strip().lower()
-    if v in ("true", "1", "yes", "on"):
-        return True
-    if v in ("false", "0", "no", "off", ""):
-        return False
-    raise DataError(f"--{name} takes true or false, got {value!r}")
-
-
-def as_ints(value: str, name: str) -> tuple[int, ...]:
-    """A comma-separated list of integers (``3,6,9``)."""
-    try:
-        return tuple(int(v) for v in str(value).split(",") if v.strip())
-    except ValueError:
-        raise DataError(f"--{name} takes comma-separated integers like 3,6,9, got {value!r}") from None

@@ -23,11 +23,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from photoid.data.schema import BOX_COLUMNS, has_box
+from photoid.data.schema import BOX_COLUMNS, DETECTED, FULL_FRAME, has_box
 from photoid.images import load_rgb, reduce_factor
 
 BOXES_COLUMNS = ["image_id", "x1", "y1", "x2", "y2", "confidence", "box_source"]
-DETECTED, FULL_FRAME = "detector", "full_frame"
 _INTEGRATIONS = ("clearml", "comet", "dvc", "mlflow", "raytune", "tensorboard", "wandb", "sync")
 
 
@@ -77,16 +76,18 @@ def offline_ultralytics():
 
 @dataclass
 class DetectConfig:
-    model: str = "yolov8n.yaml"  # a model yaml (trained from scratch) or a .pt the user supplies
-    weights: str = ""  # given weights: used as they are, no training
-    epochs: int = 30
-    img_size: int = 320
-    batch: int = 16
-    conf: float = 0.25
-    val_fraction: float = 0.2
-    max_train_images: int = 0  # 0: all images with boxes
-    workers: int = 2
-    seed: int = 0
+    """params.yaml's detect section (the values live there)."""
+
+    model: str  # a model yaml (trained from scratch) or a .pt the user supplies
+    weights: str  # given weights: used as they are, no training
+    epochs: int
+    img_size: int
+    batch: int
+    conf: float
+    val_fraction: float
+    max_train_images: int  # 0: all images with boxes
+    workers: int
+    seed: int
 
 
 def write_yolo_dataset(images: pd.DataFrame, root: Path, img_size: int, val_fraction: float, seed: int,
@@ -187,8 +188,8 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     ix = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
     iy = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
     inter = ix * iy
-    area = lambda z: (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])
-    return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
+    area_a, area_b = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]), (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a + area_b - inter, 1e-9)
 
 
 def agreement_with_known_boxes(images: pd.DataFrame, boxes: pd.DataFrame) -> dict:

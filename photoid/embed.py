@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from photoid.datasets import CropDataset, eval_transform
 from photoid.io import atomic_path, read_parquet, write_parquet
 from photoid.retrieval import l2_normalise
-from photoid.train.data import CropDataset, eval_transform
 
 ROW_COLUMNS = ["image_id", "part", "individual", "species", "crop_path"]
 

@@ -28,13 +28,25 @@ import numpy as np
 import pandas as pd
 
 from photoid.data.schema import TEST, TRAIN, UNKNOWN_SPECIES
-from photoid.data.sources import DataError
 from photoid.data.split import fold_view
 from photoid.embed import EmbeddingSet
+from photoid.errors import DataError
 from photoid.metrics import NEW_INDIVIDUAL, average_precision_at_n, map_at_k
-from photoid.retrieval import (Candidates, answered_new_first, candidate_photos, concat_candidates, fold_ensemble, individual_candidates,
-                               neighbours, new_individual_precision_recall, predict, query_truth, ranked_images,
-                               tune_threshold, tune_species_thresholds)
+from photoid.retrieval import (
+    Candidates,
+    answered_new_first,
+    candidate_photos,
+    concat_candidates,
+    fold_ensemble,
+    individual_candidates,
+    neighbours,
+    new_individual_precision_recall,
+    predict,
+    query_truth,
+    ranked_images,
+    tune_species_thresholds,
+    tune_threshold,
+)
 
 K = 5  # five predictions per image (Happywhale)
 N_MAP = 20  # mAP@20 (Where's Whale-do)

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from photoid.data.sources import DataError
+from photoid.errors import DataError
 from photoid.io import atomic_path, read_parquet
 
 DESCRIPTOR_DIM = 128
@@ -37,17 +37,21 @@ DESCRIPTOR_DIM = 128
 
 @dataclass(frozen=True)
 class KeypointConfig:
-    max_keypoints: int = 500  # strongest keypoints kept per crop
-    contrast_threshold: float = 0.04  # SIFT's: lower finds fainter keypoints
-    clahe: bool = True  # equalise contrast locally before detection
+    """params.yaml's local section, but its workers (the values live there)."""
+
+    max_keypoints: int  # strongest keypoints kept per crop
+    contrast_threshold: float  # SIFT's: lower finds fainter keypoints
+    clahe: bool  # equalise contrast locally before detection
 
 
 @dataclass(frozen=True)
 class MatchConfig:
-    ratio: float = 0.8  # Lowe's ratio test: best match distance below ratio x second best
-    ransac_threshold: float = 0.025  # RANSAC reprojection threshold, as a share of the crop's side
-    max_scale: float = 2.0  # transforms that scale by more than this (or less than its inverse) are no match
-    max_angle: float = 30.0  # degrees an inlier's own orientation may differ from the transform's rotation
+    """params.yaml's rerank.ratio, ransac_threshold, max_scale and max_angle (the values live there)."""
+
+    ratio: float  # Lowe's ratio test: best match distance below ratio x second best
+    ransac_threshold: float  # RANSAC reprojection threshold, as a share of the crop's side
+    max_scale: float  # transforms that scale by more than this (or less than its inverse) are no match
+    max_angle: float  # degrees an inlier's own orientation may differ from the transform's rotation
     scale_tolerance: float = 1.5  # factor an inlier's own scale change may differ from the transform's
 
 
@@ -71,7 +75,7 @@ def root_sift(descriptors: np.ndarray) -> np.ndarray:
     return np.clip(np.round(d * 255.0), 0, 255).astype(np.uint8)
 
 
-def detect(grey: np.ndarray, cfg: KeypointConfig = KeypointConfig(), sift=None) -> Keypoints:
+def detect(grey: np.ndarray, cfg: KeypointConfig, sift=None) -> Keypoints:
     """SIFT keypoints of a grey uint8 image (H×W); black letterbox bars masked. A crop without texture
     (a flat colour) gives no keypoints: an empty :class:`Keypoints`, never an error."""
     import cv2
@@ -110,7 +114,7 @@ def _tentative_matches(a: Keypoints, b: Keypoints, ratio: float) -> tuple[np.nda
     return keep, best[keep]
 
 
-def count_inliers(a: Keypoints, b: Keypoints, cfg: MatchConfig = MatchConfig()) -> int:
+def count_inliers(a: Keypoints, b: Keypoints, cfg: MatchConfig) -> int:
     """Geometrically verified matches between two crops' keypoints (see the module's docstring)."""
     import cv2
 
@@ -146,7 +150,7 @@ def _describe(args) -> tuple[Keypoints, Keypoints]:
     return detect(grey, cfg, sift), detect(np.ascontiguousarray(grey[:, ::-1]), cfg, sift)
 
 
-def write_store(rows: pd.DataFrame, out_dir: Path, cfg: KeypointConfig = KeypointConfig(), workers: int = 1,
+def write_store(rows: pd.DataFrame, out_dir: Path, cfg: KeypointConfig, workers: int = 1,
                 progress: bool = True) -> dict:
     """Describe every crop of ``rows`` (image_id, crop_path), as it is and mirrored, into a store at
     ``out_dir``; return figures (crops, keypoints per crop, crops without keypoints, seconds)."""
@@ -161,7 +165,7 @@ def write_store(rows: pd.DataFrame, out_dir: Path, cfg: KeypointConfig = Keypoin
                                   unit="crop", disable=not progress))
     else:
         described = [_describe(j) for j in tqdm(jobs, desc="local features", unit="crop", disable=not progress)]
-    index, frames, descriptors, sides, start_row = [], [], [], [], 0
+    index, frames, descriptors, start_row = [], [], [], 0
     for image_id, pair in zip(rows["image_id"], described):
         for flipped, kp in enumerate(pair):
             index.append((image_id, bool(flipped), start_row, len(kp.frames), kp.side))

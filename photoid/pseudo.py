@@ -25,6 +25,7 @@ import pandas as pd
 
 from photoid.metrics import NEW_INDIVIDUAL
 
+
 def precision_cut(scores, correct, precision: float) -> tuple[float, float, int]:
     """The lowest score ``s`` such that the answers scoring ``>= s`` are right at least ``precision`` of
     the time: (s, their precision, how many). (inf, 0, 0) when even the most confident answer misses it.

@@ -26,29 +26,35 @@ random, not by the embedding).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
-from photoid.data.sources import DataError
+from photoid.errors import DataError
 from photoid.local_features import KeypointStore, MatchConfig, count_inliers
 from photoid.metrics import NEW_INDIVIDUAL
 from photoid.retrieval import Candidates
+
+if TYPE_CHECKING:  # knn ranks; this module re-ranks what it ranked
+    from photoid.knn import RankResult
 
 SCORES = ("fused", "inliers")
 
 
 @dataclass(frozen=True)
 class RerankConfig:
-    candidates: int = 20  # individuals of the embedding's shortlist that are verified (0: all it holds)
-    photos: int = 3  # gallery photos verified per candidate (0: all the neighbour search found)
-    score: str = "fused"  # fused: embedding + local features | inliers: local features alone
-    calibration_folds: int = 5  # cross-fitting of the CV probabilities
-    seed: int = 0
-    workers: int = 1
-    match: MatchConfig = field(default_factory=MatchConfig)
+    """params.yaml's rerank section (the values live there)."""
+
+    candidates: int  # individuals of the embedding's shortlist that are verified (0: all it holds)
+    photos: int  # gallery photos verified per candidate (0: all the neighbour search found)
+    score: str  # fused: embedding + local features | inliers: local features alone
+    calibration_folds: int  # cross-fitting of the CV probabilities
+    seed: int
+    workers: int
+    match: MatchConfig
 
     def __post_init__(self):
         if self.score not in SCORES:
@@ -251,7 +257,8 @@ def _sorted(labels: np.ndarray, probability: np.ndarray, rng: np.random.Generato
         order_in = np.argsort(rng.random(labels.shape), axis=1)
     shuffled = np.take_along_axis(probability, order_in, axis=1)
     order = np.take_along_axis(order_in, np.argsort(-shuffled, axis=1, kind="stable"), axis=1)
-    return Candidates(np.take_along_axis(labels, order, axis=1), np.take_along_axis(probability, order, axis=1).astype(np.float32))
+    return Candidates(np.take_along_axis(labels, order, axis=1),
+                      np.take_along_axis(probability, order, axis=1).astype(np.float32))
 
 
 @dataclass
@@ -315,7 +322,7 @@ def timed_verification(pairs: list[tuple[str, str]], store_dir: Path, match: Mat
 
 @dataclass
 class RerankOutcome:
-    result: "RankResult"  # the rankings with fused (or inlier) probabilities and the re-tuned threshold(s)
+    result: RankResult  # the rankings with fused (or inlier) probabilities and the re-tuned threshold(s)
     cv_p_new: np.ndarray
     test_p_new: np.ndarray
     figures: dict

@@ -236,4 +236,4 @@ def evaluate(query_emb: np.ndarray, query_labels, gallery_emb: np.ndarray, galle
     threshold, score = tune_threshold(cands, truth, k=k)
     top1 = np.mean([p[0] == t for p, t in zip(predict(cands, threshold, k), truth)]) if truth else 0.0
     return {"map5": score, "threshold": threshold, "top1": float(top1),
-            "map5_no_new": map_at_k(predict(cands, -np.inf, k), truth, k)}
+            "map5_without_new": map_at_k(predict(cands, -np.inf, k), truth, k)}

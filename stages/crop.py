@@ -11,30 +11,35 @@ from pathlib import Path
 import typer
 
 from photoid import paths
-from photoid.cli import reports_data_errors, stage_app
+from photoid.cli import PARAMS_OPTION, SET_OPTION, reports_data_errors, stage_app
 from photoid.crop import crop_all
+from photoid.data.schema import FULL_FRAME
 from photoid.io import atomic_path, read_parquet, write_json
+from photoid.params import load_params
 
-app = stage_app(__doc__)
+READS = ("crop",)
+app = stage_app(__doc__, READS)
 
 
 @app.command()
 @reports_data_errors
 def main(
-    size: int = typer.Option(256, help="Side of the stored square crops (pixels); keep it >= train.img_size."),
-    margin: float = typer.Option(0.1, help="Margin added on each side, as a share of the box's width/height."),
-    workers: int = typer.Option(2, help="Processes that crop in parallel."),
     images: Path = typer.Option(paths.IMAGES_TABLE, help="The image table from ingest."),
     boxes: Path = typer.Option(paths.BOXES_TABLE, help="The box table from detect."),
     out_dir: Path = typer.Option(paths.CROPS_DIR, help="Output folder."),
     metrics: Path = typer.Option(paths.METRICS / "crop.json", help="Metrics file."),
+    params_file: Path = PARAMS_OPTION,
+    overrides: list[str] = SET_OPTION,
 ):
+    P = load_params(READS, params_file, overrides)
+    size, margin, workers = P.int("crop.size"), P.float("crop.margin"), P.int("crop.workers")
+    P.check_all_read()
     table, box_table = read_parquet(images), read_parquet(boxes)
     with atomic_path(out_dir) as tmp:
         crops = crop_all(table, box_table, tmp, size=size, margin=margin, workers=workers, final_dir=Path(out_dir))
         crops.to_parquet(tmp / "crops.parquet", index=False)
     write_json({"crops": int(len(crops)), "size": size, "margin": margin,
-                "from_full_frame": int((crops.box_source == "full_frame").sum())}, metrics)
+                "from_full_frame": int((crops.box_source == FULL_FRAME).sum())}, metrics)
     print(f"crop: {len(crops)} crops of {size}x{size} in {out_dir}")
 
 

@@ -14,46 +14,41 @@ import pandas as pd
 import typer
 
 from photoid import detect, paths
-from photoid.cli import reports_data_errors, stage_app
+from photoid.cli import PARAMS_OPTION, SET_OPTION, reports_data_errors, stage_app
 from photoid.data.schema import has_box
 from photoid.io import atomic_path, read_parquet, write_json, write_parquet
+from photoid.params import load_params
 from photoid.runtime import pick_device, seed_everything
 
-app = stage_app(__doc__)
+READS = ("detect",)
+app = stage_app(__doc__, READS)
 
 
 @app.command()
 @reports_data_errors
 def main(
-    model: str = typer.Option("yolov8n.yaml", help="Model to train: an ultralytics model yaml (from scratch) or a .pt to fine-tune."),
-    weights: str = typer.Option("", help="Trained detector weights (.pt) to use as they are, without training; '' to train."),
-    epochs: int = typer.Option(30, help="Training epochs."),
-    img_size: int = typer.Option(320, help="Detector input size (pixels)."),
-    batch: int = typer.Option(16, help="Batch size, for training and prediction."),
-    conf: float = typer.Option(0.25, help="Confidence below which a detection is ignored (full frame instead)."),
-    val_fraction: float = typer.Option(0.2, help="Share of the boxed images held back to measure mAP50."),
-    max_train_images: int = typer.Option(0, help="Train on at most this many boxed images (0: all)."),
-    workers: int = typer.Option(2, help="Data-loading processes during training."),
-    seed: int = typer.Option(0, help="Random seed."),
     images: Path = typer.Option(paths.IMAGES_TABLE, help="The image table from ingest."),
     out_dir: Path = typer.Option(paths.DETECT_MODEL_DIR, help="Output folder: detector.pt and config.json."),
     boxes_out: Path = typer.Option(paths.BOXES_TABLE, help="Output table: one box per image."),
     metrics: Path = typer.Option(paths.METRICS / "detect.json", help="Metrics file."),
+    params_file: Path = PARAMS_OPTION,
+    overrides: list[str] = SET_OPTION,
 ):
-    cfg = detect.DetectConfig(model=model, weights=weights, epochs=epochs, img_size=img_size, batch=batch, conf=conf,
-                              val_fraction=val_fraction, max_train_images=max_train_images, workers=workers, seed=seed)
+    P = load_params(READS, params_file, overrides)
+    cfg = P.build(detect.DetectConfig, "detect")
+    P.check_all_read()
     table = read_parquet(images)
     device = pick_device()
-    seed_everything(seed)
+    seed_everything(cfg.seed)
     n_boxed = int(has_box(table).sum())
     stats: dict = {"images": int(len(table)), "images_with_known_box": n_boxed, "device": device}
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        if weights:
-            detector, stats["detector"] = Path(weights), f"given weights {weights}"
+        if cfg.weights:
+            detector, stats["detector"] = Path(cfg.weights), f"given weights {cfg.weights}"
         elif n_boxed >= 2:
             detector, train_stats = detect.train_detector(table, tmp, cfg, device)
-            stats["detector"] = f"trained from {model}"
+            stats["detector"] = f"trained from {cfg.model}"
             stats.update(train_stats)
         else:
             detector = None
@@ -65,7 +60,8 @@ def main(
         write_json({"config": dataclasses.asdict(cfg), "detector": stats["detector"]}, tmp / "config.json")
     stats["detected"] = int((boxes.box_source == detect.DETECTED).sum())
     stats["full_frame"] = int((boxes.box_source == detect.FULL_FRAME).sum())
-    stats["mean_confidence"] = float(boxes.loc[boxes.box_source == detect.DETECTED, "confidence"].mean()) if stats["detected"] else 0.0
+    detected = boxes.box_source == detect.DETECTED
+    stats["mean_confidence"] = float(boxes.loc[detected, "confidence"].mean()) if stats["detected"] else 0.0
     stats.update(detect.agreement_with_known_boxes(table, boxes))
     write_parquet(boxes, boxes_out)
     write_json(stats, metrics)

@@ -17,48 +17,50 @@ from pathlib import Path
 import typer
 
 from photoid import paths
-from photoid.cli import as_bool, reports_data_errors, stage_app
-from photoid.data.sources import DataError
+from photoid.cli import PARAMS_OPTION, SET_OPTION, reports_data_errors, stage_app
 from photoid.embed import embed_checkpoint, embed_untrained
-from photoid.models.weights import is_random, normalise_spec
+from photoid.errors import DataError
 from photoid.io import read_parquet, write_json
+from photoid.models.weights import is_random, normalise_spec
+from photoid.params import load_params
 
-app = stage_app(__doc__)
+READS = ("embed", "train.backbone", "train.pretrained", "train.img_size")
+app = stage_app(__doc__, READS)
 
 
 @app.command()
 @reports_data_errors
 def main(
     fold: int = typer.Option(..., help="Which fold's model."),
-    features: str = typer.Option("dolg", help="dolg | backbone (train-backbone's pooled features) | untrained (the pretrained backbone, no training)."),
-    backbone: str = typer.Option("efficientnet_lite0", help="untrained: the timm model (train.backbone)."),
-    pretrained: str = typer.Option("false", help="untrained: its weights (train.pretrained)."),
-    img_size: int = typer.Option(128, help="untrained: the image size (train.img_size); the others use their model's."),
-    flip_tta: str = typer.Option("true", help="true: embed the horizontally flipped crops too."),
-    batch_size: int = typer.Option(64, help="Crops per batch."),
-    workers: int = typer.Option(0, help="Data-loading processes."),
     crops: Path = typer.Option(paths.CROPS_TABLE, help="The crop table from crop."),
     model_dir: Path = typer.Option(None, help="The DOLG model's folder [default: models/dolg/fold<k>]."),
     backbone_dir: Path = typer.Option(None, help="train-backbone's folder [default: models/backbone/fold<k>]."),
     out_dir: Path = typer.Option(None, help="Output folder [default: data/processed/embeddings/dolg/fold<k>]."),
     metrics: Path = typer.Option(None, help="Metrics file [default: metrics/embed/fold<k>.json]."),
+    params_file: Path = PARAMS_OPTION,
+    overrides: list[str] = SET_OPTION,
 ):
+    P = load_params(READS, params_file, overrides)
+    features, flip = P.str("embed.features"), P.bool("embed.flip_tta")
+    batch_size, workers = P.int("embed.batch_size"), P.int("embed.workers")
+    # the untrained baseline embeds the pretrained backbone itself; trained models carry their own
+    backbone, pretrained, img_size = P.str("train.backbone"), P.str("train.pretrained"), P.int("train.img_size")
+    P.check_all_read()
     model_dir = model_dir or paths.MODELS / "dolg" / f"fold{fold}"
     backbone_dir = backbone_dir or paths.MODELS / "backbone" / f"fold{fold}"
     out_dir = out_dir or paths.EMBEDDINGS / "dolg" / f"fold{fold}"
     metrics = metrics or paths.METRICS / "embed" / f"fold{fold}.json"
-    flip = as_bool(flip_tta, "flip-tta")
     if features == "dolg":
         info = embed_checkpoint(Path(model_dir) / "model.pt", read_parquet(crops), out_dir, flip, batch_size, workers)
     elif features == "backbone":
         info = embed_checkpoint(Path(backbone_dir) / "model.pt", read_parquet(crops), out_dir, flip, batch_size, workers)
     elif features == "untrained":
         if is_random(pretrained):
-            raise DataError("--features untrained needs pretrained weights (train.pretrained): random ones are no baseline.")
+            raise DataError("embed.features untrained needs pretrained weights (train.pretrained): random ones are no baseline.")
         info = embed_untrained(backbone, normalise_spec(pretrained), img_size, read_parquet(crops), out_dir, flip,
                                batch_size, workers)
     else:
-        raise DataError(f"--features takes dolg, backbone or untrained, got {features!r} (embed.features in params.yaml)")
+        raise DataError(f"embed.features takes dolg, backbone or untrained, got {features!r}")
     info["features"] = features
     write_json(info, metrics)
     print(f"embed fold {fold} ({features}): {info['images']} crops -> {info['dim']}-d, flip TTA {info['flip']}, "

@@ -10,22 +10,28 @@ from pathlib import Path
 import typer
 
 from photoid import paths
-from photoid.cli import reports_data_errors, stage_app
+from photoid.cli import PARAMS_OPTION, SET_OPTION, reports_data_errors, stage_app
 from photoid.data.filter import filter_individuals
 from photoid.io import read_parquet, write_json, write_parquet
+from photoid.params import load_params
 
-app = stage_app(__doc__)
+READS = ("filter",)
+app = stage_app(__doc__, READS)
 
 
 @app.command()
 @reports_data_errors
 def main(
-    min_samples: int = typer.Option(4, help="Fewest training images an individual needs to be trained on."),
-    crops: Path = typer.Option(paths.CROPS_DIR / "crops.parquet", help="The crop table from crop."),
+    crops: Path = typer.Option(paths.CROPS_TABLE, help="The crop table from crop."),
     out: Path = typer.Option(paths.FILTERED_TABLE, help="Output: kept rows (all test rows included)."),
     dropped_out: Path = typer.Option(paths.FILTERED_OUT_TABLE, help="Output: dropped training rows with the reason."),
     metrics: Path = typer.Option(paths.METRICS / "filter.json", help="Metrics file (counts before and after)."),
+    params_file: Path = PARAMS_OPTION,
+    overrides: list[str] = SET_OPTION,
 ):
+    P = load_params(READS, params_file, overrides)
+    min_samples = P.int("filter.min_samples")
+    P.check_all_read()
     kept, dropped, stats = filter_individuals(read_parquet(crops), min_samples)
     write_parquet(kept, out)
     write_parquet(dropped, dropped_out)

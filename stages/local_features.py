@@ -13,25 +13,27 @@ from pathlib import Path
 import typer
 
 from photoid import paths
-from photoid.cli import as_bool, reports_data_errors, stage_app
+from photoid.cli import PARAMS_OPTION, SET_OPTION, reports_data_errors, stage_app
 from photoid.io import read_parquet, write_json
 from photoid.local_features import KeypointConfig, write_store
+from photoid.params import load_params
 
-app = stage_app(__doc__)
+READS = ("local",)
+app = stage_app(__doc__, READS)
 
 
 @app.command()
 @reports_data_errors
 def main(
-    max_keypoints: int = typer.Option(500, help="Strongest SIFT keypoints kept per crop."),
-    contrast_threshold: float = typer.Option(0.04, help="SIFT's contrast threshold: lower finds fainter keypoints."),
-    clahe: str = typer.Option("true", help="true: equalise contrast locally (CLAHE) before detection."),
-    workers: int = typer.Option(2, help="Processes describing crops."),
     crops: Path = typer.Option(paths.CROPS_TABLE, help="The crop table from crop."),
     out_dir: Path = typer.Option(paths.LOCAL_FEATURES, help="The keypoint store."),
     metrics: Path = typer.Option(paths.METRICS / "local_features.json", help="Metrics file."),
+    params_file: Path = PARAMS_OPTION,
+    overrides: list[str] = SET_OPTION,
 ):
-    cfg = KeypointConfig(max_keypoints, contrast_threshold, as_bool(clahe, "clahe"))
+    P = load_params(READS, params_file, overrides)
+    cfg, workers = P.build(KeypointConfig, "local"), P.int("local.workers")
+    P.check_all_read()
     figures = write_store(read_parquet(crops), out_dir, cfg, workers)
     write_json(figures, metrics)
     print(f"local-features: {figures['crops']} crops, {figures['keypoints_per_crop']:.0f} keypoints per crop, "

@@ -19,46 +19,44 @@ import pandas as pd
 import typer
 
 from photoid import paths
-from photoid.cli import as_bool, reports_data_errors, stage_app
+from photoid.cli import PARAMS_OPTION, SET_OPTION, reports_data_errors, stage_app
+from photoid.errors import DataError
 from photoid.io import read_parquet, write_json, write_parquet
-from photoid.data.sources import DataError
 from photoid.knn import Flips, ThresholdRule, choose_thresholds, load_fold_sets, predictions_table, rank_sets, rank_test_per_fold
+from photoid.params import load_params
 from photoid.pseudo import PSEUDO_COLUMNS, cv_answers, precision_cut, pseudo_label_figures, select_pseudo_labels
 
-app = stage_app(__doc__)
+READS = ("pseudo", "ensemble", "knn.neighbours", "knn.threshold", "knn.per_species", "knn.min_species_queries",
+         "knn.query_flip", "knn.gallery_flip")
+app = stage_app(__doc__, READS)
 
 
 @app.command()
 @reports_data_errors
 def main(
-    enabled: str = typer.Option("true", help="false: no pseudo-labels (an empty table)."),
-    confidence: str = typer.Option("margin", help="margin (the best individual's lead over the second) or score (its similarity)."),
-    threshold: str = typer.Option("auto", help="Least confidence: auto (from --precision on the CV queries) or a number."),
-    precision: float = typer.Option(0.95, help="auto: the precision the CV queries' first answers must reach above the cut."),
-    min_margin: float = typer.Option(0.0, help="Least lead of the best individual over the second."),
-    neighbours: int = typer.Option(100, help="Gallery entries searched per query (as knn-rank)."),
-    new_threshold: str = typer.Option("auto", help="The new_individual threshold rule, as knn-rank's --threshold."),
-    per_species: str = typer.Option("false", help="As knn-rank."),
-    min_species_queries: int = typer.Option(10, help="As knn-rank."),
-    query_flip: str = typer.Option("true", help="As knn-rank."),
-    gallery_flip: str = typer.Option("true", help="As knn-rank."),
-    folds: list[int] = typer.Option([0], help="A fold to ensemble; repeat for more (--folds 0 --folds 1)."),
     embeddings: Path = typer.Option(paths.EMBEDDINGS / "dolg", help="Folder of the folds' embedding sets."),
     split: Path = typer.Option(paths.SPLIT_TABLE, help="The split table (for the threshold of new_individual)."),
     test_truth: Path = typer.Option(paths.TEST_TRUTH_TABLE, help="Test truth, where the data set has it (for accuracy only)."),
     out: Path = typer.Option(paths.PSEUDO_TABLE, help="Output table."),
     metrics: Path = typer.Option(paths.METRICS / "pseudo.json", help="Metrics file."),
+    params_file: Path = PARAMS_OPTION,
+    overrides: list[str] = SET_OPTION,
 ):
-    fold_list = list(folds)
+    P = load_params(READS, params_file, overrides)
+    enabled, confidence, threshold = P.bool("pseudo.enabled"), P.str("pseudo.confidence"), P.str("pseudo.threshold")
+    precision, min_margin = P.float("pseudo.precision"), P.float("pseudo.min_margin")
+    fold_list, neighbours = list(P.get("ensemble.folds", tuple)), P.int("knn.neighbours")
+    rule, by_species = ThresholdRule.parse(P.str("knn.threshold")), P.bool("knn.per_species")
+    min_species_queries = P.int("knn.min_species_queries")
+    flips = Flips(P.bool("knn.query_flip"), P.bool("knn.gallery_flip"))
+    P.check_all_read()
     truth = read_parquet(test_truth) if Path(test_truth).exists() else None
-    if not as_bool(enabled, "enabled"):
+    if not enabled:
         write_parquet(pd.DataFrame(columns=PSEUDO_COLUMNS), out)
         write_json({"enabled": False, "pseudo_labels": 0}, metrics)
         print("pseudo-label: off")
         return
     split_table = read_parquet(split)
-    flips = Flips(as_bool(query_flip, "query-flip"), as_bool(gallery_flip, "gallery-flip"))
-    rule, by_species = ThresholdRule.parse(new_threshold), as_bool(per_species, "per-species")
     sets = load_fold_sets(embeddings, fold_list)
     result = rank_sets(sets, fold_list, split_table, neighbours, rule, by_species, min_species_queries, flips=flips)
     cv_scores, cv_correct = cv_answers(predictions_table(result.cv, result.thresholds), result.cv.truth, confidence)
@@ -68,7 +66,7 @@ def main(
         try:
             cut = float(threshold)
         except ValueError:
-            raise DataError(f"--threshold takes auto or a number, got {threshold!r} (pseudo.threshold)") from None
+            raise DataError(f"pseudo.threshold takes auto or a number, got {threshold!r}") from None
         above = cv_scores >= cut
         cv_precision, cv_count = (float(cv_correct[above].mean()) if above.any() else 0.0), int(above.sum())
     per_fold = rank_test_per_fold(sets, fold_list, split_table, neighbours, flips)
@@ -81,7 +79,8 @@ def main(
     pseudo = pd.concat(chosen, ignore_index=True)
     write_parquet(pseudo, out)
     figures = pseudo_label_figures(pseudo, len(result.test.image_ids), truth)
-    figures.update({"enabled": True, "confidence": confidence, "threshold": cut if np.isfinite(cut) else None, "threshold_auto": threshold == "auto",
+    figures.update({"enabled": True, "confidence": confidence, "threshold": cut if np.isfinite(cut) else None,
+                    "threshold_auto": threshold == "auto",
                     "precision_target": precision, "cv_precision_above_threshold": cv_precision,
                     "cv_answers_above_threshold": cv_count, "min_margin": min_margin,
                     "new_individual_threshold": result.thresholds.overall,

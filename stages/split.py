@@ -9,23 +9,27 @@ from pathlib import Path
 import typer
 
 from photoid import paths
-from photoid.cli import reports_data_errors, stage_app
+from photoid.cli import PARAMS_OPTION, SET_OPTION, reports_data_errors, stage_app
 from photoid.data.split import split_folds
 from photoid.io import read_parquet, write_json, write_parquet
+from photoid.params import load_params
 
-app = stage_app(__doc__)
+READS = ("split",)
+app = stage_app(__doc__, READS)
 
 
 @app.command()
 @reports_data_errors
 def main(
-    n_folds: int = typer.Option(5, help="Number of folds (k)."),
-    new_fraction: float = typer.Option(0.2, help="Share of individuals (per species) held out whole as new."),
-    seed: int = typer.Option(0, help="Random seed: the same seed gives the same split."),
     filtered: Path = typer.Option(paths.FILTERED_TABLE, help="The table from filter."),
     out: Path = typer.Option(paths.SPLIT_TABLE, help="Output table."),
     metrics: Path = typer.Option(paths.METRICS / "split.json", help="Metrics file."),
+    params_file: Path = PARAMS_OPTION,
+    overrides: list[str] = SET_OPTION,
 ):
+    P = load_params(READS, params_file, overrides)
+    n_folds, new_fraction, seed = P.int("split.n_folds"), P.float("split.new_fraction"), P.int("split.seed")
+    P.check_all_read()
     split, stats = split_folds(read_parquet(filtered), n_folds=n_folds, new_fraction=new_fraction, seed=seed)
     write_parquet(split, out)
     write_json(stats, metrics)

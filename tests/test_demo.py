@@ -69,5 +69,8 @@ def test_species_fins_differ_in_shape():
 def test_notch_cuts_into_the_trailing_edge():
     fin = demo.make_fin(np.random.default_rng(0), "bottlenose_dolphin")
     smooth = demo.Fin(**{**fin.__dict__, "notches": []})
-    area = lambda f: demo.render_fin(f).getchannel("A").histogram()[255]
+
+    def area(f):
+        return demo.render_fin(f).getchannel("A").histogram()[255]
+
     assert area(fin) < area(smooth)

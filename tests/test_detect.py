@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from photoid import detect
+from tests.structure import project_config
 
 TINY_YAML = Path(detect.__file__).parent / "detect_models" / "yolov8-tiny.yaml"
 
@@ -45,7 +46,7 @@ def test_no_detection_above_threshold_falls_back_to_full_frame(photo):
     paths = [photo(f"p{i}.jpg", size=(96, 64)) for i in range(3)]
     images = pd.DataFrame([dict(image_id=p.name, path=str(p), width=96, height=64) for p in paths])
     # an untrained detector is never 99.9 % sure of anything
-    cfg = detect.DetectConfig(img_size=64, batch=2, conf=0.999)
+    cfg = project_config(detect.DetectConfig, "detect", img_size=64, batch=2, conf=0.999)
     ul = detect.offline_ultralytics()
     model = ul.YOLO(str(TINY_YAML))
     weights = Path(paths[0]).parent / "untrained.pt"

@@ -8,12 +8,12 @@ import torch
 from PIL import Image
 
 from photoid.embed import EmbeddingSet, embed_paths, embed_rows
-from photoid.data.sources import DataError
+from photoid.errors import DataError
 from photoid.knn import Flips, ThresholdRule, predictions_table, rank_all, rank_test_per_fold, rare_query_folds, submission
-from photoid.retrieval import Candidates
 from photoid.metrics import NEW_INDIVIDUAL
 from photoid.models import create_model
 from photoid.pseudo import pseudo_label_figures, select_pseudo_labels
+from photoid.retrieval import Candidates
 
 
 def _model():
@@ -226,13 +226,16 @@ def test_flip_params_change_what_ranks(tmp_path):
 
 
 def _stage(name):
-    import importlib.util
-    from pathlib import Path
+    from tests.structure import load_stage
 
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", Path(__file__).resolve().parents[1] / "stages" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.app
+    return load_stage(name).app
+
+
+def _params(*changes):
+    """The project's params.yaml with ``changes`` (section.key=value) for this run."""
+    from tests.structure import PARAMS
+
+    return ["--params", str(PARAMS), *[a for c in changes for a in ("--set", c)]]
 
 
 def test_pseudo_label_stage_cuts_where_cv_reaches_its_precision_and_labels_confident_test_images(tmp_path):
@@ -243,10 +246,10 @@ def test_pseudo_label_stage_cuts_where_cv_reaches_its_precision_and_labels_confi
     split, truth = _planted(tmp_path, noise=0.05)
     split.to_parquet(tmp_path / "split.parquet", index=False)
     truth.to_parquet(tmp_path / "truth.parquet", index=False)
-    common = ["--folds", "0", "--folds", "1", "--embeddings", str(tmp_path / "emb"), "--split", str(tmp_path / "split.parquet"),
+    common = ["--embeddings", str(tmp_path / "emb"), "--split", str(tmp_path / "split.parquet"),
               "--test-truth", str(tmp_path / "truth.parquet"), "--out", str(tmp_path / "p.parquet"),
               "--metrics", str(tmp_path / "p.json")]
-    result = CliRunner().invoke(_stage("pseudo_label"), ["--precision", "0.95", *common])
+    result = CliRunner().invoke(_stage("pseudo_label"), [*common, *_params("ensemble.folds=[0,1]", "pseudo.precision=0.95")])
     assert result.exit_code == 0, result.output
     m = json.loads((tmp_path / "p.json").read_text())
     # planted clusters: every CV answer is right, so the cut is the least confident one and every
@@ -258,12 +261,12 @@ def test_pseudo_label_stage_cuts_where_cv_reaches_its_precision_and_labels_confi
     pseudo = pd.read_parquet(tmp_path / "p.parquet")
     assert sorted(set(pseudo["image_id"])) == ["te_known0", "te_known3", "te_known5", "te_known6"]
     # the new_individual threshold rule is knn-rank's: a share of 1 answers every test photo new first
-    result = CliRunner().invoke(_stage("pseudo_label"), ["--new-threshold", "new_share:1", *common])
+    result = CliRunner().invoke(_stage("pseudo_label"), [*common, *_params("ensemble.folds=[0,1]", "knn.threshold=new_share:1")])
     assert result.exit_code == 0 and json.loads((tmp_path / "p.json").read_text())["pseudo_labels"] == 0
     # a fixed cut above every margin labels nothing
-    result = CliRunner().invoke(_stage("pseudo_label"), ["--threshold", "5", *common])
+    result = CliRunner().invoke(_stage("pseudo_label"), [*common, *_params("ensemble.folds=[0,1]", "pseudo.threshold=5")])
     assert result.exit_code == 0 and json.loads((tmp_path / "p.json").read_text())["pseudo_labels"] == 0
-    result = CliRunner().invoke(_stage("pseudo_label"), ["--threshold", "high", *common])
+    result = CliRunner().invoke(_stage("pseudo_label"), [*common, *_params("ensemble.folds=[0,1]", "pseudo.threshold=high")])
     assert result.exit_code == 2 and "auto or a number" in result.output
 
 
@@ -279,7 +282,8 @@ def test_knn_rank_reports_cv_before_and_after_retraining(tmp_path):
     shutil.rmtree(tmp_path / "before")
     shutil.copytree(tmp_path / "noisy" / "emb", tmp_path / "before")
     split.to_parquet(tmp_path / "split.parquet", index=False)
-    args = ["--folds", "0", "--folds", "1", "--embeddings", str(tmp_path / "emb"), "--before-embeddings",
+    args = [*_params("ensemble.folds=[0,1]", "rerank.enabled=false"), "--embeddings", str(tmp_path / "emb"),
+            "--before-embeddings",
             str(tmp_path / "before"), "--split", str(tmp_path / "split.parquet"), "--test-truth", str(tmp_path / "none"),
             "--submission-out", str(tmp_path / "s.csv"), "--predictions-out", str(tmp_path / "p.parquet"),
             "--metrics", str(tmp_path / "k.json"), "--reliability", str(tmp_path / "rel")]
@@ -300,18 +304,20 @@ def test_embed_stage_makes_the_untrained_baseline_and_refuses_one_without_weight
     paths = [_crop(tmp_path / f"{i}.png", False, i) for i in range(3)]
     pd.DataFrame({"image_id": list("abc"), "part": "train", "individual": ["x", "y", "x"], "species": "w",
                   "crop_path": paths}).to_parquet(tmp_path / "crops.parquet", index=False)
-    common = ["--fold", "0", "--crops", str(tmp_path / "crops.parquet"), "--backbone", "efficientnet_lite0",
-              "--img-size", "32", "--metrics", str(tmp_path / "m.json")]
-    result = CliRunner().invoke(_stage("embed"), [*common, "--features", "untrained", "--pretrained", LITE0_PACKAGE,
+    common = ["--fold", "0", "--crops", str(tmp_path / "crops.parquet"), "--metrics", str(tmp_path / "m.json")]
+    size = ("train.backbone=efficientnet_lite0", "train.img_size=32")
+    result = CliRunner().invoke(_stage("embed"), [*common, *_params(*size, "embed.features=untrained",
+                                                                    f"train.pretrained={LITE0_PACKAGE}"),
                                                   "--out-dir", str(tmp_path / "emb")])
     assert result.exit_code == 0, result.output
     s = EmbeddingSet.load(tmp_path / "emb")
     assert s.original.shape == (3, 1280) and s.flipped is not None  # Lite0's pooled features, no training
     assert json.loads((tmp_path / "m.json").read_text())["features"] == "untrained"
-    result = CliRunner().invoke(_stage("embed"), [*common, "--features", "untrained", "--pretrained", "false",
+    result = CliRunner().invoke(_stage("embed"), [*common, *_params(*size, "embed.features=untrained", "train.pretrained=false"),
                                                   "--out-dir", str(tmp_path / "emb2")])
     assert result.exit_code == 2 and "no baseline" in result.output and not (tmp_path / "emb2").exists()
-    result = CliRunner().invoke(_stage("embed"), [*common, "--features", "vit", "--out-dir", str(tmp_path / "emb3")])
+    result = CliRunner().invoke(_stage("embed"), [*common, *_params(*size, "embed.features=vit"),
+                                                  "--out-dir", str(tmp_path / "emb3")])
     assert result.exit_code == 2 and "dolg, backbone or untrained" in result.output
 
 

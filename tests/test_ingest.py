@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from photoid.data.ingest import attach_boxes, ingest, read_source
-from photoid.data.sources import DataError
+from photoid.errors import DataError
 
 
 def _happywhale(tmp_path, photo, rows, test=("t1.jpg",)):

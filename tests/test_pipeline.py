@@ -71,6 +71,32 @@ def test_second_repro_runs_nothing(project):
     assert stages_run(again) == []
 
 
+def test_a_stage_run_by_hand_with_no_options_trains_what_dvc_repro_trained(project):
+    """params.yaml is the only source of parameters: the script needs no option but its fold (and,
+    here, outputs beside DVC's) to train the very weights `dvc repro` trained."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from tests.pipeline import env
+
+    root, _ = project
+    hand = ["--out-dir", "models/hand", "--metrics", "metrics/hand.json", "--curves", "metrics/hand_curves",
+            "--state-dir", "checkpoints/hand"]
+    subprocess.run([sys.executable, "stages/train_backbone.py", "--fold", "0", *hand], cwd=root, env=env(), check=True,
+                   capture_output=True)
+    a = torch.load(root / "models/backbone/fold0/model.pt", weights_only=False)
+    b = torch.load(root / "models/hand/model.pt", weights_only=False)
+    assert a["config"] == b["config"] and a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    # and one value changed for one run, as `dvc exp run -S` would change it, trains something else
+    subprocess.run([sys.executable, "stages/train_backbone.py", "--fold", "0", *hand, "--set", "train.seed=1"], cwd=root,
+                   env=env(), check=True, capture_output=True)
+    c = torch.load(root / "models/hand/model.pt", weights_only=False)
+    assert not all(torch.equal(a["state_dict"][k], c["state_dict"][k]) for k in a["state_dict"])
+
+
 def test_min_samples_reruns_filter_and_after_only(project):
     root, _ = project
     before = json.loads((root / "metrics/filter.json").read_text())
@@ -155,10 +181,11 @@ def test_retrain_trains_on_pseudo_labels_and_embeds_with_the_new_model(project):
     pseudo = test[["image_id", "part", "crop_path"]].assign(individual=trained, species="x", confidence=0.9, margin=0.1,
                                                              fold=0)
     pseudo.to_parquet(root / "pseudo_test.parquet", index=False)
-    args = [sys.executable, "stages/retrain.py", "--fold", "0", "--epochs", "1", "--backbone", "resnet18",
-            "--img-size", "40", "--batch-size", "8", "--embedding-dim", "32", "--local-dim", "32",
-            "--select-best", "false",  # fine-tunes train-dolg's model (--init dolg) and keeps its last epoch
-            "--pseudo", "pseudo_test.parquet", "--out-dir", "models/rt", "--embeddings-out", "data/rt_emb",
+    # the project's params (tiny), with pseudo-labelling on (an earlier test turned it off): fine-tunes
+    # train-dolg's model (retrain.init dolg) for one epoch and keeps that epoch
+    args = [sys.executable, "stages/retrain.py", "--fold", "0", "-S", "pseudo.enabled=true", "-S", "retrain.epochs=1",
+            "-S", "retrain.init=dolg", "-S", "dolg.select_best=false", "--pseudo", "pseudo_test.parquet",
+            "--out-dir", "models/rt", "--embeddings-out", "data/rt_emb",
             "--metrics", "metrics/rt.json", "--curves", "metrics/rt_curves", "--state-dir", "checkpoints/rt"]
     done = subprocess.run(args, cwd=root, env=env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -182,8 +209,8 @@ def test_kill_9_mid_run_resumes_to_the_same_weights(project):
     from tests.pipeline import env
 
     root, _ = project
-    args = [sys.executable, "stages/train_backbone.py", "--fold", "0", "--backbone", "resnet18", "--img-size", "48",
-            "--batch-size", "4", "--epochs", "6", "--seed", "3"]
+    args = [sys.executable, "stages/train_backbone.py", "--fold", "0", "-S", "train.img_size=48",
+            "-S", "train.batch_size=4", "-S", "backbone.epochs=6", "-S", "train.seed=3"]
 
     def outputs(tag):
         return ["--out-dir", f"models/kill/{tag}", "--metrics", f"metrics/kill/{tag}.json",

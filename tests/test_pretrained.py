@@ -7,8 +7,14 @@ import pytest
 import torch
 
 from photoid.models import create_model
-from photoid.models.weights import (LITE0_PACKAGE, WeightsError, create_backbone, lite0_package_file, map_by_position,
-                                    normalise_spec)
+from photoid.models.weights import (
+    LITE0_PACKAGE,
+    WeightsError,
+    create_backbone,
+    lite0_package_file,
+    map_by_position,
+    normalise_spec,
+)
 from tests.conftest import REPO
 
 
@@ -67,8 +73,8 @@ def test_a_stage_reports_wrong_weights_without_a_traceback(tmp_path):
 
     pd.DataFrame({"image_id": ["a", "b"], "individual": ["x", "y"], "species": ["s", "s"],
                   "crop_path": ["a.jpg", "b.jpg"], "fold": [0, 1], "is_new": [False, False]}).to_parquet(split)
-    run = subprocess.run([sys.executable, "stages/train_backbone.py", "--fold", "0", "--backbone", "resnet18",
-                          "--pretrained", str(tmp_path / "wrong.pth"), "--split", str(split),
+    run = subprocess.run([sys.executable, "stages/train_backbone.py", "--fold", "0", "--set", "train.backbone=resnet18",
+                          "--set", f"train.pretrained={tmp_path / 'wrong.pth'}", "--split", str(split),
                           "--out-dir", str(tmp_path / "out"), "--metrics", str(tmp_path / "m.json"),
                           "--curves", str(tmp_path / "c"), "--state-dir", str(tmp_path / "s")],
                          cwd=REPO, capture_output=True, text=True)

@@ -7,14 +7,34 @@ import pytest
 from PIL import Image
 
 from photoid.data.demo import make_fin, render_fin, render_photo
-from photoid.local_features import KeypointConfig, KeypointStore, MatchConfig, count_inliers, detect, write_store
+from photoid.errors import DataError
+from photoid.local_features import KeypointConfig, KeypointStore, MatchConfig, count_inliers, write_store
+from photoid.local_features import detect as detect_keypoints
 from photoid.metrics import NEW_INDIVIDUAL, expected_calibration_error, reliability_bins
-from photoid.rerank import (MonotoneLogistic, NewIndividualCalibration, RerankConfig, pair_features, rerank_candidates,
-                            verify_pairs)
+from photoid.rerank import (
+    MonotoneLogistic,
+    NewIndividualCalibration,
+    RerankConfig,
+    pair_features,
+    rerank_candidates,
+    verify_pairs,
+)
 from photoid.retrieval import Candidates
-from photoid.data.sources import DataError
+from tests.structure import project_config
 
 cv2 = pytest.importorskip("cv2")
+
+
+def detect(grey):
+    return detect_keypoints(grey, project_config(KeypointConfig, "local"))
+
+
+def _match(**given):
+    return project_config(MatchConfig, "rerank", **given)
+
+
+def _rerank(**given):
+    return project_config(RerankConfig, "rerank", match=_match(), **given)
 
 
 def _fin_crop(individual: int, photo: int, size: int = 160) -> np.ndarray:
@@ -41,8 +61,8 @@ def _rotated(grey: np.ndarray, degrees: float, scale: float) -> np.ndarray:
 def test_a_crop_and_its_rotated_rescaled_copy_share_many_inliers_two_individuals_few():
     a = _fin_crop(3, 0)
     kp = detect(a)
-    same = count_inliers(kp, detect(_rotated(a, 20, 0.8)))
-    others = [count_inliers(kp, detect(_fin_crop(other, 0))) for other in (4, 5, 6, 7)]
+    same = count_inliers(kp, detect(_rotated(a, 20, 0.8)), _match())
+    others = [count_inliers(kp, detect(_fin_crop(other, 0)), _match()) for other in (4, 5, 6, 7)]
     assert same >= 30, same
     assert max(others) <= 10 and same >= 4 * max(others), (same, others)
 
@@ -50,39 +70,40 @@ def test_a_crop_and_its_rotated_rescaled_copy_share_many_inliers_two_individuals
 def test_a_mirror_image_matches_only_once_mirrored_back():
     a = _fin_crop(3, 0)
     mirrored = np.ascontiguousarray(a[:, ::-1])
-    assert count_inliers(detect(a), detect(np.ascontiguousarray(mirrored[:, ::-1]))) >= 30
+    assert count_inliers(detect(a), detect(np.ascontiguousarray(mirrored[:, ::-1])), _match()) >= 30
     # SIFT is not mirror-invariant: that is why every crop is also described mirrored
-    assert count_inliers(detect(a), detect(mirrored)) < count_inliers(detect(a), detect(a)) // 3
+    assert count_inliers(detect(a), detect(mirrored), _match()) < count_inliers(detect(a), detect(a), _match()) // 3
 
 
 def test_scale_beyond_the_limit_is_no_match():
     a = _fin_crop(3, 0)
     small = cv2.resize(a, None, fx=0.35, fy=0.35, interpolation=cv2.INTER_AREA)
-    wide = MatchConfig(max_scale=4.0)
-    assert count_inliers(detect(a), detect(small), wide) > count_inliers(detect(a), detect(small), MatchConfig(max_scale=2.0))
-    assert count_inliers(detect(a), detect(small), MatchConfig(max_scale=2.0)) == 0
+    wide = _match(max_scale=4.0)
+    assert count_inliers(detect(a), detect(small), wide) > count_inliers(detect(a), detect(small), _match(max_scale=2.0))
+    assert count_inliers(detect(a), detect(small), _match(max_scale=2.0)) == 0
 
 
 def test_a_flat_colour_crop_has_no_keypoints_and_matches_nothing(tmp_path):
     flat = np.full((160, 160), 128, np.uint8)
     kp = detect(flat)
     assert len(kp.frames) == 0 and kp.descriptors.shape == (0, 128)
-    assert count_inliers(kp, detect(_fin_crop(3, 0))) == 0 and count_inliers(detect(_fin_crop(3, 0)), kp) == 0
+    assert count_inliers(kp, detect(_fin_crop(3, 0)), _match()) == 0 and count_inliers(detect(_fin_crop(3, 0)), kp, _match()) == 0
     # through the store and the pair verification, as the stages use them
     paths = []
     for name, grey in [("flat", flat), ("fin", _fin_crop(3, 0))]:
         Image.fromarray(grey).save(tmp_path / f"{name}.png")
         paths.append(str(tmp_path / f"{name}.png"))
     figures = write_store(pd.DataFrame({"image_id": ["flat", "fin"], "crop_path": paths}), tmp_path / "store",
-                          KeypointConfig(), workers=1, progress=False)
+                          project_config(KeypointConfig, "local"), workers=1, progress=False)
     assert figures["crops"] == 2 and figures["crops_without_keypoints"] == 1
     # the same crops give the same bytes (DVC finds the store in its cache instead of computing it again)
-    write_store(pd.DataFrame({"image_id": ["flat", "fin"], "crop_path": paths}), tmp_path / "again", workers=1, progress=False)
+    write_store(pd.DataFrame({"image_id": ["flat", "fin"], "crop_path": paths}), tmp_path / "again",
+                project_config(KeypointConfig, "local"), workers=1, progress=False)
     for name in ("frames.npy", "descriptors.npy", "index.parquet", "meta.json"):
         assert (tmp_path / "store" / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
     store = KeypointStore(tmp_path / "store")
     assert len(store.get("flat").frames) == 0 and len(store.get("fin", flipped=True).frames) > 20
-    counts = verify_pairs([("flat", "fin"), ("fin", "fin")], tmp_path / "store", MatchConfig(), workers=1, progress=False)
+    counts = verify_pairs([("flat", "fin"), ("fin", "fin")], tmp_path / "store", _match(), workers=1, progress=False)
     assert counts[("flat", "fin")] == 0 and counts[("fin", "fin")] > 30
     with pytest.raises(DataError, match="local-features"):
         store.get("missing")
@@ -118,7 +139,7 @@ def _synthetic_cv(n=300, c=8, seed=0, informative_inliers=True):
 
 def test_fused_probability_never_falls_when_similarity_or_inliers_grow():
     cands, inliers, truth = _synthetic_cv(seed=1)
-    result = rerank_candidates(cands, inliers, truth, cands, inliers, RerankConfig(calibration_folds=3))
+    result = rerank_candidates(cands, inliers, truth, cands, inliers, _rerank(calibration_folds=3))
     model = result.calibration.same
     assert (model.coef >= 0).all()
     base_sims = np.array([[0.6, 0.55, 0.5, 0.45, 0.4]])
@@ -146,7 +167,7 @@ def test_a_feature_that_speaks_against_a_match_gets_no_weight():
 
 def test_inliers_lift_the_true_individual_that_the_embedding_ranked_second():
     cands, inliers, truth = _synthetic_cv(seed=2)
-    result = rerank_candidates(cands, inliers, truth, cands, inliers, RerankConfig(calibration_folds=5))
+    result = rerank_candidates(cands, inliers, truth, cands, inliers, _rerank(calibration_folds=5))
     known = [i for i, t in enumerate(truth) if t != NEW_INDIVIDUAL]
     top1_before = np.mean([cands.labels[i, 0] == truth[i] for i in known])
     top1_after = np.mean([result.cv.labels[i, 0] == truth[i] for i in known])
@@ -160,14 +181,14 @@ def test_inliers_lift_the_true_individual_that_the_embedding_ranked_second():
 def test_a_data_set_without_test_photos_is_re_ranked_on_cv_alone():
     cands, inliers, truth = _synthetic_cv(seed=4)
     empty = Candidates(cands.labels[:0], cands.scores[:0])
-    result = rerank_candidates(cands, inliers, truth, empty, inliers[:0], RerankConfig(calibration_folds=3))
+    result = rerank_candidates(cands, inliers, truth, empty, inliers[:0], _rerank(calibration_folds=3))
     assert result.test.labels.shape == (0, cands.labels.shape[1]) and len(result.test_p_new) == 0
     assert len(result.cv_p_new) == len(truth)
 
 
 def test_uninformative_inliers_leave_the_embedding_order():
     cands, inliers, truth = _synthetic_cv(seed=3, informative_inliers=False)
-    result = rerank_candidates(cands, inliers, truth, cands, inliers, RerankConfig(calibration_folds=5))
+    result = rerank_candidates(cands, inliers, truth, cands, inliers, _rerank(calibration_folds=5))
     known = [i for i, t in enumerate(truth) if t != NEW_INDIVIDUAL]
     top1_before = np.mean([cands.labels[i, 0] == truth[i] for i in known])
     top1_after = np.mean([result.cv.labels[i, 0] == truth[i] for i in known])
@@ -195,6 +216,6 @@ def test_expected_calibration_error_by_hand():
 
 def test_bad_settings_are_clear_errors():
     with pytest.raises(DataError, match="rerank.score"):
-        RerankConfig(score="cosine")
+        _rerank(score="cosine")
     with pytest.raises(DataError, match="at least 5"):
-        RerankConfig(candidates=3)
+        _rerank(candidates=3)

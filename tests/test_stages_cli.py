@@ -1,22 +1,21 @@
 """The stage scripts as a user meets them: --help explains every option; bad input exits with
 status 2 and a message that names the file and line, not a traceback."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-STAGES = Path(__file__).resolve().parents[1] / "stages"
+from tests.structure import PARAMS, load_stage
 
 
 def _app(name):
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", STAGES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.app
+    return load_stage(name).app
+
+
+def _params(*changes):
+    return ["--params", str(PARAMS), *[a for c in changes for a in ("--set", c)]]
 
 
 @pytest.mark.parametrize("name", ["ingest", "detect", "crop", "local_features", "filter", "split", "train_backbone", "train_dolg",
@@ -37,8 +36,8 @@ def test_ingest_bad_labels_exit_2_with_a_clear_message(tmp_path, photo):
     photo("set/whale/a.jpg")
     pd.DataFrame({"Image": ["a.jpg", "b.jpg"], "ID": ["W1", "W2"]}).to_csv(tmp_path / "set" / "whale.csv", index=False)
     result = CliRunner().invoke(_app("ingest"), [
-        "--source", "csv", "--root", str(tmp_path / "set"), "--labels", "whale.csv", "--image-col", "Image",
-        "--individual-col", "ID", "--out-dir", str(tmp_path / "out"), "--metrics", str(tmp_path / "m.json")])
+        *_params("data.source=csv", f"data.root={tmp_path / 'set'}", "data.labels=whale.csv", "data.image_col=Image",
+                 "data.individual_col=ID"), "--out-dir", str(tmp_path / "out"), "--metrics", str(tmp_path / "m.json")])
     assert result.exit_code == 2
     assert "b.jpg" in result.output and "whale.csv line 3" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()  # nothing half-written
@@ -49,7 +48,7 @@ def test_ingest_writes_tables_and_counts(tmp_path, photo):
         photo(f"set/ind{n % 2}/{n}.jpg")
     (tmp_path / "set" / "ind0" / "broken.jpg").write_bytes(b"")
     out = tmp_path / "out"
-    result = CliRunner().invoke(_app("ingest"), ["--source", "folders", "--root", str(tmp_path / "set"),
+    result = CliRunner().invoke(_app("ingest"), [*_params("data.source=folders", f"data.root={tmp_path / 'set'}"),
                                                  "--out-dir", str(out), "--metrics", str(tmp_path / "m.json")])
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "m.json").read_text())

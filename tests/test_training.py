@@ -21,7 +21,8 @@ class Tiny(nn.Module):
     def __init__(self, n_classes=4):
         super().__init__()
         torch.manual_seed(1)
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                  nn.Flatten())
         self.fc = nn.Linear(8, n_classes)
 
     def forward(self, x):
@@ -43,7 +44,9 @@ def _ce(m, x, y):
 
 
 def _cfg(**kw):
-    return TrainConfig(**{"epochs": 4, "batch_size": 16, "lrs": {"backbone": 0.01, "head": 0.1}, "device": "cpu", **kw})
+    return TrainConfig(**{"epochs": 4, "batch_size": 16, "weight_decay": 1e-4, "freeze_epochs": 0, "frozen_stages": 0,
+                          "grad_accum": 1, "clip_norm": 1.0, "seed": 0, "workers": 0, "compile": False,
+                          "lrs": {"backbone": 0.01, "head": 0.1}, "device": "cpu", **kw})
 
 
 def test_each_param_group_has_its_own_lr():

@@ -29,14 +29,16 @@ TEXTURE = 192  # fin texture resolution (pixels per fin-base length)
 
 @dataclass(frozen=True)
 class DemoConfig:
-    seed: int = 0
-    individuals: int = 40  # known individuals, with training photos
-    new_individuals: int = 10  # individuals seen only in test photos
-    mean_images: float = 7.0  # mean training photos per known individual; uneven, many have 1-3
-    test_known_fraction: float = 0.5  # share of known individuals with one test photo
-    test_per_new: int = 2  # test photos of each new individual
-    width: int = 320
-    height: int = 240
+    """params.yaml's data.demo (the values live there)."""
+
+    seed: int
+    individuals: int  # known individuals, with training photos
+    new_individuals: int  # individuals seen only in test photos
+    mean_images: float  # mean training photos per known individual; uneven, many have 1-3
+    test_known_fraction: float  # share of known individuals with one test photo
+    test_per_new: int  # test photos of each new individual
+    width: int
+    height: int
 
 
 @dataclass

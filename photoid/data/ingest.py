@@ -10,7 +10,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from photoid.data.schema import BOX_COLUMNS, IMAGE_COLUMNS, REJECTED_COLUMNS, TEST, TRAIN
-from photoid.data.sources import DataError, rows_error
+from photoid.data.sources import rows_error
+from photoid.errors import DataError
 from photoid.images import ImageCheck, check_image
 
 

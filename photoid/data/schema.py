@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 TRAIN, TEST = "train", "test"
+DETECTED, FULL_FRAME = "detector", "full_frame"  # box_source: where a crop's box came from
 BOX_COLUMNS = ["box_x1", "box_y1", "box_x2", "box_y2"]
 LISTING_COLUMNS = ["image_id", "path", "part", "individual", "species", *BOX_COLUMNS, "origin"]
 IMAGE_COLUMNS = ["image_id", "path", "part", "individual", "species", "width", "height", *BOX_COLUMNS]

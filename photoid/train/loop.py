@@ -47,20 +47,24 @@ from photoid.io import atomic_path
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 32
-    lrs: dict = field(default_factory=lambda: {"backbone": 1e-3})  # peak LR per param group
-    weight_decay: float = 1e-4
+    """The loop's settings. Those above the line are params.yaml's (train.* with the stage's epochs,
+    weight_decay and freeze_epochs; see photoid.train.fold.train_config); those below are set by code."""
+
+    epochs: int
+    batch_size: int
+    weight_decay: float
+    freeze_epochs: int  # epochs with the backbone frozen (linear probe) before fine-tuning
+    frozen_stages: int  # the backbone's first feature stages that never train
+    grad_accum: int
+    clip_norm: float  # 0: no clipping
+    seed: int
+    workers: int
+    compile: bool
+    # ---
+    lrs: dict = field(default_factory=dict)  # peak LR per param group (the stage sets them from its params)
     pct_start: float = 0.2  # share of each group's schedule spent warming up
-    freeze_epochs: int = 0  # epochs with the backbone frozen (linear probe) before fine-tuning
-    frozen_stages: int = 0  # the backbone's first feature stages that never train
     select: str = ""  # validation metric whose best epoch is kept ('' = the last epoch)
     select_initial: bool = False  # the starting weights compete too (fine-tuning a trained model: never end worse)
-    grad_accum: int = 1
-    clip_norm: float = 1.0  # 0: no clipping
-    seed: int = 0
-    workers: int = 0
-    compile: bool = False
     device: str = ""  # '' = automatic
 
 

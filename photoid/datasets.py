@@ -1,4 +1,5 @@
-"""Crop datasets and the augmentations that suit fins and flukes.
+"""The crops as tensors, for training and for inference (embed, bench): datasets, and the
+augmentations that suit fins and flukes.
 
 Augmentations: random scale and aspect (RandomResizedCrop), small shift and tilt, colour and
 exposure jitter, blur; horizontal flip only if asked (a flipped left side looks like a right

@@ -1,0 +1,6 @@
+"""The one error type a user sees as a message, not a traceback (see ``photoid.cli``)."""
+
+
+class DataError(ValueError):
+    """An input (a label file, a table, a parameter) is unusable as it is; the message says which
+    file, row or key, and what to do."""

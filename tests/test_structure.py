@@ -1,0 +1,148 @@
+"""The house rules that keep the pipeline honest as it changes: params.yaml is the only place a
+parameter's value lives, each stage's code deps in dvc.yaml are the photoid modules it imports, and
+each stage's params in dvc.yaml are the keys it reads. Each rule is also shown failing on a copy of
+the project broken by hand."""
+
+import dataclasses
+import inspect
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from photoid.data.demo import DemoConfig
+from photoid.detect import DetectConfig
+from photoid.errors import DataError
+from photoid.local_features import KeypointConfig, MatchConfig
+from photoid.params import load_params
+from photoid.rerank import RerankConfig
+from photoid.train.fold import BackboneParams, ClassifierParams, DolgParams
+from photoid.train.loop import TrainConfig
+from tests.structure import PARAMS, REPO, covered_modules, dvc_stages, load_stage, photoid_imports, script_of
+
+
+def deps_problems(root: Path) -> list[str]:
+    """Each stage whose photoid deps in dvc.yaml are not exactly the modules its script imports."""
+    problems = []
+    for name, spec in dvc_stages(root).items():
+        script = script_of(spec)
+        used, listed = photoid_imports(root, root / script), covered_modules(root, spec["deps"])
+        if script not in spec["deps"]:
+            problems.append(f"{name}: {script} is not among its deps")
+        if used - listed:
+            problems.append(f"{name}: imports but does not depend on {sorted(used - listed)}")
+        if listed - used:
+            problems.append(f"{name}: depends on but does not import {sorted(listed - used)}")
+    return problems
+
+
+def params_problems(root: Path) -> list[str]:
+    """Each stage whose params in dvc.yaml are not the keys its script reads (its READS)."""
+    problems = []
+    for name, spec in dvc_stages(root).items():
+        reads = load_stage(Path(script_of(spec)).stem, root).READS
+        if list(spec.get("params", [])) != list(reads):
+            problems.append(f"{name}: dvc.yaml lists params {spec.get('params')}, the script reads {list(reads)}")
+    return problems
+
+
+def _copy(tmp_path: Path) -> Path:
+    root = tmp_path / "copy"
+    for rel in ("photoid", "stages"):
+        shutil.copytree(REPO / rel, root / rel, ignore=shutil.ignore_patterns("__pycache__"))
+    for rel in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / rel, root / rel)
+    return root
+
+
+def test_each_stage_depends_on_exactly_the_photoid_modules_it_imports():
+    assert deps_problems(REPO) == []
+
+
+def test_the_deps_check_fails_on_a_dep_removed_or_one_too_many(tmp_path):
+    root = _copy(tmp_path)
+    text = (root / "dvc.yaml").read_text()
+    # train-dolg without data/split.py (where fold_view lives): editing it would not re-run training
+    dvc = yaml.safe_load(text)
+    dvc["stages"]["train-dolg"]["do"]["deps"].remove("photoid/data/split.py")
+    dvc["stages"]["crop"]["deps"].append("photoid/detect.py")  # crop does not import the detector
+    (root / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
+    problems = deps_problems(root)
+    assert any("train-dolg" in p and "photoid/data/split.py" in p and "does not depend" in p for p in problems)
+    assert any(p.startswith("crop") and "photoid/detect.py" in p and "does not import" in p for p in problems)
+    # and an import added to a module shows up in every stage that reaches it
+    (root / "photoid/data/schema.py").write_text("import photoid.rerank\n" + (root / "photoid/data/schema.py").read_text())
+    assert any(p.startswith("split") and "photoid/rerank.py" in p for p in deps_problems(root))
+
+
+def test_each_stage_declares_in_dvc_yaml_the_params_it_reads():
+    assert params_problems(REPO) == []
+
+
+def test_the_params_check_fails_when_a_stage_reads_a_key_dvc_yaml_does_not_list(tmp_path):
+    root = _copy(tmp_path)
+    script = root / "stages" / "filter.py"
+    script.write_text(script.read_text().replace('READS = ("filter",)', 'READS = ("filter", "split.seed")'))
+    assert params_problems(root) == ["filter: dvc.yaml lists params ['filter'], the script reads ['filter', 'split.seed']"]
+
+
+def test_stage_scripts_take_no_parameter_as_an_option():
+    """A parameter with an option of its own would carry a default of its own: the options of a stage
+    are where it reads and writes (paths), which fold, and the params file with its --set changes."""
+    for script in sorted((REPO / "stages").glob("*.py")):
+        signature = inspect.signature(load_stage(script.stem).main)
+        assert {"params_file", "overrides"} <= set(signature.parameters), script.name
+        for name, option in signature.parameters.items():
+            if name in ("fold", "params_file", "overrides"):
+                continue
+            assert option.annotation in (Path, "Path"), f"{script.name}: --{name} is a parameter; read it from params.yaml"
+
+
+CONFIGS = [(DemoConfig, ("data.demo",)), (DetectConfig, ("detect",)), (KeypointConfig, ("local",)),
+           (MatchConfig, ("rerank",)), (RerankConfig, ("rerank",)), (BackboneParams, ("train",)),
+           (ClassifierParams, ("backbone",)), (DolgParams, ("dolg",)), (TrainConfig, ("train", "backbone", "dolg"))]
+
+
+@pytest.mark.parametrize("cls,sections", CONFIGS, ids=[c.__name__ for c, _ in CONFIGS])
+def test_a_config_dataclass_has_no_default_for_a_key_of_params_yaml(cls, sections):
+    params = load_params(sections, PARAMS)
+    for f in dataclasses.fields(cls):
+        has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        keys = [f"{s}.{f.name}" for s in sections if f"{s}.{f.name}" in params.values]
+        assert not (has_default and keys), f"{cls.__name__}.{f.name} has a default beside params.yaml's {keys[0]}"
+
+
+def test_every_key_of_params_yaml_is_read_by_some_stage():
+    reads = [r for spec in dvc_stages(REPO).values() for r in load_stage(Path(script_of(spec)).stem).READS]
+    flat = load_params(tuple(yaml.safe_load(PARAMS.read_text())), PARAMS).values
+    unread = [k for k in flat if not any(k == r or k.startswith(r + ".") for r in reads)]
+    assert unread == []
+
+
+def test_a_stage_stops_on_a_key_it_does_not_use_a_misspelt_set_or_a_wrong_type(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(PARAMS.read_text().replace("  min_samples: 4", "  min_samples: 4\n  min_sample: 3"))
+    p = load_params(("filter",), params)
+    p.int("filter.min_samples")
+    with pytest.raises(DataError, match="filter.min_sample is not a parameter this stage uses"):
+        p.check_all_read()
+    with pytest.raises(DataError, match="has no such parameter"):
+        load_params(("dolg",), PARAMS, ["dolg.epoch=3"])
+    with pytest.raises(DataError, match="does not read knn.threshold"):
+        load_params(("dolg",), PARAMS, ["knn.threshold=0.5"])
+    with pytest.raises(DataError, match="dolg.epochs takes int, got 'many'"):
+        load_params(("dolg",), PARAMS, ["dolg.epochs=many"]).int("dolg.epochs")
+    with pytest.raises(DataError, match="not found"):
+        load_params(("dolg",), tmp_path / "missing.yaml")
+    # --set reads its value as YAML, as `dvc exp run -S` does
+    p = load_params(("dolg", "ensemble"), PARAMS, ["dolg.epochs=3", "ensemble.folds=[0,2]", "dolg.select_best=false"])
+    assert (p.int("dolg.epochs"), p.get("ensemble.folds", tuple), p.bool("dolg.select_best")) == (3, (0, 2), False)
+
+
+def test_a_stage_run_by_hand_reports_a_bad_set_without_a_traceback(tmp_path):
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(load_stage("split").app, ["--params", str(PARAMS), "--set", "split.folds=3",
+                                                          "--filtered", str(tmp_path / "none.parquet")])
+    assert result.exit_code == 2 and "split.folds" in result.output and "n_folds" in result.output
