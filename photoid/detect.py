@@ -125,6 +125,11 @@ def write_yolo_dataset(images: pd.DataFrame, root: Path, img_size: int, val_frac
     return data_yaml, len(parts["train"]), len(parts["val"])
 
 
+def _ultralytics_device(device: str):
+    """ultralytics names the first GPU 0."""
+    return 0 if device == "cuda" else "cpu"
+
+
 def train_detector(images: pd.DataFrame, out_dir: Path, cfg: DetectConfig, device: str) -> tuple[Path, dict]:
     """Train on the images that have boxes; return the weights and the held-back metrics."""
     YOLO = offline_ultralytics().YOLO
@@ -133,12 +138,12 @@ def train_detector(images: pd.DataFrame, out_dir: Path, cfg: DetectConfig, devic
                                                     cfg.max_train_images)
     model = YOLO(cfg.model)
     model.train(data=str(data_yaml), epochs=cfg.epochs, imgsz=cfg.img_size, batch=cfg.batch,
-                device=0 if device == "cuda" else "cpu", workers=cfg.workers, seed=cfg.seed, deterministic=True,
+                device=_ultralytics_device(device), workers=cfg.workers, seed=cfg.seed, deterministic=True,
                 project=str(out_dir.resolve()), name="train", exist_ok=True, plots=False, val=False, verbose=False,
                 amp=device == "cuda", single_cls=True)
     weights = out_dir / "train" / "weights" / "last.pt"
     val = YOLO(str(weights)).val(data=str(data_yaml), split="val", imgsz=cfg.img_size, batch=cfg.batch,
-                                 device=0 if device == "cuda" else "cpu", plots=False, verbose=False,
+                                 device=_ultralytics_device(device), plots=False, verbose=False,
                                  project=str(out_dir.resolve()), name="val", exist_ok=True)
     final = out_dir / "detector.pt"
     shutil.copy(weights, final)
@@ -159,7 +164,7 @@ def predict_boxes(images: pd.DataFrame, weights: str | os.PathLike, cfg: DetectC
         for start in range(0, len(records), cfg.batch):
             chunk = records[start:start + cfg.batch]
             pics = [load_rgb(r["path"], reduce=reduce_factor(r["width"], r["height"], cfg.img_size)) for r in chunk]
-            results = model.predict(pics, imgsz=cfg.img_size, conf=cfg.conf, device=0 if device == "cuda" else "cpu",
+            results = model.predict(pics, imgsz=cfg.img_size, conf=cfg.conf, device=_ultralytics_device(device),
                                     verbose=False, max_det=5)
             for r, pic, res in zip(chunk, pics, results):
                 rows.append(_best_box(r, pic.size, res))

@@ -30,8 +30,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from photoid.datasets import CropDataset, eval_transform
-from photoid.io import atomic_path, read_parquet, write_parquet
+from photoid.io import atomic_path, read_parquet, write_json, write_parquet
 from photoid.retrieval import l2_normalise
+from photoid.runtime import autocast, torch_device
 
 ROW_COLUMNS = ["image_id", "part", "individual", "species", "crop_path"]
 
@@ -49,7 +50,7 @@ def iter_embeddings(model_embed: Callable[[torch.Tensor], torch.Tensor], paths, 
         x = x.to(device, non_blocking=True)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with autocast(device):
             e = F.normalize(model_embed(x).float(), dim=1).cpu().numpy()
             f = F.normalize(model_embed(torch.flip(x, dims=[3])).float(), dim=1).cpu().numpy() if flip else None
         yield e, f
@@ -100,7 +101,7 @@ def embed_rows(model: torch.nn.Module, rows: pd.DataFrame, img_size: int, out_di
         del arrays
         write_parquet(rows, tmp / "rows.parquet")
         info = {**(meta or {}), "images": len(rows), "dim": dim, "img_size": img_size, "flip": flip}
-        (tmp / "meta.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        write_json(info, tmp / "meta.json")
     seconds = time.perf_counter() - start
     return {**info, "seconds": round(seconds, 2), "img_per_s": round(len(rows) * (2 if flip else 1) / max(seconds, 1e-9), 1)}
 
@@ -144,12 +145,11 @@ def embed_checkpoint(model_path: Path, crops: pd.DataFrame, out_dir: Path, flip:
     """Embed every crop of ``crops`` with the model saved at ``model_path`` (DOLG, or train-backbone's
     classifier: its pooled features), at the image size it was trained at, on the GPU when there is one."""
     from photoid.models import load_model
-    from photoid.runtime import pick_device
 
     model, ckpt = load_model(model_path)
     meta = {"model": str(model_path), "fold": ckpt.get("fold"), "backbone": ckpt["config"].get("backbone")}
     return embed_rows(model, crops, int(ckpt["img_size"]), Path(out_dir), flip, batch_size, workers,
-                      torch.device(pick_device()), meta)
+                      torch_device(), meta)
 
 
 def embed_untrained(backbone: str, pretrained: str, img_size: int, crops: pd.DataFrame, out_dir: Path, flip: bool,
@@ -157,8 +157,7 @@ def embed_untrained(backbone: str, pretrained: str, img_size: int, crops: pd.Dat
     """Embed every crop with the pooled features of ``backbone`` as ``pretrained`` gives it, with no
     training at all: the baseline that fine-tuning must beat."""
     from photoid.models import create_model
-    from photoid.runtime import pick_device
 
     model = create_model(dict(kind="classifier", backbone=backbone, n_classes=1, pretrained=pretrained))
     meta = {"model": f"untrained {backbone} ({pretrained})", "fold": None, "backbone": backbone}
-    return embed_rows(model, crops, img_size, Path(out_dir), flip, batch_size, workers, torch.device(pick_device()), meta)
+    return embed_rows(model, crops, img_size, Path(out_dir), flip, batch_size, workers, torch_device(), meta)

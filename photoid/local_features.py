@@ -20,7 +20,6 @@ same nick, scar or patch in the same place.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from photoid.errors import DataError
-from photoid.io import atomic_path, read_parquet
+from photoid.io import atomic_path, read_parquet, write_json
 
 DESCRIPTOR_DIM = 128
 
@@ -185,7 +184,7 @@ def write_store(rows: pd.DataFrame, out_dir: Path, cfg: KeypointConfig, workers:
             np.save(f, np.concatenate(descriptors) if descriptors else np.zeros((0, DESCRIPTOR_DIM), np.uint8))
         table.to_parquet(tmp / "index.parquet", index=False, engine="pyarrow")
         # what made the store, without the timing: the same crops and settings give the same bytes
-        (tmp / "meta.json").write_text(json.dumps({k: v for k, v in figures.items() if k != "seconds"}, indent=2))
+        write_json({k: v for k, v in figures.items() if k != "seconds"}, tmp / "meta.json")
     return figures
 
 

@@ -39,7 +39,7 @@ from photoid.metrics import NEW_INDIVIDUAL
 from photoid.retrieval import Candidates
 
 if TYPE_CHECKING:  # knn ranks; this module re-ranks what it ranked
-    from photoid.knn import RankResult
+    from photoid.ranking import RankResult
 
 SCORES = ("fused", "inliers")
 
@@ -330,12 +330,12 @@ class RerankOutcome:
 
 def rerank_result(result, store_dir: Path, cfg: RerankConfig, threshold=None,
                   per_species: bool = False, min_species_queries: int = 10, progress: bool = True) -> RerankOutcome:
-    """Re-rank a :class:`photoid.knn.RankResult` whose rankings kept their shortlists' photos
-    (:class:`photoid.knn.Shortlist`); the threshold(s) are chosen again by ``threshold`` (a
-    :class:`photoid.knn.ThresholdRule`; default: tuned), on the probabilities."""
+    """Re-rank a :class:`photoid.ranking.RankResult` whose rankings kept their shortlists' photos
+    (:class:`photoid.ranking.Shortlist`); the threshold(s) are chosen again by ``threshold`` (a
+    :class:`photoid.ranking.ThresholdRule`; default: tuned), on the probabilities."""
     from dataclasses import replace
 
-    from photoid.knn import RankResult, ThresholdRule, choose_thresholds
+    from photoid.ranking import RankResult, ThresholdRule, choose_thresholds
 
     if result.cv.photos is None or result.test.photos is None:
         raise ValueError("the rankings must keep their shortlists' photos (rank_all(..., shortlist=Shortlist(photos=...)))")

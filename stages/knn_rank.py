@@ -32,10 +32,10 @@ import typer
 from photoid import paths
 from photoid.cli import PARAMS_OPTION, SET_OPTION, reports_data_errors, stage_app
 from photoid.io import atomic_path, read_parquet, write_json, write_parquet
-from photoid.knn import Flips, Shortlist, ThresholdRule, cv_figures, predictions_table, rank_all, submission
 from photoid.local_features import MatchConfig
 from photoid.metrics import NEW_INDIVIDUAL, expected_calibration_error, reliability_bins
 from photoid.params import load_params
+from photoid.ranking import Flips, Shortlist, ThresholdRule, cv_figures, predictions_table, rank_all, submission
 from photoid.rerank import RerankConfig, rerank_result, similarity_new_probability
 
 READS = ("knn", "rerank", "ensemble")

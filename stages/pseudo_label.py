@@ -22,9 +22,17 @@ from photoid import paths
 from photoid.cli import PARAMS_OPTION, SET_OPTION, reports_data_errors, stage_app
 from photoid.errors import DataError
 from photoid.io import read_parquet, write_json, write_parquet
-from photoid.knn import Flips, ThresholdRule, choose_thresholds, load_fold_sets, predictions_table, rank_sets, rank_test_per_fold
 from photoid.params import load_params
 from photoid.pseudo import PSEUDO_COLUMNS, cv_answers, precision_cut, pseudo_label_figures, select_pseudo_labels
+from photoid.ranking import (
+    Flips,
+    ThresholdRule,
+    choose_thresholds,
+    load_fold_sets,
+    predictions_table,
+    rank_sets,
+    rank_test_per_fold,
+)
 
 READS = ("pseudo", "ensemble", "knn.neighbours", "knn.threshold", "knn.per_species", "knn.min_species_queries",
          "knn.query_flip", "knn.gallery_flip")

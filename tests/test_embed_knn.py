@@ -9,10 +9,10 @@ from PIL import Image
 
 from photoid.embed import EmbeddingSet, embed_paths, embed_rows
 from photoid.errors import DataError
-from photoid.knn import Flips, ThresholdRule, predictions_table, rank_all, rank_test_per_fold, rare_query_folds, submission
 from photoid.metrics import NEW_INDIVIDUAL
 from photoid.models import create_model
 from photoid.pseudo import pseudo_label_figures, select_pseudo_labels
+from photoid.ranking import Flips, ThresholdRule, predictions_table, rank_all, rank_test_per_fold, rare_query_folds, submission
 from photoid.retrieval import Candidates
 
 
@@ -212,7 +212,7 @@ def test_the_pseudo_label_cut_reaches_its_precision_on_a_constructed_case():
 
 
 def test_flip_params_change_what_ranks(tmp_path):
-    from photoid.knn import Flips
+    from photoid.ranking import Flips
 
     split, truth = _planted(tmp_path)
     both = rank_all(tmp_path / "emb", [0, 1], split, 100, test_truth=truth)

@@ -242,7 +242,7 @@ def train_dolg(split: pd.DataFrame, fold: int, backbone_ckpt: Path, bp: Backbone
 
 def pseudo_rows_for_fold(pseudo: pd.DataFrame, split: pd.DataFrame, fold: int) -> pd.DataFrame:
     """The pseudo-labelled rows fold ``fold`` can train on: those its own model and gallery labelled
-    (see photoid.knn.rank_test_per_fold) that name an individual it trains (a pseudo-label may name an
+    (see photoid.ranking.rank_test_per_fold) that name an individual it trains (a pseudo-label may name an
     individual the fold holds out or that filter left out; those rows are not used)."""
     if "fold" not in pseudo.columns:
         raise DataError("the pseudo-label table has no fold column (it was made before each fold labelled for "

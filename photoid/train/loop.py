@@ -29,13 +29,11 @@ import hashlib
 import json
 import math
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -43,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from tqdm import tqdm
 
 from photoid.io import atomic_path
+from photoid.runtime import autocast, seed_everything, torch_device
 
 
 @dataclass
@@ -87,18 +86,8 @@ def distributed() -> tuple[int, int]:
 
 def _seed_epoch(seed: int, epoch: int) -> int:
     s = seed * 100_003 + epoch
-    random.seed(s)
-    np.random.seed(s % 2**32)
-    torch.manual_seed(s)
+    seed_everything(s)
     return s
-
-
-def _device(cfg: TrainConfig) -> torch.device:
-    if cfg.device:
-        return torch.device(cfg.device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
 
 
 def build_optimizer(model: nn.Module, lrs: dict[str, float], weight_decay: float) -> torch.optim.Optimizer:
@@ -182,7 +171,7 @@ def fit(model: nn.Module, loss_fn: LossFn, dataset: Dataset, cfg: TrainConfig, s
     ends after that many epochs as if killed (for tests).
     """
     rank, world = distributed()
-    device = _device(cfg)
+    device = torch_device(cfg.device)
     cuda = device.type == "cuda"
     model.to(device)
     if cuda:
@@ -272,7 +261,7 @@ def fit(model: nn.Module, loss_fn: LossFn, dataset: Dataset, cfg: TrainConfig, s
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cuda):
+            with autocast(device):
                 loss = loss_fn(net, x, y)
             (loss / cfg.grad_accum).backward()
             last = step + 1 == len(loader)
