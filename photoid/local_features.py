@@ -188,6 +188,25 @@ def write_store(rows: pd.DataFrame, out_dir: Path, cfg: KeypointConfig, workers:
     return figures
 
 
+def open_stores(roots) -> "KeypointStore | KeypointStores":
+    """One store, or several read as one (a crop is looked up in each in turn)."""
+    roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
+    return KeypointStore(Path(roots[0])) if len(roots) == 1 else KeypointStores([KeypointStore(Path(r)) for r in roots])
+
+
+class KeypointStores:
+    """Several keypoint stores read as one."""
+
+    def __init__(self, stores: list["KeypointStore"]):
+        self.stores = stores
+
+    def __contains__(self, image_id) -> bool:
+        return any(image_id in s for s in self.stores)
+
+    def get(self, image_id, flipped: bool = False) -> Keypoints:
+        return next((s for s in self.stores if image_id in s), self.stores[0]).get(image_id, flipped)
+
+
 class KeypointStore:
     """Read side of a store: :meth:`get` gives one crop's keypoints, as it is or mirrored."""
 

@@ -46,4 +46,5 @@ EMBEDDINGS = PROCESSED / "embeddings"  # dolg/fold<k> (embed), retrain/fold<k> (
 PSEUDO_TABLE = PROCESSED / "pseudo_labels.parquet"
 PREDICTIONS_TABLE = PROCESSED / "predictions.parquet"
 SUBMISSION = PROCESSED / "submission.csv"
+RANKER_DIR = MODELS / "ranker"  # knn-rank: what it fitted and chose (thresholds, fusion), for photoid identify
 RELIABILITY = METRICS / "reliability"  # knn-rank: reliability diagram of P(new individual), cv.csv and test.csv

@@ -31,6 +31,7 @@ from photoid.data.schema import TEST, TRAIN, UNKNOWN_SPECIES
 from photoid.data.split import fold_view
 from photoid.embed import EmbeddingSet
 from photoid.errors import DataError
+from photoid.io import atomic_path
 from photoid.metrics import NEW_INDIVIDUAL, average_precision_at_n, map_at_k
 from photoid.retrieval import (
     Candidates,
@@ -360,6 +361,18 @@ def predictions_table(r: Ranking, t: Thresholds, p_new: np.ndarray | None = None
         "threshold": thresholds,
         **({} if p_new is None else {"p_new": np.asarray(p_new, np.float64)}),
     })
+
+
+def save_ranker(out_dir: Path, **ranker) -> None:
+    """What knn-rank chose and fitted, in ``out_dir/ranker.pkl``: the folds and where their gallery
+    embeddings are, flips, neighbours searched, shortlist, threshold(s), the fitted re-ranking (or,
+    with re-ranking off, the P(new) calibration). ``photoid identify`` answers other photos with it."""
+    import pickle
+
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        with open(tmp / "ranker.pkl", "wb") as f:
+            pickle.dump(ranker, f)
 
 
 def submission(predictions: pd.DataFrame) -> pd.DataFrame:

@@ -34,7 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from photoid.errors import DataError
-from photoid.local_features import KeypointStore, MatchConfig, count_inliers
+from photoid.local_features import MatchConfig, count_inliers, open_stores
 from photoid.metrics import NEW_INDIVIDUAL
 from photoid.retrieval import Candidates
 
@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # knn ranks; this module re-ranks what it ranked
     from photoid.ranking import RankResult
 
 SCORES = ("fused", "inliers")
+POOL_MIN_PAIRS = 1000  # fewer pairs are verified in this process: a pool of spawned workers takes seconds to start
 
 
 @dataclass(frozen=True)
@@ -67,13 +68,13 @@ class RerankConfig:
 
 # ------------------------------------------------------------------------------------------- pairs
 
-_STORE: KeypointStore | None = None
+_STORE = None
 _MATCH: MatchConfig | None = None
 
 
-def _init_worker(store_dir: str, match: MatchConfig, single_thread: bool = False) -> None:
+def _init_worker(store_dirs: list[str], match: MatchConfig, single_thread: bool = False) -> None:
     global _STORE, _MATCH
-    _STORE, _MATCH = KeypointStore(Path(store_dir)), match
+    _STORE, _MATCH = open_stores(store_dirs), match
     if single_thread:  # one process per core: threads inside each would only fight over the cores
         import cv2
         from threadpoolctl import threadpool_limits
@@ -89,19 +90,20 @@ def _verify(pair: tuple[str, str]) -> int:
                count_inliers(_STORE.get(query, flipped=True), gallery, _MATCH))
 
 
-def verify_pairs(pairs: list[tuple[str, str]], store_dir: Path, match: MatchConfig, workers: int = 1,
+def verify_pairs(pairs: list[tuple[str, str]], store_dir: Path | list[Path], match: MatchConfig, workers: int = 1,
                  progress: bool = True) -> dict[tuple[str, str], int]:
     """Inlier count of each (query image_id, gallery image_id) pair: the better of the query crop and its
-    mirror image against the gallery crop."""
+    mirror image against the gallery crop. ``store_dir``: a keypoint store, or several read as one."""
+    store_dirs = [str(d) for d in ([store_dir] if isinstance(store_dir, (str, Path)) else store_dir)]
     unique = list(dict.fromkeys(pairs))
     bar = dict(total=len(unique), desc="re-rank: verifying pairs", unit="pair", disable=not progress, mininterval=2)
-    if workers > 1 and len(unique) > 64:
+    if workers > 1 and len(unique) > POOL_MIN_PAIRS:
         from multiprocessing import get_context
 
-        with get_context("spawn").Pool(workers, _init_worker, (str(store_dir), match, True)) as pool:
+        with get_context("spawn").Pool(workers, _init_worker, (store_dirs, match, True)) as pool:
             counts = list(tqdm(pool.imap(_verify, unique, chunksize=64), **bar))
     else:
-        _init_worker(str(store_dir), match)
+        _init_worker(store_dirs, match)
         counts = [_verify(p) for p in tqdm(unique, **bar)]
     return dict(zip(unique, counts))
 
@@ -271,6 +273,19 @@ class Reranked:
     feature_names: list[str]
 
 
+def shortlist_features(cands: Candidates, inliers: np.ndarray, score: str):
+    """(labels, valid, features) of the first ``inliers.shape[1]`` candidates of each query."""
+    c = inliers.shape[1]
+    labels, sims = cands.labels[:, :c], cands.scores[:, :c].astype(np.float64)
+    valid = labels != ""
+    return labels, valid, pair_features(sims, inliers, valid, score)
+
+
+def _tie_rng(cfg: RerankConfig) -> np.random.Generator | None:
+    """Ties of the inlier-only ranking are broken at random (seeded); the fused score has none to speak of."""
+    return np.random.default_rng(cfg.seed + 1) if cfg.score == "inliers" else None
+
+
 def rerank_candidates(cv: Candidates, cv_inliers: np.ndarray, cv_truth: list[str], test: Candidates,
                       test_inliers: np.ndarray, cfg: RerankConfig) -> Reranked:
     """Fuse the shortlists' similarities with their inlier counts (see the module's docstring)."""
@@ -278,13 +293,8 @@ def rerank_candidates(cv: Candidates, cv_inliers: np.ndarray, cv_truth: list[str
     if test_inliers.shape[1] != c:
         raise ValueError("CV and test shortlists must have the same width")
 
-    def prepare(cands: Candidates, inliers: np.ndarray):
-        labels, sims = cands.labels[:, :c], cands.scores[:, :c].astype(np.float64)
-        valid = labels != ""
-        return labels, valid, pair_features(sims, inliers, valid, cfg.score)
-
-    cv_labels, cv_valid, cv_x = prepare(cv, cv_inliers)
-    test_labels, test_valid, test_x = prepare(test, test_inliers)
+    cv_labels, cv_valid, cv_x = shortlist_features(cv, cv_inliers, cfg.score)
+    test_labels, test_valid, test_x = shortlist_features(test, test_inliers, cfg.score)
     truth = np.asarray(cv_truth, dtype=object)
     hits = (cv_labels == truth[:, None]).astype(np.float64)
     is_new = (truth == NEW_INDIVIDUAL).astype(np.float64)
@@ -295,7 +305,7 @@ def rerank_candidates(cv: Candidates, cv_inliers: np.ndarray, cv_truth: list[str
         p_cv[held], p_new_cv[held] = model.apply(cv_x[held], cv_valid[held])
     full = Calibration.fit(cv_x, cv_valid, hits, is_new)
     p_test, p_new_test = full.apply(test_x, test_valid)
-    tie_rng = np.random.default_rng(cfg.seed + 1) if cfg.score == "inliers" else None
+    tie_rng = _tie_rng(cfg)
     names = (["log_inliers", "inv_inlier_rank"] if cfg.score == "inliers"
              else ["similarity", "log_inliers", "inv_similarity_rank", "inv_inlier_rank"])
     return Reranked(_sorted(cv_labels, p_cv, tie_rng), _sorted(test_labels, p_test, tie_rng), p_new_cv, p_new_test,
@@ -321,11 +331,40 @@ def timed_verification(pairs: list[tuple[str, str]], store_dir: Path, match: Mat
 # ----------------------------------------------------------------------------------- on rankings
 
 @dataclass
+class FittedReranker:
+    """What knn-rank fitted on its CV queries, to re-rank any other queries as it re-ranks the test
+    photos (:func:`rerank_queries`, for photoid identify)."""
+
+    calibration: Calibration
+    cfg: RerankConfig
+    width: int  # candidates verified per query
+
+
+@dataclass
 class RerankOutcome:
     result: RankResult  # the rankings with fused (or inlier) probabilities and the re-tuned threshold(s)
     cv_p_new: np.ndarray
     test_p_new: np.ndarray
     figures: dict
+    reranker: FittedReranker
+
+
+def rerank_queries(ranking, gallery_ids: np.ndarray, store_dirs: list[Path], reranker: FittedReranker,
+                   progress: bool = True):
+    """A :class:`photoid.ranking.Ranking` of new queries (with its shortlists' photos) re-ranked by the
+    fusion knn-rank fitted, as knn-rank re-ranks its test ranking; ``gallery_ids``: the image_id of
+    each row the ranking's photos point to. Returns (the re-ranked ranking, P(new) of each query)."""
+    from dataclasses import replace
+
+    cfg, width = reranker.cfg, reranker.width
+    if ranking.photos is None or ranking.candidates.labels.shape[1] < width:
+        raise ValueError(f"the ranking must keep its shortlists' photos, {width} candidates wide")
+    pairs = shortlist_pairs(ranking.image_ids, ranking.candidates.labels, ranking.photos, gallery_ids, width, cfg.photos)
+    counts = verify_pairs([(q, g) for _, _, q, g in pairs], store_dirs, cfg.match, cfg.workers, progress)
+    inliers = inlier_matrix(pairs, (len(ranking.image_ids), width), counts)
+    labels, valid, x = shortlist_features(ranking.candidates, inliers, cfg.score)
+    p, p_new = reranker.calibration.apply(x, valid)
+    return replace(ranking, candidates=_sorted(labels, p, _tie_rng(cfg))), p_new
 
 
 def rerank_result(result, store_dir: Path, cfg: RerankConfig, threshold=None,
@@ -357,16 +396,24 @@ def rerank_result(result, store_dir: Path, cfg: RerankConfig, threshold=None,
     test = replace(result.test, candidates=fused.test)
     thresholds = choose_thresholds(cv, threshold or ThresholdRule(), per_species, min_species_queries, test)
     figures_ = {**figures(fused), "candidates": width, "photos": cfg.photos, "score": cfg.score, **timing}
-    return RerankOutcome(RankResult(folds, cv, thresholds, test, result.rows), fused.cv_p_new, fused.test_p_new, figures_)
+    return RerankOutcome(RankResult(folds, cv, thresholds, test, result.rows), fused.cv_p_new, fused.test_p_new, figures_,
+                         FittedReranker(fused.calibration, cfg, width))
 
 
 def similarity_new_probability(cv: Candidates, cv_truth: list[str], test: Candidates, folds: int = 5,
-                               seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                               seed: int = 0) -> tuple[np.ndarray, np.ndarray, NewIndividualCalibration]:
     """P(new individual) from the best candidate's raw score alone (:class:`NewIndividualCalibration`
-    fitted on the CV queries, cross-fitted for them): what predictions carry when re-ranking is off."""
-    top_cv, top_test = _best(cv.scores.astype(np.float64)), _best(test.scores.astype(np.float64))
+    fitted on the CV queries, cross-fitted for them): what predictions carry when re-ranking is off.
+    Returns (P(new) of the CV queries, of the test queries, the calibration fitted on every CV query)."""
+    top_cv = _best(cv.scores.astype(np.float64))
     y = np.array([t == NEW_INDIVIDUAL for t in cv_truth], np.float64)
     p_cv = np.zeros(len(y))
     for rest, held in crossfit_folds(len(y), folds, seed):
         p_cv[held] = NewIndividualCalibration().fit(top_cv[rest], y[rest]).predict(top_cv[held])
-    return p_cv, NewIndividualCalibration().fit(top_cv, y).predict(top_test)
+    full = NewIndividualCalibration().fit(top_cv, y)
+    return p_cv, similarity_p_new(full, test), full
+
+
+def similarity_p_new(calibration: NewIndividualCalibration, candidates: Candidates) -> np.ndarray:
+    """P(new individual) of queries from their best candidate's similarity (re-ranking off)."""
+    return calibration.predict(_best(candidates.scores.astype(np.float64)))

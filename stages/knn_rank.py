@@ -35,7 +35,7 @@ from photoid.io import atomic_path, read_parquet, write_json, write_parquet
 from photoid.local_features import MatchConfig
 from photoid.metrics import NEW_INDIVIDUAL, expected_calibration_error, reliability_bins
 from photoid.params import load_params
-from photoid.ranking import Flips, Shortlist, ThresholdRule, cv_figures, predictions_table, rank_all, submission
+from photoid.ranking import Flips, Shortlist, ThresholdRule, cv_figures, predictions_table, rank_all, save_ranker, submission
 from photoid.rerank import RerankConfig, rerank_result, similarity_new_probability
 
 READS = ("knn", "rerank", "ensemble")
@@ -57,6 +57,8 @@ def main(
     submission_out: Path = typer.Option(paths.SUBMISSION, help="Submission CSV."),
     predictions_out: Path = typer.Option(paths.PREDICTIONS_TABLE, help="Predictions table."),
     metrics: Path = typer.Option(paths.METRICS / "knn.json", help="Metrics file."),
+    ranker_out: Path = typer.Option(paths.RANKER_DIR, help="Output folder: the thresholds and fitted re-ranking, for "
+                                    "`photoid identify`."),
     params_file: Path = PARAMS_OPTION,
     overrides: list[str] = SET_OPTION,
 ):
@@ -83,9 +85,13 @@ def main(
         outcome = rerank_result(result, local_features, cfg, rule, by_species, min_species_queries)
         result, cv_p_new, test_p_new = outcome.result, outcome.cv_p_new, outcome.test_p_new
     else:
-        cv_p_new, test_p_new = similarity_new_probability(result.cv.candidates, result.cv.truth, result.test.candidates,
-                                                          cfg.calibration_folds, cfg.seed)
+        cv_p_new, test_p_new, p_new_model = similarity_new_probability(result.cv.candidates, result.cv.truth,
+                                                                       result.test.candidates, cfg.calibration_folds, cfg.seed)
     predictions = predictions_table(result.test, result.thresholds, test_p_new)
+    # what photoid identify needs to answer any other photo exactly as the test photos are answered
+    save_ranker(ranker_out, folds=list(folds), embeddings=str(embeddings), flips=flips, searched=searched,
+                shortlist=shortlist, thresholds=result.thresholds, reranker=outcome.reranker if reranking else None,
+                p_new=None if reranking else p_new_model)
     write_parquet(predictions, predictions_out)
     with atomic_path(submission_out) as tmp:
         submission(predictions).to_csv(tmp, index=False)

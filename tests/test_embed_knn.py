@@ -286,7 +286,8 @@ def test_knn_rank_reports_cv_before_and_after_retraining(tmp_path):
             "--before-embeddings",
             str(tmp_path / "before"), "--split", str(tmp_path / "split.parquet"), "--test-truth", str(tmp_path / "none"),
             "--submission-out", str(tmp_path / "s.csv"), "--predictions-out", str(tmp_path / "p.parquet"),
-            "--metrics", str(tmp_path / "k.json"), "--reliability", str(tmp_path / "rel")]
+            "--metrics", str(tmp_path / "k.json"), "--reliability", str(tmp_path / "rel"),
+            "--ranker-out", str(tmp_path / "ranker")]
     result = CliRunner().invoke(_stage("knn_rank"), args)
     assert result.exit_code == 0, result.output
     m = json.loads((tmp_path / "k.json").read_text())

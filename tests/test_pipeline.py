@@ -3,6 +3,7 @@ param change or a `dvc exp run -S` re-runs; what a user reads back (`dvc metrics
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -95,6 +96,49 @@ def test_a_stage_run_by_hand_with_no_options_trains_what_dvc_repro_trained(proje
                    env=env(), check=True, capture_output=True)
     c = torch.load(root / "models/hand/model.pt", weights_only=False)
     assert not all(torch.equal(a["state_dict"][k], c["state_dict"][k]) for k in a["state_dict"])
+
+
+def _identify(root, *args):
+    import subprocess
+    import sys
+
+    from tests.pipeline import env
+
+    return subprocess.run([sys.executable, "-m", "photoid.console", "identify", *args], cwd=root, env=env(),
+                          capture_output=True, text=True)
+
+
+def test_identify_answers_test_photos_exactly_as_knn_rank_did(project, tmp_path):
+    root, _ = project
+    images = pd.read_parquet(root / "data/interim/ingest/images.parquet")
+    test = images[images.part == "test"].head(3)
+    done = _identify(root, *test["path"], "--out", str(tmp_path / "answers.csv"), "-q")
+    assert done.returncode == 0, done.stderr
+    answers = pd.read_csv(tmp_path / "answers.csv")
+    submitted = pd.read_csv(root / "data/processed/submission.csv").set_index("image")["predictions"]
+    assert answers["image"].tolist() == test["path"].tolist()
+    assert answers["predictions"].tolist() == [submitted[i] for i in test["image_id"]]
+    predictions = pd.read_parquet(root / "data/processed/predictions.parquet").set_index("image_id")
+    assert np.allclose(answers["p_new"], predictions.loc[test["image_id"], "p_new"], atol=1e-6)
+    assert set(answers["box_source"]) <= {"detector", "full_frame"} and answers["box_x2"].gt(answers["box_x1"]).all()
+    assert "3 answered, 0 not" in done.stderr
+
+
+def test_identify_answers_what_it_can_and_names_what_it_cannot(project, tmp_path):
+    root, _ = project
+    photo = pd.read_parquet(root / "data/interim/ingest/images.parquet").query("part == 'test'")["path"].iloc[0]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("not a photo")
+    done = _identify(root, photo, str(tmp_path / "missing.jpg"), str(tmp_path / "notes.txt"), str(tmp_path / "empty"), "-q",
+                     "--json")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and json.loads(done.stdout.splitlines()[0])["image"] == photo
+    assert "missing.jpg: does not exist" in done.stderr and "notes.txt:" in done.stderr
+    assert "empty: an empty folder" in done.stderr and "1 answered, 3 not" in done.stderr
+    # nothing to answer: exit 2, and so without a pipeline run (a clear message, no traceback)
+    assert _identify(root, str(tmp_path / "missing.jpg"), "-q").returncode == 2
+    nowhere = _identify(root, photo, "--from", str(tmp_path), "-q")
+    assert nowhere.returncode == 2 and "run the pipeline first" in nowhere.stderr and "Traceback" not in nowhere.stderr
 
 
 def test_min_samples_reruns_filter_and_after_only(project):

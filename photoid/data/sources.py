@@ -30,7 +30,7 @@ from photoid.errors import DataError
 MAX_LISTED = 10  # how many offending rows an error message lists
 
 
-def _listing(rows: list[dict]) -> pd.DataFrame:
+def listing_table(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=[*LISTING_COLUMNS, "reason"])
     for c in BOX_COLUMNS:
         df[c] = df[c].astype(np.float64)
@@ -44,7 +44,7 @@ def _row(image_id, path, part, individual="", species=UNKNOWN_SPECIES, origin=""
                 reason=reason, **{c: np.nan for c in BOX_COLUMNS})
 
 
-def _visible_files(folder: Path) -> list[Path]:
+def visible_files(folder: Path) -> list[Path]:
     """Files under ``folder`` (recursively), hidden files and folders (``.DS_Store``) left out."""
     out = []
     for p in sorted(folder.rglob("*")):
@@ -114,7 +114,7 @@ def _check_missing(listing: pd.DataFrame) -> None:
 
 def _test_folder(folder: Path, origin: str) -> list[dict]:
     return [_row(str(p.relative_to(folder)), p, TEST, origin=f"{origin}/{p.relative_to(folder)}")
-            for p in _visible_files(folder)]
+            for p in visible_files(folder)]
 
 
 def read_happywhale(root: str | os.PathLike) -> pd.DataFrame:
@@ -130,14 +130,14 @@ def read_happywhale(root: str | os.PathLike) -> pd.DataFrame:
     train_dir = root / "train_images"
     if not train_dir.is_dir():
         raise DataError(f"{train_dir} does not exist: the happywhale layout needs train.csv, train_images/ and test_images/.")
-    for p in _visible_files(train_dir):
+    for p in visible_files(train_dir):
         if str(p.relative_to(train_dir)) not in listed:
             rows.append(_row(p.name, p, TRAIN, origin=f"train_images/{p.name}",
                              reason="in train_images/ but not in train.csv (no label)"))
     test_dir = root / "test_images"
     if test_dir.is_dir():
         rows += _test_folder(test_dir, "test_images")
-    listing = _listing(rows)
+    listing = listing_table(rows)
     _check_duplicates(listing)
     _check_missing(listing)
     return listing
@@ -153,7 +153,7 @@ def read_folders(root: str | os.PathLike, species: str = "", test_dir: str = "")
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if test_path is not None and folder.resolve() == test_path.resolve():
             continue
-        for p in _visible_files(folder):
+        for p in visible_files(folder):
             rel = p.relative_to(root)
             rows.append(_row(str(rel), p, TRAIN, folder.name, species or UNKNOWN_SPECIES, origin=str(rel)))
     for p in sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")):
@@ -165,7 +165,7 @@ def read_folders(root: str | os.PathLike, species: str = "", test_dir: str = "")
         rows += [dict(r, image_id=f"{test_dir}/{r['image_id']}") for r in _test_folder(test_path, test_dir)]
     if not rows:
         raise DataError(f"{root} has no individual folders with images in them.")
-    listing = _listing(rows)
+    listing = listing_table(rows)
     _check_duplicates(listing)
     return listing
 
@@ -209,7 +209,7 @@ def read_csv_labels(root: str | os.PathLike, labels: str, image_col: str = "imag
         if not test_path.is_dir():
             raise DataError(f"data.test_dir {test_path} is not a folder: fix data.test_dir in params.yaml or set it to ''.")
         rows += _test_folder(test_path, test_dir)
-    listing = _listing(rows)
+    listing = listing_table(rows)
     _check_duplicates(listing)
     _check_missing(listing)
     return listing

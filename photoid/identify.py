@@ -1,0 +1,190 @@
+"""Answers for new photos with what the pipeline trained: ``photoid identify``.
+
+The same steps and the same code as the pipeline, for photos it has never seen: every photo is
+checked as ingest checks it, boxed by the detector the detect stage trained (or given), cropped as
+the crop stage crops, described by SIFT as local-features describes, embedded by each fold's
+retrained model with the same flips, and ranked against the whole training gallery with
+knn-rank's ranking (:func:`photoid.ranking.rank_test`), re-ranking (the fusion knn-rank fitted on
+its CV queries, :func:`photoid.rerank.rerank_queries`) and new_individual threshold(s). So a test
+photo gets exactly the answer it has in ``submission.csv``.
+
+What it loads, once: the ranker knn-rank saved (``models/ranker``), the folds' models and their
+gallery embeddings, the keypoint store, the detector; from the workspace by default, or from the
+folder given (a copy of a workspace after ``dvc repro``). The parameters of the steps before
+ranking (crop, local) come from that folder's params.yaml.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from photoid import paths
+from photoid.data.schema import BOX_COLUMNS, TEST, TRAIN, UNKNOWN_SPECIES
+from photoid.errors import DataError
+
+RANKER_FILE = paths.RANKER_DIR / "ranker.pkl"
+
+
+@dataclass
+class Answers:
+    answers: pd.DataFrame  # one row per photo answered
+    rejected: pd.DataFrame  # path, reason: every photo that could not be answered
+
+
+def list_photos(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """The files of ``inputs`` (files, and every visible file under folders, as the folders layout
+    lists them: what is no photo is rejected later with its reason) and the inputs that give none:
+    (path, reason)."""
+    from photoid.data.sources import visible_files
+
+    found, problems = [], []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files = [str(f) for f in visible_files(p)]
+            if not files:
+                problems.append((item, "an empty folder (no visible file in it)"))
+            found += files
+        elif p.exists() or p.is_symlink():
+            found.append(item)
+        else:
+            problems.append((item, "does not exist"))
+    return list(dict.fromkeys(found)), problems
+
+
+class Identifier:
+    """The trained pipeline of one workspace, loaded once; :meth:`answer` takes photos."""
+
+    def __init__(self, root: Path = Path("."), progress: bool = True):
+        import pickle
+
+        from photoid.crop import crop_all  # noqa: F401 - fail here, not mid-batch, when a module is missing
+        from photoid.embed import EmbeddingSet
+        from photoid.local_features import KeypointConfig
+        from photoid.params import load_params
+
+        self.root, self.progress = Path(root), progress
+        ranker = self.root / RANKER_FILE
+        if not ranker.exists():
+            raise DataError(f"{ranker} does not exist: run the pipeline first (`dvc repro` in {self.root.resolve()}), "
+                            "or name a workspace where it ran with --from.")
+        with open(ranker, "rb") as f:
+            self.ranker = pickle.load(f)
+        params = load_params(("crop", "local", "embed.batch_size"), self.root / "params.yaml")
+        self.crop_size, self.crop_margin = params.int("crop.size"), params.float("crop.margin")
+        self.keypoints = params.build(KeypointConfig, "local")
+        self.batch_size = params.int("embed.batch_size")
+        # each fold's gallery, and the model that embedded it (its meta names it), with the same flips
+        self.gallery = [EmbeddingSet.load(self.root / self.ranker["embeddings"] / f"fold{k}") for k in self.ranker["folds"]]
+        self.models = [self.root / g.meta["model"] for g in self.gallery]
+        self.flip = bool(self.gallery[0].meta["flip"])
+        for m in self.models:
+            if not m.exists():
+                raise DataError(f"{m} does not exist: run the pipeline first (`dvc repro`).")
+        self.store = self.root / paths.LOCAL_FEATURES
+        detector_dir = self.root / paths.DETECT_MODEL_DIR
+        config = json.loads((detector_dir / "config.json").read_text())
+        from photoid.detect import DetectConfig
+
+        self.detect_cfg = DetectConfig(**config["config"])
+        trained = detector_dir / "detector.pt"
+        self.detector = trained if trained.exists() else (Path(self.detect_cfg.weights) if self.detect_cfg.weights else None)
+
+    def answer(self, inputs: list[str]) -> Answers:
+        from photoid.data.ingest import ingest
+        from photoid.data.sources import listing_table
+
+        photos, problems = list_photos(inputs)
+        rejected = [dict(path=p, reason=r) for p, r in problems]
+        if photos:
+            listing = listing_table([dict(image_id=f"query/{i:06d}", path=p, part=TEST, individual="",
+                                          species=UNKNOWN_SPECIES, origin="identify", reason="") for i, p in enumerate(photos)])
+            images, bad, _ = ingest(listing, workers=1, progress=self.progress)
+            rejected += [dict(path=r.path, reason=r.reason) for r in bad.itertuples()]
+        else:
+            images = pd.DataFrame(columns=["image_id", "path"])
+        answers = self._rank(images) if len(images) else pd.DataFrame(columns=ANSWER_COLUMNS)
+        return Answers(answers, pd.DataFrame(rejected, columns=["path", "reason"]))
+
+    def _rank(self, images: pd.DataFrame) -> pd.DataFrame:
+        from photoid.crop import crop_all
+        from photoid.detect import BOXES_COLUMNS, full_frame_box, predict_boxes
+        from photoid.embed import EmbeddingSet, embed_checkpoint
+        from photoid.local_features import write_store
+        from photoid.ranking import predictions_table, rank_test
+        from photoid.rerank import rerank_queries, similarity_p_new
+        from photoid.runtime import pick_device
+
+        images = images.assign(**{c: np.nan for c in BOX_COLUMNS if c not in images})
+        r = self.ranker
+        with tempfile.TemporaryDirectory(prefix="photoid-identify-") as tmp:
+            tmp = Path(tmp)
+            if self.detector is not None:
+                boxes = predict_boxes(images, self.detector, self.detect_cfg, pick_device())
+            else:
+                boxes = pd.DataFrame([full_frame_box(x) for x in images.to_dict("records")], columns=BOXES_COLUMNS)
+            crops = crop_all(images, boxes, tmp / "crops", size=self.crop_size, margin=self.crop_margin, workers=1)
+            sets = []
+            for k, model, gallery in zip(r["folds"], self.models, self.gallery):
+                embed_checkpoint(model, crops, tmp / f"emb{k}", self.flip, self.batch_size)
+                sets.append(_with_queries(gallery, EmbeddingSet.load(tmp / f"emb{k}")))
+            ranking = rank_test(sets, r["searched"], r["flips"], r["shortlist"])
+            p_new = None
+            if r["reranker"] is not None:
+                write_store(crops, tmp / "keypoints", self.keypoints, workers=1, progress=self.progress)
+                ranking, p_new = rerank_queries(ranking, sets[0].rows["image_id"].to_numpy(), [self.store, tmp / "keypoints"],
+                                                r["reranker"], progress=self.progress)
+            else:
+                p_new = similarity_p_new(r["p_new"], ranking.candidates)
+            table = predictions_table(ranking, r["thresholds"], p_new)
+        table = table.merge(images[["image_id", "path"]], on="image_id").merge(
+            boxes[["image_id", "x1", "y1", "x2", "y2", "box_source"]], on="image_id")
+        cands = ranking.candidates
+        order = {q: i for i, q in enumerate(ranking.image_ids)}
+        rows = []
+        for t in table.itertuples():
+            i = order[t.image_id]
+            top = t.predictions.split(" ")
+            scores = {lab: float(s) for lab, s in zip(cands.labels[i], cands.scores[i]) if lab}
+            rows.append(dict(image=t.path, predictions=t.predictions,
+                             **{f"id{n + 1}": top[n] for n in range(5)},
+                             **{f"score{n + 1}": (None if top[n] == "new_individual" else scores.get(top[n])) for n in range(5)},
+                             threshold=t.threshold, p_new=getattr(t, "p_new", None),
+                             box_x1=t.x1, box_y1=t.y1, box_x2=t.x2, box_y2=t.y2, box_source=t.box_source))
+        return pd.DataFrame(rows, columns=ANSWER_COLUMNS)
+
+
+ANSWER_COLUMNS = ["image", "predictions", *[f"id{n}" for n in range(1, 6)], *[f"score{n}" for n in range(1, 6)],
+                  "threshold", "p_new", "box_x1", "box_y1", "box_x2", "box_y2", "box_source"]
+
+
+def _with_queries(gallery, queries):
+    """An embedding set of the gallery's training rows followed by the query rows (as test rows)."""
+    from photoid.embed import EmbeddingSet
+
+    keep = np.flatnonzero((gallery.rows["part"] == TRAIN).to_numpy())
+    rows = pd.concat([gallery.rows.iloc[keep], queries.rows.assign(part=TEST)], ignore_index=True)
+    original = np.concatenate([np.asarray(gallery.original[keep]), np.asarray(queries.original)])
+    flipped = None
+    if gallery.flipped is not None and queries.flipped is not None:
+        flipped = np.concatenate([np.asarray(gallery.flipped[keep]), np.asarray(queries.flipped)])
+    return EmbeddingSet(rows, original, flipped, gallery.meta)
+
+
+def write_answers(answers: pd.DataFrame, out: Path) -> None:
+    """CSV, or parquet when ``out`` ends in .parquet."""
+    from photoid.io import atomic_path
+
+    with atomic_path(out) as tmp:
+        if str(out).endswith(".parquet"):
+            answers.to_parquet(tmp, index=False)
+        else:
+            answers.to_csv(tmp, index=False)
+
+
