@@ -47,4 +47,5 @@ PSEUDO_TABLE = PROCESSED / "pseudo_labels.parquet"
 PREDICTIONS_TABLE = PROCESSED / "predictions.parquet"
 SUBMISSION = PROCESSED / "submission.csv"
 RANKER_DIR = MODELS / "ranker"  # knn-rank: what it fitted and chose (thresholds, fusion), for photoid identify
+PLOTS = METRICS / "plots"  # knn-rank: the tables of its plots (dvc.yaml's plots section)
 RELIABILITY = METRICS / "reliability"  # knn-rank: reliability diagram of P(new individual), cv.csv and test.csv

@@ -40,11 +40,13 @@ from photoid.retrieval import (
     concat_candidates,
     fold_ensemble,
     individual_candidates,
+    map_for_thresholds,
     neighbours,
     new_individual_precision_recall,
     predict,
     query_truth,
     ranked_images,
+    threshold_grid,
     tune_species_thresholds,
     tune_threshold,
 )
@@ -361,6 +363,43 @@ def predictions_table(r: Ranking, t: Thresholds, p_new: np.ndarray | None = None
         "threshold": thresholds,
         **({} if p_new is None else {"p_new": np.asarray(p_new, np.float64)}),
     })
+
+
+def plot_tables(result: RankResult, bins: int = 20) -> dict[str, pd.DataFrame]:
+    """The tables behind knn-rank's plots (``dvc plots show``): CV MAP@5 at every new_individual
+    threshold that makes a difference (``threshold``) and at the chosen one (``threshold_chosen``);
+    the best candidate's score of known and of new queries, as shares per bin (``top_score``: CV, and
+    test where its truth is known); MAP@5 per species (``map5_per_species``)."""
+    cv = result.cv
+    grid = threshold_grid(cv.candidates)
+    chosen = np.array([result.thresholds.overall])
+    tables = {
+        "threshold": pd.DataFrame({"threshold": grid, "cv_map5": map_for_thresholds(cv.candidates, cv.truth, grid)}),
+        "threshold_chosen": pd.DataFrame({"threshold": chosen,
+                                          "cv_map5": map_for_thresholds(cv.candidates, cv.truth, chosen)}),
+    }
+    parts = [("cv", cv)] + ([("test", result.test)] if result.test.truth is not None else [])
+    tops = {name: (r.candidates.scores[:, 0].astype(np.float64) if r.candidates.scores.shape[1]
+                   else np.full(len(r.image_ids), -np.inf), np.array([t == NEW_INDIVIDUAL for t in r.truth], bool))
+            for name, r in parts}
+    finite = np.concatenate([top[np.isfinite(top)] for top, _ in tops.values()] + [np.zeros(0)])
+    edges = np.linspace(finite.min(), finite.max() + 1e-9, bins + 1) if len(finite) else np.linspace(0, 1, bins + 1)
+    hist = {"score": (edges[:-1] + edges[1:]) / 2}
+    for name, (top, is_new) in tops.items():
+        for kind, mask in (("known", ~is_new), ("new", is_new)):
+            values = top[mask & np.isfinite(top)]
+            counts = np.histogram(values, edges)[0]
+            hist[f"{name}_{kind}"] = counts / max(mask.sum(), 1)
+    if result.test.truth is None:  # the same columns for every data set (dvc.yaml names them): empty here
+        hist.update({"test_known": np.full(bins, np.nan), "test_new": np.full(bins, np.nan)})
+    tables["top_score"] = pd.DataFrame(hist)
+    per_species = {"cv": scores(cv, result.thresholds)["map5_per_species"]}
+    if result.test.truth is not None:
+        per_species["test"] = scores(result.test, result.thresholds)["map5_per_species"]
+    species = sorted(set().union(*per_species.values()))
+    tables["map5_per_species"] = pd.DataFrame({"species": species, **{f"{name}_map5": [m.get(sp, np.nan) for sp in species]
+                                                                      for name, m in per_species.items()}})
+    return tables
 
 
 def save_ranker(out_dir: Path, **ranker) -> None:

@@ -35,7 +35,17 @@ from photoid.io import atomic_path, read_parquet, write_json, write_parquet
 from photoid.local_features import MatchConfig
 from photoid.metrics import NEW_INDIVIDUAL, expected_calibration_error, reliability_bins
 from photoid.params import load_params
-from photoid.ranking import Flips, Shortlist, ThresholdRule, cv_figures, predictions_table, rank_all, save_ranker, submission
+from photoid.ranking import (
+    Flips,
+    Shortlist,
+    ThresholdRule,
+    cv_figures,
+    plot_tables,
+    predictions_table,
+    rank_all,
+    save_ranker,
+    submission,
+)
 from photoid.rerank import RerankConfig, rerank_result, similarity_new_probability
 
 READS = ("knn", "rerank", "ensemble")
@@ -57,6 +67,8 @@ def main(
     submission_out: Path = typer.Option(paths.SUBMISSION, help="Submission CSV."),
     predictions_out: Path = typer.Option(paths.PREDICTIONS_TABLE, help="Predictions table."),
     metrics: Path = typer.Option(paths.METRICS / "knn.json", help="Metrics file."),
+    plots: Path = typer.Option(paths.PLOTS, help="Folder of the plots' tables: CV MAP@5 by threshold, top scores of known "
+                               "and new queries, MAP@5 per species."),
     ranker_out: Path = typer.Option(paths.RANKER_DIR, help="Output folder: the thresholds and fitted re-ranking, for "
                                     "`photoid identify`."),
     params_file: Path = PARAMS_OPTION,
@@ -110,6 +122,10 @@ def main(
         test_new = [t == NEW_INDIVIDUAL for t in result.test.truth]
         figures["test_new_ece"] = expected_calibration_error(test_p_new, test_new)
         curves["test"] = pd.DataFrame(reliability_bins(test_p_new, test_new), columns=columns)
+    with atomic_path(plots) as tmp:
+        tmp.mkdir()
+        for name, table in plot_tables(result).items():
+            table.to_csv(tmp / f"{name}.csv", index=False)
     with atomic_path(reliability) as tmp:
         tmp.mkdir()
         for name, table in curves.items():

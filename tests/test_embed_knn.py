@@ -287,12 +287,24 @@ def test_knn_rank_reports_cv_before_and_after_retraining(tmp_path):
             str(tmp_path / "before"), "--split", str(tmp_path / "split.parquet"), "--test-truth", str(tmp_path / "none"),
             "--submission-out", str(tmp_path / "s.csv"), "--predictions-out", str(tmp_path / "p.parquet"),
             "--metrics", str(tmp_path / "k.json"), "--reliability", str(tmp_path / "rel"),
-            "--ranker-out", str(tmp_path / "ranker")]
+            "--ranker-out", str(tmp_path / "ranker"), "--plots", str(tmp_path / "plots")]
     result = CliRunner().invoke(_stage("knn_rank"), args)
     assert result.exit_code == 0, result.output
     m = json.loads((tmp_path / "k.json").read_text())
     assert m["cv_map5"] == pytest.approx(1.0) and m["cv_map5_before_retrain"] < 0.9
     assert m["retrain_gain"] == pytest.approx(m["cv_map5"] - m["cv_map5_before_retrain"])
+    # the plots' tables: the curve reaches the reported CV MAP@5 at the chosen threshold (one threshold here)
+    curve = pd.read_csv(tmp_path / "plots" / "threshold.csv")
+    chosen = pd.read_csv(tmp_path / "plots" / "threshold_chosen.csv")
+    assert chosen["threshold"].item() == pytest.approx(m["threshold"]) and chosen["cv_map5"].item() == pytest.approx(m["cv_map5"])
+    assert curve["cv_map5"].max() == pytest.approx(m["cv_map5"]) and curve["threshold"].is_monotonic_increasing
+    top = pd.read_csv(tmp_path / "plots" / "top_score.csv")
+    assert top["cv_known"].sum() == pytest.approx(1.0) and top["cv_new"].sum() == pytest.approx(1.0)  # shares of each kind
+    assert top["test_known"].isna().all()  # no test truth here: the columns are there, empty
+    # planted clusters: a known query's best candidate is its own individual, far above a new one's best
+    assert (top["score"] * top["cv_known"]).sum() > (top["score"] * top["cv_new"]).sum()
+    species = pd.read_csv(tmp_path / "plots" / "map5_per_species.csv")
+    assert species.set_index("species")["cv_map5"].to_dict() == pytest.approx(m["cv_map5_per_species"])
 
 
 def test_embed_stage_makes_the_untrained_baseline_and_refuses_one_without_weights(tmp_path):

@@ -87,16 +87,31 @@ def test_the_params_check_fails_when_a_stage_reads_a_key_dvc_yaml_does_not_list(
     assert params_problems(root) == ["filter: dvc.yaml lists params ['filter'], the script reads ['filter', 'split.seed']"]
 
 
-def test_stage_scripts_take_no_parameter_as_an_option():
-    """A parameter with an option of its own would carry a default of its own: the options of a stage
-    are where it reads and writes (paths), which fold, and the params file with its --set changes."""
-    for script in sorted((REPO / "stages").glob("*.py")):
-        signature = inspect.signature(load_stage(script.stem).main)
-        assert {"params_file", "overrides"} <= set(signature.parameters), script.name
+def option_problems(root: Path) -> list[str]:
+    """Each stage script option that is a parameter (anything but a path, the fold, --params and --set):
+    a parameter with an option of its own would carry a default of its own."""
+    problems = []
+    for script in sorted((root / "stages").glob("*.py")):
+        signature = inspect.signature(load_stage(script.stem, root).main)
+        if not {"params_file", "overrides"} <= set(signature.parameters):
+            problems.append(f"{script.name}: no --params / --set")
         for name, option in signature.parameters.items():
-            if name in ("fold", "params_file", "overrides"):
-                continue
-            assert option.annotation in (Path, "Path"), f"{script.name}: --{name} is a parameter; read it from params.yaml"
+            if name not in ("fold", "params_file", "overrides") and option.annotation not in (Path, "Path"):
+                problems.append(f"{script.name}: --{name} is a parameter; read it from params.yaml")
+    return problems
+
+
+def test_stage_scripts_take_no_parameter_as_an_option():
+    assert option_problems(REPO) == []
+
+
+def test_the_options_check_fails_on_a_parameter_given_an_option_of_its_own(tmp_path):
+    root = _copy(tmp_path)
+    script = root / "stages" / "train_dolg.py"
+    script.write_text(script.read_text().replace(
+        '    fold: int = typer.Option(..., help="Which fold to train."),',
+        '    fold: int = typer.Option(..., help="Which fold to train."),\n    epochs: int = typer.Option(10, help="Epochs."),'))
+    assert option_problems(root) == ["train_dolg.py: --epochs is a parameter; read it from params.yaml"]
 
 
 CONFIGS = [(DemoConfig, ("data.demo",)), (DetectConfig, ("detect",)), (KeypointConfig, ("local",)),
