@@ -14,8 +14,8 @@ import typer
 from photoid import paths
 from photoid.cli import PARAMS_OPTION, SET_OPTION, reports_data_errors, stage_app
 from photoid.data import demo, sources
-from photoid.data.ingest import attach_boxes, check_truth, ingest, read_source
-from photoid.data.schema import TRUTH_COLUMNS, empty_table
+from photoid.data.ingest import apply_confirmed, attach_boxes, check_truth, ingest, read_source
+from photoid.data.schema import TEST, TRAIN, TRUTH_COLUMNS, empty_table
 from photoid.io import atomic_path, write_json
 from photoid.params import load_params
 
@@ -33,7 +33,7 @@ def main(
 ):
     P = load_params(READS, params_file, overrides)
     source, root, boxes, test_truth = P.str("data.source"), P.str("data.root"), P.str("data.boxes"), P.str("data.test_truth")
-    workers = P.int("data.workers")
+    workers, confirmed = P.int("data.workers"), P.str("data.confirmed")
     read_options = dict(labels=P.str("data.labels"), image_col=P.str("data.image_col"),
                         individual_col=P.str("data.individual_col"), species_col=P.str("data.species_col"),
                         species=P.str("data.species"), test_dir=P.str("data.test_dir"))
@@ -49,7 +49,7 @@ def main(
             boxes_table = sources.read_boxes(tmp / "demo" / "boxes.csv")
             truth = sources.read_truth(tmp / "demo" / "test_truth.csv")
         else:
-            listing = read_source(source, root, **read_options)
+            listing = read_source(source, root, **read_options, data_files=(boxes, test_truth, confirmed))
             boxes_table = sources.read_boxes(boxes) if boxes else None
             truth = sources.read_truth(test_truth) if test_truth else empty_table(TRUTH_COLUMNS)
         if boxes_table is not None:
@@ -59,11 +59,19 @@ def main(
             for table in (images, rejected):
                 table["path"] = [str(out_dir / Path(p).relative_to(tmp)) for p in table["path"]]
         truth = check_truth(truth, images, rejected, test_truth or "demo test_truth.csv")
+        confirmed_stats = {}
+        if confirmed:  # decisions made on earlier answers: those test photos are now training photos
+            images, truth, confirmed_stats = apply_confirmed(images, rejected, truth, sources.read_confirmed(confirmed),
+                                                             confirmed)
         images.to_parquet(tmp / "images.parquet", index=False)
         rejected.to_parquet(tmp / "rejected.parquet", index=False)
         truth.to_parquet(tmp / "test_truth.parquet", index=False)
     stats["source"] = source
     stats["test_with_truth"] = int(len(truth))
+    if confirmed_stats:  # the counts after the confirmed photos joined the training part
+        train = images[images.part == TRAIN]
+        stats.update(confirmed_stats, train_images=int(len(train)), test_images=int((images.part == TEST).sum()),
+                     individuals=int(train["individual"].nunique()))
     if demo_counts:
         stats["demo"] = demo_counts
     write_json(stats, metrics)

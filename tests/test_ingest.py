@@ -132,3 +132,33 @@ def test_boxes_for_unknown_images_are_an_error(tmp_path, photo):
     boxes = pd.DataFrame({"image_id": ["zzz.jpg"], "box_x1": [0.0], "box_y1": [0.0], "box_x2": [1.0], "box_y2": [1.0]})
     with pytest.raises(DataError, match="zzz.jpg"):
         attach_boxes(read_source("happywhale", root), boxes, "boxes.csv")
+
+
+def test_confirmed_test_photos_become_training_photos_of_the_individual_named(tmp_path, photo):
+    from photoid.data.ingest import apply_confirmed
+    from photoid.data.sources import read_confirmed
+
+    root = _happywhale(tmp_path, photo, [("a.jpg", "beluga", "id1"), ("b.jpg", "beluga", "id2")],
+                       test=("t1.jpg", "t2.jpg", "t3.jpg"))
+    (root / "test_images" / "t3.jpg").write_bytes(b"")  # rejected by ingest: empty file
+    images, rejected, _ = ingest(read_source("happywhale", root))
+    truth = pd.DataFrame({"image_id": ["t1.jpg", "t2.jpg"], "individual": ["id1", "id9"]})
+    decisions = tmp_path / "confirmed.csv"
+    decisions.write_text("image,individual_id\nt1.jpg,id1\nt2.jpg,new_whale_7\n")
+    moved, truth_after, stats = apply_confirmed(images, rejected, truth, read_confirmed(decisions), str(decisions))
+    train = moved[moved.part == "train"].set_index("image_id")["individual"].to_dict()
+    assert train == {"a.jpg": "id1", "b.jpg": "id2", "t1.jpg": "id1", "t2.jpg": "new_whale_7"}
+    assert truth_after.empty and stats == {"confirmed": 2, "confirmed_new_individuals": 1}
+    assert len(moved) == len(images)  # nothing lost: the photos changed part, no row left
+
+    def refused(text):
+        decisions.write_text("image,individual_id\n" + text)
+        with pytest.raises(DataError) as e:
+            apply_confirmed(images, rejected, truth, read_confirmed(decisions), str(decisions))
+        return str(e.value)
+
+    assert "line 2: t1.jpg" in refused("t1.jpg,new_individual\n") and "without a name" in refused("t1.jpg,new_individual\n")
+    assert "more than once" in refused("t1.jpg,id1\nt1.jpg,id2\n")
+    assert "a.jpg" in refused("a.jpg,id2\n") and "not test photos" in refused("a.jpg,id2\n")  # already a training photo
+    assert "t3.jpg" in refused("t3.jpg,id1\n") and "ingest rejected" in refused("t3.jpg,id1\n")
+    assert "line 2: empty" in refused("t1.jpg,\n")

@@ -55,3 +55,22 @@ def test_ingest_writes_tables_and_counts(tmp_path, photo):
     assert (metrics["images"], metrics["rejected"], metrics["rejected_by_reason"]) == (3, 1, {"empty file": 1})
     assert pd.read_parquet(out / "rejected.parquet").image_id.tolist() == ["ind0/broken.jpg"]
     assert len(pd.read_parquet(out / "images.parquet")) == 3
+
+
+def test_ingest_trains_on_confirmed_test_photos_and_counts_them(tmp_path, photo):
+    for n in range(2):
+        photo(f"set/ind{n}/{n}.jpg")
+    photo("set/survey/t.jpg")
+    out, m = tmp_path / "out", tmp_path / "m.json"
+    base = _params("data.source=folders", f"data.root={tmp_path / 'set'}", "data.test_dir=survey")
+    assert CliRunner().invoke(_app("ingest"), [*base, "--out-dir", str(out), "--metrics", str(m)]).exit_code == 0
+    test_id = pd.read_parquet(out / "images.parquet").query("part == 'test'")["image_id"].item()
+    (tmp_path / "set" / "confirmed.csv").write_text(f"image,individual_id\n{test_id},ind1\n")
+    result = CliRunner().invoke(_app("ingest"), [*base, "--set", f"data.confirmed={tmp_path / 'set' / 'confirmed.csv'}",
+                                                 "--out-dir", str(out), "--metrics", str(m)])
+    assert result.exit_code == 0, result.output
+    images = pd.read_parquet(out / "images.parquet").set_index("image_id")
+    assert (images.loc[test_id, "part"], images.loc[test_id, "individual"]) == ("train", "ind1")
+    metrics = json.loads(m.read_text())
+    assert (metrics["confirmed"], metrics["train_images"], metrics["test_images"]) == (1, 3, 0)
+    assert metrics["rejected"] == 0  # the decisions file beside the individuals' folders is a table, not a photo

@@ -104,19 +104,45 @@ def check_truth(truth: pd.DataFrame, images: pd.DataFrame, rejected: pd.DataFram
     return truth[truth.image_id.isin(images.image_id)].reset_index(drop=True)
 
 
-__all__ = ["DataError", "attach_boxes", "check_images", "check_truth", "ingest", "read_source"]
+def apply_confirmed(images: pd.DataFrame, rejected: pd.DataFrame, truth: pd.DataFrame, confirmed: pd.DataFrame,
+                    source: str) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Confirmed test photos become training photos of the individual confirmed (the catalogue grows):
+    they leave the test part and its truth. Each must be a usable test photo of this data set."""
+    test_ids = set(images.image_id[images.part == TEST])
+    unusable = sorted(set(confirmed.image_id) & set(rejected.image_id))
+    if unusable:
+        raise rows_error(f"{source}: confirmed photos that ingest rejected (see rejected.parquet for why)", unusable,
+                         "A photo that cannot be used cannot be trained on: remove those rows.")
+    unknown = sorted(set(confirmed.image_id) - test_ids)
+    if unknown:
+        raise rows_error(f"{source}: confirmed photos that are not test photos of this data set", unknown,
+                         "data.confirmed lists test photos (as submission.csv and photoid identify name them); "
+                         "fix or remove those rows.")
+    known = set(images.individual[images.part == TRAIN])
+    label = dict(zip(confirmed.image_id, confirmed.individual))
+    images = images.copy()
+    moved = images.image_id.isin(label)
+    images.loc[moved, "part"] = TRAIN
+    images.loc[moved, "individual"] = images.loc[moved, "image_id"].map(label)
+    stats = {"confirmed": int(moved.sum()),
+             "confirmed_new_individuals": int(len(set(confirmed.individual) - known))}
+    return images, truth[~truth.image_id.isin(label)].reset_index(drop=True), stats
+
+
+__all__ = ["DataError", "apply_confirmed", "attach_boxes", "check_images", "check_truth", "ingest", "read_source"]
 
 
 def read_source(source: str, root: str, *, labels: str = "", image_col: str = "image",
                 individual_col: str = "individual_id", species_col: str = "species", species: str = "",
-                test_dir: str = "") -> pd.DataFrame:
-    """The listing of data set ``source`` (happywhale, folders or csv) found at ``root``."""
+                test_dir: str = "", data_files: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The listing of data set ``source`` (happywhale, folders or csv) found at ``root``; ``data_files``
+    (boxes, test truth, confirmed decisions kept under root) are not photos of the folders layout."""
     from photoid.data import sources
 
     if source == "happywhale":
         return sources.read_happywhale(root)
     if source == "folders":
-        return sources.read_folders(root, species=species, test_dir=test_dir)
+        return sources.read_folders(root, species=species, test_dir=test_dir, data_files=data_files)
     if source == "csv":
         return sources.read_csv_labels(root, labels, image_col=image_col, individual_col=individual_col,
                                        species_col=species_col, species=species, test_dir=test_dir)

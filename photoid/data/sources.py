@@ -26,6 +26,7 @@ import pandas as pd
 
 from photoid.data.schema import BOX_COLUMNS, LISTING_COLUMNS, TEST, TRAIN, UNKNOWN_SPECIES, normalise_species
 from photoid.errors import DataError
+from photoid.metrics import NEW_INDIVIDUAL
 
 MAX_LISTED = 10  # how many offending rows an error message lists
 
@@ -143,7 +144,7 @@ def read_happywhale(root: str | os.PathLike) -> pd.DataFrame:
     return listing
 
 
-def read_folders(root: str | os.PathLike, species: str = "", test_dir: str = "") -> pd.DataFrame:
+def read_folders(root: str | os.PathLike, species: str = "", test_dir: str = "", data_files: tuple[str, ...] = ()) -> pd.DataFrame:
     """``root/<individual>/…/<image>``; image ids are paths relative to root, so names may repeat."""
     root = Path(root)
     if not root.is_dir():
@@ -156,7 +157,10 @@ def read_folders(root: str | os.PathLike, species: str = "", test_dir: str = "")
         for p in visible_files(folder):
             rel = p.relative_to(root)
             rows.append(_row(str(rel), p, TRAIN, folder.name, species or UNKNOWN_SPECIES, origin=str(rel)))
+    data_files = {Path(f).resolve() for f in data_files if f}
     for p in sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")):
+        if p.resolve() in data_files:  # data.boxes, data.test_truth, data.confirmed: tables, not photos
+            continue
         rows.append(_row(p.name, p, TRAIN, origin=p.name,
                          reason="file directly in data.root, not in an individual's folder (no label)"))
     if test_path is not None:
@@ -233,6 +237,23 @@ def read_boxes(path: str | os.PathLike) -> pd.DataFrame:
         raise rows_error(f"{path}: boxes with x2 <= x1 or y2 <= y1", [f"line {i + 2}: {r.image_id}" for i, r in bad.iterrows()],
                          "Boxes are x1, y1 (top left), x2, y2 (bottom right) in pixels.")
     return out
+
+
+def read_confirmed(path: str | os.PathLike) -> pd.DataFrame:
+    """Confirmed identities of test photos (image, individual_id), as a person decided them looking at
+    the candidates: a known individual's id, or the name given to a new one."""
+    path = Path(path)
+    df, used = read_label_file(path, {"image": ["image", "image_id"], "individual": ["individual_id", "individual"]})
+    _check_labels(df, path, list(used.values()))
+    image, individual = df[used["image"]], df[used["individual"]]
+    unnamed = [f"{path} line {i + 2}: {image.iloc[i]}" for i in np.flatnonzero((individual == NEW_INDIVIDUAL).to_numpy())]
+    if unnamed:
+        raise rows_error(f"{path}: new individuals without a name", unnamed,
+                         "Give each new individual an id of its own (the catalogue's next number, or any name).")
+    twice = [f"{path} line {i + 2}: {image.iloc[i]}" for i in np.flatnonzero(image.duplicated(keep=False).to_numpy())]
+    if twice:
+        raise rows_error(f"{path}: photos confirmed more than once", twice, "Keep one decision per photo.")
+    return pd.DataFrame({"image_id": image, "individual": individual})
 
 
 def read_truth(path: str | os.PathLike) -> pd.DataFrame:
