@@ -49,3 +49,4 @@ SUBMISSION = PROCESSED / "submission.csv"
 RANKER_DIR = MODELS / "ranker"  # knn-rank: what it fitted and chose (thresholds, fusion), for photoid identify
 PLOTS = METRICS / "plots"  # knn-rank: the tables of its plots (dvc.yaml's plots section)
 RELIABILITY = METRICS / "reliability"  # knn-rank: reliability diagram of P(new individual), cv.csv and test.csv
+REVIEW_PAGE = Path("reports") / "review.html"  # report: the review page of knn-rank's answers

@@ -346,8 +346,14 @@ def scores(r: Ranking, t: Thresholds) -> dict:
     return out
 
 
+def answer_scores(candidates: Candidates, row: int, answers: list[str], threshold: float) -> list[float]:
+    """The score of each of a query's answers: its candidate's score, the threshold for new_individual."""
+    score = dict(zip(candidates.labels[row], candidates.scores[row].astype(np.float64)))
+    return [threshold if a == NEW_INDIVIDUAL else score[a] for a in answers]
+
+
 def predictions_table(r: Ranking, t: Thresholds, p_new: np.ndarray | None = None) -> pd.DataFrame:
-    """One row per query: the five predictions, the best known individual, its score and its margin
+    """One row per query: the five predictions and their scores, the best known individual, its score and its margin
     over the second (the confidence pseudo-labelling uses), the threshold applied and, when given,
     the calibrated probability that the photo shows a new individual."""
     thresholds = r.thresholds(t.overall, t.per_species)
@@ -356,6 +362,8 @@ def predictions_table(r: Ranking, t: Thresholds, p_new: np.ndarray | None = None
     return pd.DataFrame({
         "image_id": r.image_ids,
         "predictions": [" ".join(p) for p in preds],
+        "scores": [" ".join(f"{v:.6g}" for v in answer_scores(r.candidates, i, p, th))
+                   for i, (p, th) in enumerate(zip(preds, thresholds))],
         "top_individual": r.candidates.labels[:, 0].astype(str),
         "top_score": s[:, 0].astype(np.float64),
         "margin": r.candidates.margin(),

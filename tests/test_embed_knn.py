@@ -404,3 +404,36 @@ def test_no_fold_pseudo_labels_a_test_photo_by_one_of_its_own_validation_images(
     from photoid.train.fold import pseudo_rows_for_fold
     for k in (0, 1):
         assert set(pseudo_rows_for_fold(pseudo, split, k)["fold"]) <= {k}
+
+
+def test_review_page_shows_each_answer_beside_its_best_photo_and_encodes_each_thumbnail_once(tmp_path):
+    import json
+    import re
+
+    from PIL import Image
+
+    from photoid.ranking import load_fold_sets
+    from photoid.review import best_photos, review_rows, write_review_page
+
+    split, truth = _planted(tmp_path)
+    sets = load_fold_sets(tmp_path / "emb", [0, 1])
+    result = rank_all(tmp_path / "emb", [0, 1], split, 100, test_truth=truth)
+    table = predictions_table(result.test, result.thresholds)
+    photos = best_photos(sets, Flips(), table["image_id"].tolist(), [p.split(" ") for p in table["predictions"]])
+    # planted clusters: the best photo of a known query's first answer is one of that individual's own
+    first = dict(zip(table["image_id"], (p[0] for p in photos)))
+    assert first["te_known3"].startswith("tr3_") and first["te_known5"].startswith("tr5_")
+    for answers, best in zip(table["predictions"], photos):
+        for a, b in zip(answers.split(" "), best):
+            assert (b is None) == (a == "new_individual") and (b is None or b.startswith(f"tr{a[3:]}_"))
+    rows = review_rows(table, photos, truth, set(split["individual"]))
+    assert {r["q"]: r["truth"] for r in rows}["te_new12_0"] == "new_individual"  # never in the gallery: new
+    assert all(len(r["answers"]) == 5 for r in rows)
+    Image.new("RGB", (40, 30), (120, 60, 30)).save(tmp_path / "x.png")
+    crop_paths = {i: str(tmp_path / "x.png") for i in sets[0].rows["image_id"]}
+    figures = write_review_page(tmp_path / "review.html", rows, crop_paths, size=32, page_size=5)
+    page = (tmp_path / "review.html").read_text()
+    data = json.loads(re.search(r"const DATA = (\{.*?\});\n", page).group(1))
+    shown = {r["q"] for r in rows} | {a["photo"] for r in rows for a in r["answers"] if a["photo"]}
+    assert set(data["thumbs"]) == shown and figures["thumbnails"] == len(shown) < sum(1 + 5 for _ in rows)
+    assert data["thumbs"]["te_known3"].startswith("data:image/jpeg;base64,") and data["pageSize"] == 5

@@ -10,7 +10,7 @@ import pytest
 from tests.pipeline import dvc, make_project, run, set_params, stages_run, stages_skipped
 
 DATA_STAGES = ["ingest", "detect", "crop", "local-features", "filter", "split"]
-TRAINING_ONWARD = ["train-backbone@0", "train-dolg@0", "embed@0", "pseudo-label", "retrain@0", "knn-rank"]
+TRAINING_ONWARD = ["train-backbone@0", "train-dolg@0", "embed@0", "pseudo-label", "retrain@0", "knn-rank", "report"]
 ALL_STAGES = [*DATA_STAGES, *TRAINING_ONWARD]
 
 
@@ -64,6 +64,9 @@ def test_repro_runs_every_data_stage_and_writes_the_tables(project):
     assert json.loads((root / "metrics/local_features.json").read_text())["crops"] == len(crops)
     pseudo = json.loads((root / "metrics/pseudo.json").read_text())
     assert pseudo["enabled"] and pseudo["test_images"] == len(test_ids)
+    # the review page of every answered test photo
+    report = json.loads((root / "metrics/report.json").read_text())
+    assert report["queries"] == len(test_ids) and (root / "reports/review.html").stat().st_size == report["bytes"]
 
 
 def test_second_repro_runs_nothing(project):
@@ -173,7 +176,7 @@ def test_exp_run_knn_threshold_reruns_the_rankings_not_training_and_the_metrics_
     out = dvc(root, "exp", "run", "-S", "knn.threshold=2.0")  # above every similarity: new_individual first
     # pseudo-label ranks with knn-rank's threshold rule; retrain re-runs only where its labels changed (none
     # were confident at this size either way)
-    assert stages_run(out) == ["pseudo-label", "knn-rank"]
+    assert stages_run(out) == ["pseudo-label", "knn-rank", "report"]
     knn = json.loads((root / "metrics/knn.json").read_text())
     assert knn["threshold"] == 2.0 and knn["test_new_recall"] == 1.0
     sub = pd.read_csv(root / "data/processed/submission.csv")
@@ -187,12 +190,12 @@ def test_exp_run_knn_threshold_reruns_the_rankings_not_training_and_the_metrics_
 def test_exp_run_rerank_param_reruns_knn_rank_alone_not_the_keypoint_cache(project):
     root, _ = project
     out = dvc(root, "exp", "run", "-S", "rerank.candidates=10")
-    assert stages_run(out) == ["knn-rank"]
+    assert stages_run(out) in (["knn-rank"], ["knn-rank", "report"])  # the review page follows if the answers changed
     assert "local-features" in stages_skipped(out)
     knn = json.loads((root / "metrics/knn.json").read_text())
     assert knn["rerank_figures"]["candidates"] == 10
     out = dvc(root, "exp", "run", "-S", "rerank.enabled=false")
-    assert stages_run(out) == ["knn-rank"]
+    assert stages_run(out) in (["knn-rank"], ["knn-rank", "report"])
     knn = json.loads((root / "metrics/knn.json").read_text())
     assert not knn["rerank"] and knn["cv_map5"] == knn["embedding_cv_map5"]
 
@@ -203,7 +206,7 @@ def test_pseudo_labelling_off_passes_the_models_through(project):
     out = dvc(root, "repro")
     # knn-rank follows only if retrain's output changed (it had trained on pseudo-labels before)
     assert stages_run(out)[:2] == ["pseudo-label", "retrain@0"] and set(stages_run(out)) <= {
-        "pseudo-label", "retrain@0", "knn-rank"}
+        "pseudo-label", "retrain@0", "knn-rank", "report"}
     retrain = json.loads((root / "metrics/retrain/fold0.json").read_text())
     assert retrain["retrained"] is False and "off" in retrain["reason"]
     assert (root / "models/retrain/fold0/model.pt").read_bytes() == (root / "models/dolg/fold0/model.pt").read_bytes()

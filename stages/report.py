@@ -1,0 +1,56 @@
+"""report: the review page of knn-rank's answers (photoid.review): each test photo beside the best
+photo of each of its five candidates, with the scores and the threshold; sorting, species filter,
+paging; decisions exported as the CSV that data.confirmed reads back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from photoid import paths
+from photoid.cli import PARAMS_OPTION, SET_OPTION, reports_data_errors, stage_app
+from photoid.data.schema import TRAIN
+from photoid.io import read_parquet, write_json
+from photoid.params import load_params
+from photoid.ranking import Flips, load_fold_sets
+from photoid.review import best_photos, review_rows, write_review_page
+
+READS = ("report", "ensemble", "knn.query_flip", "knn.gallery_flip")
+app = stage_app(__doc__, READS)
+
+
+@app.command()
+@reports_data_errors
+def main(
+    predictions: Path = typer.Option(paths.PREDICTIONS_TABLE, help="knn-rank's predictions table."),
+    embeddings: Path = typer.Option(paths.EMBEDDINGS / "retrain", help="Folder of the folds' embedding sets "
+                                    "(what knn-rank ranked)."),
+    crops: Path = typer.Option(paths.CROPS_TABLE, help="The crop table (the photos shown)."),
+    test_truth: Path = typer.Option(paths.TEST_TRUTH_TABLE, help="Test truth, where the data set has it "
+                                    "(marks right and wrong)."),
+    out: Path = typer.Option(paths.REVIEW_PAGE, help="The review page (one self-contained HTML file)."),
+    metrics: Path = typer.Option(paths.METRICS / "report.json", help="Metrics file (queries, thumbnails, size)."),
+    params_file: Path = PARAMS_OPTION,
+    overrides: list[str] = SET_OPTION,
+):
+    P = load_params(READS, params_file, overrides)
+    size, page_size = P.int("report.thumbnail"), P.int("report.page_size")
+    folds = list(P.get("ensemble.folds", tuple))
+    flips = Flips(P.bool("knn.query_flip"), P.bool("knn.gallery_flip"))
+    P.check_all_read()
+    table = read_parquet(predictions)
+    sets = load_fold_sets(embeddings, folds)
+    photos = best_photos(sets, flips, table["image_id"].tolist(), [p.split(" ") for p in table["predictions"]])
+    truth = read_parquet(test_truth) if Path(test_truth).exists() else None
+    rows_all = sets[0].rows
+    gallery = set(rows_all.loc[rows_all["part"] == TRAIN, "individual"])
+    crop_paths = dict(zip(*read_parquet(crops)[["image_id", "crop_path"]].to_numpy().T))
+    figures = write_review_page(out, review_rows(table, photos, truth, gallery), crop_paths, size, page_size)
+    write_json(figures, metrics)
+    print(f"report: {figures['queries']} photos, {figures['thumbnails']} thumbnails, {figures['bytes'] / 1e6:.1f} MB -> {out}")
+
+
+if __name__ == "__main__":
+    app()
