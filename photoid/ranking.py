@@ -375,16 +375,19 @@ def predictions_table(r: Ranking, t: Thresholds, p_new: np.ndarray | None = None
 
 def plot_tables(result: RankResult, bins: int = 20) -> dict[str, pd.DataFrame]:
     """The tables behind knn-rank's plots (``dvc plots show``): CV MAP@5 at every new_individual
-    threshold that makes a difference (``threshold``) and at the chosen one (``threshold_chosen``);
+    threshold that makes a difference (``threshold``) and at the chosen one (``threshold_chosen``: its
+    last row; the first is the foot of the vertical mark);
     the best candidate's score of known and of new queries, as shares per bin (``top_score``: CV, and
     test where its truth is known); MAP@5 per species (``map5_per_species``)."""
     cv = result.cv
     grid = threshold_grid(cv.candidates)
-    chosen = np.array([result.thresholds.overall])
+    curve = map_for_thresholds(cv.candidates, cv.truth, grid)
+    chosen = float(map_for_thresholds(cv.candidates, cv.truth, np.array([result.thresholds.overall]))[0])
     tables = {
-        "threshold": pd.DataFrame({"threshold": grid, "cv_map5": map_for_thresholds(cv.candidates, cv.truth, grid)}),
-        "threshold_chosen": pd.DataFrame({"threshold": chosen,
-                                          "cv_map5": map_for_thresholds(cv.candidates, cv.truth, chosen)}),
+        "threshold": pd.DataFrame({"threshold": grid, "cv_map5": curve}),
+        # a vertical mark from the curve's lowest value up to the chosen threshold's (a line plot draws no lone point)
+        "threshold_chosen": pd.DataFrame({"threshold": [result.thresholds.overall] * 2,
+                                          "cv_map5": [float(min(curve.min(), chosen)), chosen]}),
     }
     parts = [("cv", cv)] + ([("test", result.test)] if result.test.truth is not None else [])
     tops = {name: (r.candidates.scores[:, 0].astype(np.float64) if r.candidates.scores.shape[1]
