@@ -25,8 +25,9 @@ import numpy as np
 import pandas as pd
 
 from photoid import paths
-from photoid.data.schema import BOX_COLUMNS, TEST, TRAIN, UNKNOWN_SPECIES
+from photoid.data.schema import TEST, TRAIN, UNKNOWN_SPECIES
 from photoid.errors import DataError
+from photoid.metrics import NEW_INDIVIDUAL
 
 RANKER_FILE = paths.RANKER_DIR / "ranker.pkl"
 
@@ -64,7 +65,6 @@ class Identifier:
     def __init__(self, root: Path = Path("."), progress: bool = True):
         import pickle
 
-        from photoid.crop import crop_all  # noqa: F401 - fail here, not mid-batch, when a module is missing
         from photoid.embed import EmbeddingSet
         from photoid.local_features import KeypointConfig
         from photoid.params import load_params
@@ -121,7 +121,6 @@ class Identifier:
         from photoid.rerank import rerank_queries, similarity_p_new
         from photoid.runtime import pick_device
 
-        images = images.assign(**{c: np.nan for c in BOX_COLUMNS if c not in images})
         r = self.ranker
         with tempfile.TemporaryDirectory(prefix="photoid-identify-") as tmp:
             tmp = Path(tmp)
@@ -145,16 +144,12 @@ class Identifier:
             table = predictions_table(ranking, r["thresholds"], p_new)
         table = table.merge(images[["image_id", "path"]], on="image_id").merge(
             boxes[["image_id", "x1", "y1", "x2", "y2", "box_source"]], on="image_id")
-        cands = ranking.candidates
-        order = {q: i for i, q in enumerate(ranking.image_ids)}
         rows = []
         for t in table.itertuples():
-            i = order[t.image_id]
-            top = t.predictions.split(" ")
-            scores = {lab: float(s) for lab, s in zip(cands.labels[i], cands.scores[i]) if lab}
+            top, scores = t.predictions.split(" "), [float(s) for s in t.scores.split(" ")]
             rows.append(dict(image=t.path, predictions=t.predictions,
                              **{f"id{n + 1}": top[n] for n in range(5)},
-                             **{f"score{n + 1}": (None if top[n] == "new_individual" else scores.get(top[n])) for n in range(5)},
+                             **{f"score{n + 1}": (None if top[n] == NEW_INDIVIDUAL else scores[n]) for n in range(5)},
                              threshold=t.threshold, p_new=getattr(t, "p_new", None),
                              box_x1=t.x1, box_y1=t.y1, box_x2=t.x2, box_y2=t.y2, box_source=t.box_source))
         return pd.DataFrame(rows, columns=ANSWER_COLUMNS)

@@ -189,14 +189,20 @@ def rank_test(sets: list[EmbeddingSet], n_neighbours: int, flips: Flips = Flips(
     """Test images against every training image, the folds' similarities averaged."""
     rows = sets[0].rows
     q = np.flatnonzero((rows["part"] == TEST).to_numpy())
+    queries, gallery, owners = test_vectors(sets, q, flips)
+    return _rank(queries, rows.iloc[q], gallery, owners, rows, n_neighbours, shortlist)
+
+
+def test_vectors(sets: list[EmbeddingSet], query_index: np.ndarray, flips: Flips = Flips()):
+    """(queries, gallery, owners) of a test ranking: the rows ``query_index`` against every training
+    image, each fold ensemble of the folds' vectors; ``owners``: the row of each gallery entry."""
+    rows = sets[0].rows
     g = np.flatnonzero((rows["part"] == TRAIN).to_numpy())
     if len(g) == 0:
         raise DataError("no training images were embedded: the gallery is empty.")
     galleries = [s.gallery(g, flips.gallery) for s in sets]
-    owners = galleries[0][1]
-    queries = fold_ensemble([s.queries(q, flips.query) for s in sets])
-    gallery = fold_ensemble([vec for vec, _ in galleries])
-    return _rank(queries, rows.iloc[q], gallery, owners, rows, n_neighbours, shortlist)
+    queries = fold_ensemble([s.queries(query_index, flips.query) for s in sets])
+    return queries, fold_ensemble([vec for vec, _ in galleries]), galleries[0][1]
 
 
 def rank_test_per_fold(sets: list[EmbeddingSet], folds: list[int], split: pd.DataFrame, n_neighbours: int,
@@ -373,12 +379,13 @@ def predictions_table(r: Ranking, t: Thresholds, p_new: np.ndarray | None = None
     })
 
 
-def plot_tables(result: RankResult, bins: int = 20) -> dict[str, pd.DataFrame]:
+def plot_tables(result: RankResult, metrics: dict, bins: int = 20) -> dict[str, pd.DataFrame]:
     """The tables behind knn-rank's plots (``dvc plots show``): CV MAP@5 at every new_individual
     threshold that makes a difference (``threshold``) and at the chosen one (``threshold_chosen``: its
     last row; the first is the foot of the vertical mark);
     the best candidate's score of known and of new queries, as shares per bin (``top_score``: CV, and
-    test where its truth is known); MAP@5 per species (``map5_per_species``)."""
+    test where its truth is known); MAP@5 per species (``map5_per_species``, from ``metrics``:
+    ``result.metrics()``)."""
     cv = result.cv
     grid = threshold_grid(cv.candidates)
     curve = map_for_thresholds(cv.candidates, cv.truth, grid)
@@ -404,9 +411,8 @@ def plot_tables(result: RankResult, bins: int = 20) -> dict[str, pd.DataFrame]:
     if result.test.truth is None:  # the same columns for every data set (dvc.yaml names them): empty here
         hist.update({"test_known": np.full(bins, np.nan), "test_new": np.full(bins, np.nan)})
     tables["top_score"] = pd.DataFrame(hist)
-    per_species = {"cv": scores(cv, result.thresholds)["map5_per_species"]}
-    if result.test.truth is not None:
-        per_species["test"] = scores(result.test, result.thresholds)["map5_per_species"]
+    per_species = {part: metrics[f"{part}_map5_per_species"] for part in ("cv", "test")
+                   if f"{part}_map5_per_species" in metrics}
     species = sorted(set().union(*per_species.values()))
     tables["map5_per_species"] = pd.DataFrame({"species": species, **{f"{name}_map5": [m.get(sp, np.nan) for sp in species]
                                                                       for name, m in per_species.items()}})

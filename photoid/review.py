@@ -19,24 +19,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from photoid.data.schema import TRAIN
 from photoid.metrics import NEW_INDIVIDUAL
-from photoid.retrieval import fold_ensemble
 
 
 def best_photos(sets, flips, query_ids, answers: list[list[str]]) -> list[list[str | None]]:
     """For each query and each individual it was answered, that individual's gallery photo most
     similar to the query (the folds' similarities averaged, flips as the ranking used them)."""
+    from photoid.ranking import test_vectors
+
     rows = sets[0].rows
     position = {image_id: i for i, image_id in enumerate(rows["image_id"])}
-    g = np.flatnonzero((rows["part"] == TRAIN).to_numpy())
-    galleries = [s.gallery(g, flips.gallery) for s in sets]
-    owners = galleries[0][1]
-    gallery = fold_ensemble([vectors for vectors, _ in galleries])
-    queries = fold_ensemble([s.queries(np.array([position[q] for q in query_ids], dtype=np.int64), flips.query)
-                             for s in sets]) if len(query_ids) else np.zeros((0, gallery.shape[1]))
+    queries, gallery, owners = test_vectors(sets, np.array([position[q] for q in query_ids], dtype=np.int64), flips)
     labels = rows["individual"].to_numpy()[owners]
-    entries: dict[str, np.ndarray] = {}
+    entries: dict[str, list[int]] = {}
     for i, label in enumerate(labels):
         entries.setdefault(label, []).append(i)
     image_ids = rows["image_id"].to_numpy()

@@ -124,7 +124,7 @@ def main(
         curves["test"] = pd.DataFrame(reliability_bins(test_p_new, test_new), columns=columns)
     with atomic_path(plots) as tmp:
         tmp.mkdir()
-        for name, table in plot_tables(result).items():
+        for name, table in plot_tables(result, figures).items():
             table.to_csv(tmp / f"{name}.csv", index=False)
     with atomic_path(reliability) as tmp:
         tmp.mkdir()
