@@ -76,10 +76,12 @@ class Identifier:
                             "or name a workspace where it ran with --from.")
         with open(ranker, "rb") as f:
             self.ranker = pickle.load(f)
-        params = load_params(("crop", "local", "embed.batch_size"), self.root / "params.yaml")
+        params = load_params(("crop", "local", "embed.batch_size", "report", "data.min_side"), self.root / "params.yaml")
         self.crop_size, self.crop_margin = params.int("crop.size"), params.float("crop.margin")
         self.keypoints = params.build(KeypointConfig, "local")
         self.batch_size = params.int("embed.batch_size")
+        self.thumbnail, self.page_size = params.int("report.thumbnail"), params.int("report.page_size")
+        self.min_side = params.int("data.min_side")
         # each fold's gallery, and the model that embedded it (its meta names it), with the same flips
         self.gallery = [EmbeddingSet.load(self.root / self.ranker["embeddings"] / f"fold{k}") for k in self.ranker["folds"]]
         self.models = [self.root / g.meta["model"] for g in self.gallery]
@@ -96,7 +98,9 @@ class Identifier:
         trained = detector_dir / "detector.pt"
         self.detector = trained if trained.exists() else (Path(self.detect_cfg.weights) if self.detect_cfg.weights else None)
 
-    def answer(self, inputs: list[str]) -> Answers:
+    def answer(self, inputs: list[str], html: Path | None = None) -> Answers:
+        """Answers for the photos of ``inputs``; with ``html``, also the review page of those answers
+        (:mod:`photoid.review`: each photo beside the best gallery photo of each candidate)."""
         from photoid.data.ingest import ingest
         from photoid.data.sources import listing_table
 
@@ -105,14 +109,14 @@ class Identifier:
         if photos:
             listing = listing_table([dict(image_id=f"query/{i:06d}", path=p, part=TEST, individual="",
                                           species=UNKNOWN_SPECIES, origin="identify", reason="") for i, p in enumerate(photos)])
-            images, bad, _ = ingest(listing, workers=1, progress=self.progress)
+            images, bad, _, _ = ingest(listing, workers=1, progress=self.progress, min_side=self.min_side)
             rejected += [dict(path=r.path, reason=r.reason) for r in bad.itertuples()]
         else:
             images = pd.DataFrame(columns=["image_id", "path"])
-        answers = self._rank(images) if len(images) else pd.DataFrame(columns=ANSWER_COLUMNS)
+        answers = self._rank(images, html) if len(images) else pd.DataFrame(columns=ANSWER_COLUMNS)
         return Answers(answers, pd.DataFrame(rejected, columns=["path", "reason"]))
 
-    def _rank(self, images: pd.DataFrame) -> pd.DataFrame:
+    def _rank(self, images: pd.DataFrame, html: Path | None = None) -> pd.DataFrame:
         from photoid.crop import crop_all
         from photoid.detect import BOXES_COLUMNS, full_frame_box, predict_boxes
         from photoid.embed import EmbeddingSet, embed_checkpoint
@@ -142,6 +146,8 @@ class Identifier:
             else:
                 p_new = similarity_p_new(r["p_new"], ranking.candidates)
             table = predictions_table(ranking, r["thresholds"], p_new)
+            if html is not None:  # while the query crops exist
+                self._review_page(html, table, sets, crops, images)
         table = table.merge(images[["image_id", "path"]], on="image_id").merge(
             boxes[["image_id", "x1", "y1", "x2", "y2", "box_source"]], on="image_id")
         rows = []
@@ -153,6 +159,23 @@ class Identifier:
                              threshold=t.threshold, p_new=getattr(t, "p_new", None),
                              box_x1=t.x1, box_y1=t.y1, box_x2=t.x2, box_y2=t.y2, box_source=t.box_source))
         return pd.DataFrame(rows, columns=ANSWER_COLUMNS)
+
+
+    def _review_page(self, out: Path, table: pd.DataFrame, sets, crops: pd.DataFrame, images: pd.DataFrame) -> dict:
+        """The review page of these answers, each photo named by its path (what the page exports)."""
+        from photoid.io import read_parquet
+        from photoid.review import best_photos, review_rows, write_review_page
+
+        photos = best_photos(sets, self.ranker["flips"], table["image_id"].tolist(),
+                             [p.split(" ") for p in table["predictions"]])
+        path_of = dict(zip(images["image_id"], images["path"]))
+        gallery_crops = read_parquet(self.root / paths.CROPS_TABLE)
+        crop_paths = {i: str(self.root / c) for i, c in zip(gallery_crops["image_id"], gallery_crops["crop_path"])}
+        crop_paths.update({path_of[i]: c for i, c in zip(crops["image_id"], crops["crop_path"])})
+        rows_all = sets[0].rows
+        gallery = set(rows_all.loc[rows_all["part"] == TRAIN, "individual"])
+        rows = review_rows(table.assign(image_id=table["image_id"].map(path_of)), photos, None, gallery)
+        return write_review_page(out, rows, crop_paths, self.thumbnail, self.page_size, title="photoid identify")
 
 
 ANSWER_COLUMNS = ["image", "predictions", *[f"id{n}" for n in range(1, 6)], *[f"score{n}" for n in range(1, 6)],

@@ -7,7 +7,11 @@ the width, height and boxes that ingest records are those of the image every lat
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import io
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +29,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         return img
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if (img.mode.startswith("I;16") or arr.max(initial=0) > 255) else 255.0
-        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        arr = np.clip(arr / sample_range(arr) * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(arr, mode="L").convert("RGB")
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -37,6 +40,15 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 
+def sample_range(arr: np.ndarray) -> float:
+    """The full scale of the samples of a 16-bit (or 32-bit) image: the smallest 2**bits - 1 that
+    holds its largest value, 8 bits at least. A camera's 12-bit data stored in a 16-bit file then
+    spans 0-4095 and is scaled by that, not by 65535 (an almost black picture)."""
+    top = float(np.max(arr, initial=0))
+    bits = max(8, int(np.ceil(np.log2(top + 1)))) if top > 0 else 8
+    return float(2**bits - 1)
+
+
 def load_rgb(path: str | os.PathLike, reduce: int = 1) -> Image.Image:
     """Open ``path`` as an upright 8-bit RGB image.
 
@@ -45,7 +57,8 @@ def load_rgb(path: str | os.PathLike, reduce: int = 1) -> Image.Image:
     returned size may therefore be smaller than the table's width and height; callers scale by
     ``returned.width / table width``. Other formats ignore ``reduce``.
     """
-    with Image.open(path) as img:
+    with warnings.catch_warnings(), Image.open(path) as img:
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked by ingest; no stray lines in progress bars
         if reduce > 1 and img.format == "JPEG":
             img.draft("RGB", (max(1, img.width // reduce), max(1, img.height // reduce)))
         img.load()
@@ -61,51 +74,89 @@ class ImageCheck:
     height: int = 0
     mode: str = ""
     reason: str = ""  # empty when the image is usable
+    sha1: str = ""  # of the file's bytes: exact duplicates
+    dhash: int = 0  # 64-bit difference hash of the picture: near duplicates (:func:`difference_hash`)
 
     @property
     def ok(self) -> bool:
         return not self.reason
 
 
-def check_image(path: str | os.PathLike) -> ImageCheck:
-    """Open and fully decode ``path``; return its upright size or the reason it is unusable.
+HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"}
 
-    Catches what field data throws at a pipeline: zero-byte files, non-images with an image
-    extension, truncated downloads, corrupt data. JPEGs are decoded at 1/8 scale, which still reads
-    every byte, so a truncated file fails here and not three stages later.
+
+def broken_link(path: Path) -> str:
+    """Why a symbolic link leads to no file ('' if ``path`` is no broken link)."""
+    if not path.is_symlink():
+        return ""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "broken link (a loop of symbolic links)"
+        return f"broken link (points to {os.readlink(path)}, which does not exist)"
+    return ""
+
+
+def difference_hash(img: Image.Image) -> int:
+    """A 64-bit difference hash: 9x8 grey levels, one bit per pair of neighbours (left brighter
+    than right). Re-encoded, resized or slightly recoloured copies of a photo differ in a few bits."""
+    grey = np.asarray(_to_rgb(img).convert("L").resize((9, 8), Image.Resampling.BILINEAR), dtype=np.int16)
+    bits = (grey[:, :-1] > grey[:, 1:]).ravel()
+    return int(np.packbits(bits).view(">u8")[0])
+
+
+def check_image(path: str | os.PathLike, min_side: int = 0) -> ImageCheck:
+    """Open and fully decode ``path``; return its upright size (and its hashes) or the reason it is unusable.
+
+    Catches what field data throws at a pipeline: broken links, zero-byte files, non-images with an
+    image extension, HEIC photos, truncated downloads, corrupt data, and (with ``min_side``) photos
+    too small to identify. JPEGs are decoded at 1/8 scale, which still reads every byte, so a
+    truncated file fails here and not three stages later.
     """
     path = Path(path)
+    broken = broken_link(path)
+    if broken:
+        return ImageCheck(reason=broken)
     try:
-        size = path.stat().st_size
+        data = path.read_bytes()
     except OSError as e:
         return ImageCheck(reason=f"cannot read file: {e.strerror or e}")
-    if size == 0:
+    if not data:
         return ImageCheck(reason="empty file (0 bytes)")
-    try:
-        with Image.open(path) as img:
-            img.verify()
-    except UnidentifiedImageError:
-        return ImageCheck(reason="not an image (format not recognised)")
-    except Image.DecompressionBombError as e:
-        return ImageCheck(reason=f"image too large to decode safely: {e}")
-    except Exception as e:  # PIL raises many types for corrupt headers
-        return ImageCheck(reason=f"corrupt image header: {e}")
-    try:
-        with Image.open(path) as img:
-            mode = img.mode
-            width, height = img.size  # before draft() shrinks it
-            if img.format == "JPEG":
-                img.draft(img.mode, (max(1, width // 8), max(1, height // 8)))
-            img.load()
-            orientation = img.getexif().get(_EXIF_ORIENTATION_TAG, 1)
-    except Exception as e:
-        return ImageCheck(reason=f"truncated or corrupt image data: {e}")
+    if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:
+        return ImageCheck(reason="HEIC/HEIF photo: not supported; convert it to JPEG (the camera's or phone's export, "
+                                 "or `heif-convert`)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # a large photo is fine; a bomb is an error below
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                img.verify()
+        except UnidentifiedImageError:
+            return ImageCheck(reason="not an image (format not recognised)")
+        except Image.DecompressionBombError as e:
+            return ImageCheck(reason=f"image too large to decode safely: {e}")
+        except Exception as e:  # PIL raises many types for corrupt headers
+            return ImageCheck(reason=f"corrupt image header: {e}")
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                mode = img.mode
+                width, height = img.size  # before draft() shrinks it
+                if img.format == "JPEG":  # 1/8 scale, but not below the 72 px the hash wants
+                    img.draft(img.mode, (max(1, width // 8, min(width, 72)), max(1, height // 8, min(height, 72))))
+                img.load()
+                orientation = img.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+                dhash = difference_hash(img)
+        except Exception as e:
+            return ImageCheck(reason=f"truncated or corrupt image data: {e}")
     if orientation in _SWAPPING_ORIENTATIONS:
         width, height = height, width
     if width < 1 or height < 1:
         return ImageCheck(reason=f"image has no pixels ({width}x{height})")
-    return ImageCheck(width=int(width), height=int(height), mode=mode)
-
+    if min(width, height) < min_side:
+        return ImageCheck(width=int(width), height=int(height), mode=mode,
+                          reason=f"too small to identify ({width}x{height} pixels; data.min_side is {min_side})")
+    return ImageCheck(width=int(width), height=int(height), mode=mode, sha1=hashlib.sha1(data).hexdigest(), dhash=dhash)
 
 
 def reduce_factor(width: int, height: int, needed_long_side: float) -> int:

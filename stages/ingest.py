@@ -1,12 +1,14 @@
 """ingest: read a data set into the canonical image table; check every image.
 
-Outputs (one folder, written atomically): images.parquet, rejected.parquet, test_truth.parquet
-and, for the demo, the generated photos under demo/. Counts go to the metrics file.
+Outputs (one folder, written atomically): images.parquet, rejected.parquet, duplicates.parquet,
+test_truth.parquet and, for the demo, the generated photos under demo/. Counts (and warnings) go to
+the metrics file.
 See photoid/data/schema.py for the tables.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -14,7 +16,7 @@ import typer
 from photoid import paths
 from photoid.cli import PARAMS_OPTION, SET_OPTION, reports_data_errors, stage_app
 from photoid.data import demo, sources
-from photoid.data.ingest import apply_confirmed, attach_boxes, check_truth, ingest, read_source
+from photoid.data.ingest import DataParams, apply_confirmed, attach_boxes, check_truth, ingest, read_data_set
 from photoid.data.schema import TEST, TRAIN, TRUTH_COLUMNS, empty_table
 from photoid.io import atomic_path, write_json
 from photoid.params import load_params
@@ -32,39 +34,34 @@ def main(
     overrides: list[str] = SET_OPTION,
 ):
     P = load_params(READS, params_file, overrides)
-    source, root, boxes, test_truth = P.str("data.source"), P.str("data.root"), P.str("data.boxes"), P.str("data.test_truth")
-    workers, confirmed = P.int("data.workers"), P.str("data.confirmed")
-    read_options = dict(labels=P.str("data.labels"), image_col=P.str("data.image_col"),
-                        individual_col=P.str("data.individual_col"), species_col=P.str("data.species_col"),
-                        species=P.str("data.species"), test_dir=P.str("data.test_dir"))
+    d = P.build(DataParams, "data")
     demo_cfg = P.build(demo.DemoConfig, "data.demo")
     P.check_all_read()
+    source, confirmed = d.source, d.confirmed
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
         demo_counts = None
         if source == "demo":
             demo_counts = demo.generate(tmp / "demo", demo_cfg)
-            listing = sources.read_happywhale(tmp / "demo")
-            boxes_table = sources.read_boxes(tmp / "demo" / "boxes.csv")
+            listing = attach_boxes(sources.read_happywhale(tmp / "demo"), sources.read_boxes(tmp / "demo" / "boxes.csv"),
+                                   "demo boxes.csv")
             truth = sources.read_truth(tmp / "demo" / "test_truth.csv")
         else:
-            listing = read_source(source, root, **read_options, data_files=(boxes, test_truth, confirmed))
-            boxes_table = sources.read_boxes(boxes) if boxes else None
-            truth = sources.read_truth(test_truth) if test_truth else empty_table(TRUTH_COLUMNS)
-        if boxes_table is not None:
-            listing = attach_boxes(listing, boxes_table, boxes or "demo boxes.csv")
-        images, rejected, stats = ingest(listing, workers=workers)
+            listing = read_data_set(d)
+            truth = sources.read_truth(d.test_truth) if d.test_truth else empty_table(TRUTH_COLUMNS)
+        images, rejected, stats, duplicates = ingest(listing, **d.checks)
         if source == "demo":  # the tables name the photos where they are once this folder is in place
             for table in (images, rejected):
                 table["path"] = [str(out_dir / Path(p).relative_to(tmp)) for p in table["path"]]
-        truth = check_truth(truth, images, rejected, test_truth or "demo test_truth.csv")
+        truth = check_truth(truth, images, rejected, d.test_truth or "demo test_truth.csv")
         confirmed_stats = {}
         if confirmed:  # decisions made on earlier answers: those test photos are now training photos
             images, truth, confirmed_stats = apply_confirmed(images, rejected, truth, sources.read_confirmed(confirmed),
                                                              confirmed)
         images.to_parquet(tmp / "images.parquet", index=False)
         rejected.to_parquet(tmp / "rejected.parquet", index=False)
+        duplicates.to_parquet(tmp / "duplicates.parquet", index=False)
         truth.to_parquet(tmp / "test_truth.parquet", index=False)
     stats["source"] = source
     stats["test_with_truth"] = int(len(truth))
@@ -79,6 +76,12 @@ def main(
           f"{stats['individuals']} individuals, {stats['rejected']} rejected")
     if stats["rejected"]:
         print(f"ingest: rejected images and their reasons: {out_dir / 'rejected.parquet'}")
+    if len(duplicates):
+        kinds = duplicates["kind"].value_counts()
+        print(f"ingest: pairs of copies: {kinds.get('exact', 0)} exact, {kinds.get('near', 0)} near: "
+              f"{out_dir / 'duplicates.parquet'}")
+    for warning in stats["warnings"]:
+        print(f"ingest: warning: {warning}", file=sys.stderr)
 
 
 if __name__ == "__main__":

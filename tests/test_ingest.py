@@ -27,7 +27,7 @@ def _accounted_for(listing, images, rejected):
 def test_happywhale_layout(tmp_path, photo):
     root = _happywhale(tmp_path, photo, [("a.jpg", "bottlenose_dolpin", "id1"), ("b.jpg", "kiler_whale", "id2")])
     listing = read_source("happywhale", root)
-    images, rejected, stats = ingest(listing)
+    images, rejected, stats, _ = ingest(listing)
     _accounted_for(listing, images, rejected)
     assert stats["train_images"] == 2 and stats["test_images"] == 1 and stats["rejected"] == 0
     # the known misspellings of the Kaggle labels are fixed
@@ -44,7 +44,7 @@ def test_unreadable_images_are_rejected_with_reason_and_counted(tmp_path, photo)
     (root / "train_images" / "2.jpg").write_bytes(data[: len(data) // 3])  # truncated
     photo("hw/train_images/unlabelled.jpg")  # a photo with no row in train.csv
     listing = read_source("happywhale", root)
-    images, rejected, stats = ingest(listing)
+    images, rejected, stats, _ = ingest(listing)
     _accounted_for(listing, images, rejected)
     reasons = dict(zip(rejected.image_id, rejected.reason))
     assert reasons["0.jpg"] == "empty file (0 bytes)"
@@ -87,13 +87,14 @@ def test_folders_source(tmp_path, photo):
         for n in range(2):
             photo(f"fs/{ind}/IMG_000{n}.jpg")  # same file names in both folders
     photo("fs/test/q.jpg")
-    (tmp_path / "fs" / "ind_a" / ".DS_Store").write_bytes(b"\x00junk")  # hidden: not an image of the set
+    (tmp_path / "fs" / "ind_a" / ".DS_Store").write_bytes(b"\x00junk")  # hidden: not read, but not dropped silently
     (tmp_path / "fs" / "ind_b" / "notes.txt").write_text("seen off the pier")  # listed, then rejected
     listing = read_source("folders", tmp_path / "fs", species="Bottlenose Dolphin", test_dir="test")
-    images, rejected, stats = ingest(listing)
+    images, rejected, stats, _ = ingest(listing)
     _accounted_for(listing, images, rejected)
     assert stats["individuals"] == 2 and stats["train_images"] == 4 and stats["test_images"] == 1
-    assert rejected.image_id.tolist() == ["ind_b/notes.txt"]
+    assert rejected.image_id.tolist() == ["ind_a/.DS_Store", "ind_b/notes.txt"]
+    assert rejected.reason.iloc[0].startswith("hidden file") and stats["rejected_by_reason"]["hidden file"] == 1
     assert set(images.species) == {"bottlenose_dolphin", "unknown"}
 
 
@@ -103,7 +104,7 @@ def test_csv_labels_with_different_columns_per_file(tmp_path, photo):
     pd.DataFrame({"Image": ["s1.jpg"], "UniqueID": ["S-9"]}).to_csv(tmp_path / "cs" / "seal.csv", index=False)
     listing = read_source("csv", tmp_path / "cs", labels="whale.csv,seal.csv", image_col="Image",
                           individual_col="UniqueID,ID", species_col="species")
-    images, rejected, _ = ingest(listing)
+    images, rejected, _, _ = ingest(listing)
     assert dict(zip(images.image_id, images.individual)) == {"w1.jpg": "W-1", "w2.jpg": "W-1", "s1.jpg": "S-9"}
     assert dict(zip(images.image_id, images.species)) == {"w1.jpg": "whale", "w2.jpg": "whale", "s1.jpg": "seal"}
 
@@ -111,7 +112,7 @@ def test_csv_labels_with_different_columns_per_file(tmp_path, photo):
 def test_marine_sample_ingests_as_csv(marine_sample):
     listing = read_source("csv", marine_sample, labels="dolphin.csv,seal.csv,whale.csv", image_col="Image",
                           individual_col="UniqueID,ID")
-    images, rejected, stats = ingest(listing, workers=2)
+    images, rejected, stats, _ = ingest(listing, workers=2)
     assert (stats["images"], stats["individuals"], len(stats["species"]), stats["rejected"]) == (58, 16, 3, 0)
     assert (images.width > 0).all() and (images.height > 0).all()
 
@@ -120,7 +121,7 @@ def test_boxes_attach_and_are_clipped(tmp_path, photo):
     root = _happywhale(tmp_path, photo, [("a.jpg", "beluga", "id1"), ("b.jpg", "beluga", "id1")])
     boxes = pd.DataFrame({"image_id": ["a.jpg", "b.jpg"], "box_x1": [5.0, 100.0], "box_y1": [5.0, 100.0],
                           "box_x2": [80.0, 120.0], "box_y2": [20.0, 130.0]})  # b lies wholly outside 64x48
-    images, _, stats = ingest(attach_boxes(read_source("happywhale", root), boxes, "boxes.csv"))
+    images, _, stats, _ = ingest(attach_boxes(read_source("happywhale", root), boxes, "boxes.csv"))
     a = images.set_index("image_id").loc["a.jpg"]
     assert (a.box_x1, a.box_x2) == (5.0, 64.0)  # clipped to the width
     assert images.set_index("image_id").loc["b.jpg", ["box_x1"]].isna().all()
@@ -141,7 +142,7 @@ def test_confirmed_test_photos_become_training_photos_of_the_individual_named(tm
     root = _happywhale(tmp_path, photo, [("a.jpg", "beluga", "id1"), ("b.jpg", "beluga", "id2")],
                        test=("t1.jpg", "t2.jpg", "t3.jpg"))
     (root / "test_images" / "t3.jpg").write_bytes(b"")  # rejected by ingest: empty file
-    images, rejected, _ = ingest(read_source("happywhale", root))
+    images, rejected, _, _ = ingest(read_source("happywhale", root))
     truth = pd.DataFrame({"image_id": ["t1.jpg", "t2.jpg"], "individual": ["id1", "id9"]})
     decisions = tmp_path / "confirmed.csv"
     decisions.write_text("image,individual_id\nt1.jpg,id1\nt2.jpg,new_whale_7\n")

@@ -115,7 +115,8 @@ def test_identify_answers_test_photos_exactly_as_knn_rank_did(project, tmp_path)
     root, _ = project
     images = pd.read_parquet(root / "data/interim/ingest/images.parquet")
     test = images[images.part == "test"].head(3)
-    done = _identify(root, *test["path"], "--out", str(tmp_path / "answers.csv"), "-q")
+    done = _identify(root, *test["path"], "--out", str(tmp_path / "answers.csv"), "--html", str(tmp_path / "review.html"),
+                     "-q")
     assert done.returncode == 0, done.stderr
     answers = pd.read_csv(tmp_path / "answers.csv")
     submitted = pd.read_csv(root / "data/processed/submission.csv").set_index("image")["predictions"]
@@ -125,6 +126,13 @@ def test_identify_answers_test_photos_exactly_as_knn_rank_did(project, tmp_path)
     assert np.allclose(answers["p_new"], predictions.loc[test["image_id"], "p_new"], atol=1e-6)
     assert set(answers["box_source"]) <= {"detector", "full_frame"} and answers["box_x2"].gt(answers["box_x1"]).all()
     assert "3 answered, 0 not" in done.stderr
+    # the review page of those answers: each photo (named by its path, as its export names it) beside its candidates
+    page = (tmp_path / "review.html").read_text()
+    data = json.loads(page.split("const DATA = ", 1)[1].split(";\n", 1)[0].replace("<\\/", "</"))
+    assert [r["q"] for r in data["rows"]] == test["path"].tolist()
+    assert [" ".join(a["id"] for a in r["answers"]) for r in data["rows"]] == answers["predictions"].tolist()
+    shown = {r["q"] for r in data["rows"]} | {a["photo"] for r in data["rows"] for a in r["answers"] if a["photo"]}
+    assert set(data["thumbs"]) == shown and all(t.startswith("data:image/jpeg;base64,") for t in data["thumbs"].values())
 
 
 def test_identify_answers_what_it_can_and_names_what_it_cannot(project, tmp_path):

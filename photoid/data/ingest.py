@@ -4,24 +4,36 @@ from __future__ import annotations
 
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from photoid.data.duplicates import EXACT, duplicate_counts, find_duplicates
 from photoid.data.schema import BOX_COLUMNS, IMAGE_COLUMNS, REJECTED_COLUMNS, TEST, TRAIN
 from photoid.data.sources import rows_error
 from photoid.errors import DataError
 from photoid.images import ImageCheck, check_image
 
 
-def check_images(paths: list[str], workers: int = 1, progress: bool = True) -> list[ImageCheck]:
+def check_images(paths: list[str], workers: int = 1, progress: bool = True, min_side: int = 0) -> list[ImageCheck]:
     """:func:`check_image` over many files, in ``workers`` processes, with a progress bar."""
     bar = dict(total=len(paths), desc="ingest: checking images", unit="img", disable=not progress)
+    check = partial(check_image, min_side=min_side)
     if workers <= 1 or len(paths) < 64:
-        return [check_image(p) for p in tqdm(paths, **bar)]
+        return [check(p) for p in tqdm(paths, **bar)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(tqdm(pool.map(check_image, paths, chunksize=32), **bar))
+        return list(tqdm(pool.map(check, paths, chunksize=32), **bar))
+
+
+class Ingested(NamedTuple):
+    images: pd.DataFrame  # images.parquet: the usable images
+    rejected: pd.DataFrame  # rejected.parquet: every other listed path, with its reason
+    stats: dict  # the counts of metrics/ingest.json
+    duplicates: pd.DataFrame  # duplicates.parquet: pairs of copies (photoid.data.duplicates)
 
 
 def attach_boxes(listing: pd.DataFrame, boxes: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -36,21 +48,34 @@ def attach_boxes(listing: pd.DataFrame, boxes: pd.DataFrame, source: str) -> pd.
     return out[listing.columns]
 
 
-def ingest(listing: pd.DataFrame, workers: int = 1, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Split a listing into the image table and the rejected table, and count what happened.
+def ingest(listing: pd.DataFrame, workers: int = 1, progress: bool = True, min_side: int = 0,
+           duplicates: str = "keep", near_bits: int = -1) -> Ingested:
+    """Split a listing into the image table and the rejected table, find copies, and count what happened.
 
-    Every row of ``listing`` ends in exactly one of the two tables.
+    Every row of ``listing`` ends in exactly one of the two tables. Photos whose shorter side is
+    below ``min_side`` are rejected; ``duplicates="reject"`` rejects the test copy of a photo that is
+    also a training photo (same bytes); near copies are those whose difference hashes are at most
+    ``near_bits`` apart (< 0: not looked for).
     """
+    if duplicates not in ("keep", "reject"):
+        raise DataError(f"data.duplicates is {duplicates!r}: use keep or reject.")
     todo = listing["reason"] == ""
-    checks = check_images(listing.loc[todo, "path"].tolist(), workers=workers, progress=progress)
+    checks = check_images(listing.loc[todo, "path"].tolist(), workers=workers, progress=progress, min_side=min_side)
     listing = listing.copy()
-    listing["width"] = 0
-    listing["height"] = 0
-    listing["mode"] = ""
+    for column, empty in (("width", 0), ("height", 0), ("mode", ""), ("sha1", ""), ("dhash", np.uint64(0))):
+        listing[column] = pd.Series(empty, index=listing.index, dtype=type(empty) if column == "dhash" else None)
+        listing.loc[todo, column] = np.array([getattr(c, column) for c in checks], dtype=np.uint64 if column == "dhash" else None)
     listing.loc[todo, "reason"] = [c.reason for c in checks]
-    listing.loc[todo, "width"] = [c.width for c in checks]
-    listing.loc[todo, "height"] = [c.height for c in checks]
-    listing.loc[todo, "mode"] = [c.mode for c in checks]
+
+    usable = listing[listing["reason"] == ""]
+    pairs = find_duplicates(usable[["image_id", "part", "individual", "sha1", "dhash"]], near_bits)
+    leaks = pairs[(pairs["kind"] == EXACT) & (pairs["part"] == TEST) & (pairs["other_part"] == TRAIN)]
+    if duplicates == "reject" and len(leaks):
+        reason = {r.image_id: f"exact copy of a training photo: {r.duplicate_of} (individual {r.other_individual}), "
+                              "the same photo in training and test; data.duplicates: keep to answer it anyway"
+                  for r in leaks.itertuples()}
+        copies = listing["image_id"].isin(reason)
+        listing.loc[copies, "reason"] = listing.loc[copies, "image_id"].map(reason)
 
     ok = listing["reason"] == ""
     images = listing[ok].copy()
@@ -63,7 +88,7 @@ def ingest(listing: pd.DataFrame, workers: int = 1, progress: bool = True) -> tu
         "listed": int(len(listing)),
         "images": int(len(images)),
         "rejected": int(len(rejected)),
-        "rejected_by_reason": dict(Counter(_reason_kind(r) for r in rejected["reason"])),
+        "rejected_by_reason": dict(Counter(reason_kind(r) for r in rejected["reason"])),
         "train_images": int((images.part == TRAIN).sum()),
         "test_images": int((images.part == TEST).sum()),
         "individuals": int(images.loc[images.part == TRAIN, "individual"].nunique()),
@@ -71,8 +96,27 @@ def ingest(listing: pd.DataFrame, workers: int = 1, progress: bool = True) -> tu
         "images_with_box": int(images[BOX_COLUMNS].notna().all(axis=1).sum()),
         "boxes_clipped_to_image": int(clipped),
         "converted_to_rgb": {k: int(v) for k, v in images.loc[images["mode"] != "RGB", "mode"].value_counts().items()},
+        "duplicates": {**duplicate_counts(pairs), "exact_train_test_rejected": int(len(leaks)) if duplicates == "reject" else 0},
+        "warnings": ingest_warnings(images, pairs),
     }
-    return images[IMAGE_COLUMNS].reset_index(drop=True), rejected, stats
+    return Ingested(images[IMAGE_COLUMNS].reset_index(drop=True), rejected, stats, pairs)
+
+
+def ingest_warnings(images: pd.DataFrame, pairs: pd.DataFrame) -> list[str]:
+    """What the run can go on with but a person should know (printed by the stage, kept in the metrics)."""
+    out = []
+    if not (images["part"] == TEST).any():
+        out.append("no test photos: nothing to identify; knn-rank reports cross-validation only (check the test "
+                   "folder's name: test_images/ for the happywhale layout, data.test_dir otherwise)")
+    if not (images["part"] == TRAIN).any():
+        out.append("no usable training photos: nothing to train on (see rejected.parquet)")
+    counts = duplicate_counts(pairs)
+    if counts["exact_train_test"]:
+        out.append(f"{counts['exact_train_test']} test photos are exact copies of training photos (duplicates.parquet)")
+    if counts["exact_with_two_individuals"]:
+        out.append(f"{counts['exact_with_two_individuals']} training photos are copies of a photo labelled as another "
+                   "individual: fix the labels (duplicates.parquet)")
+    return out
 
 
 def _clip_boxes(images: pd.DataFrame) -> tuple[pd.DataFrame, int]:
@@ -87,7 +131,7 @@ def _clip_boxes(images: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return images, int(changed.sum())
 
 
-def _reason_kind(reason: str) -> str:
+def reason_kind(reason: str) -> str:
     """Group reasons for the metrics: the text before the first ':' or '('."""
     for sep in (":", "("):
         reason = reason.split(sep)[0]
@@ -129,12 +173,51 @@ def apply_confirmed(images: pd.DataFrame, rejected: pd.DataFrame, truth: pd.Data
     return images, truth[~truth.image_id.isin(label)].reset_index(drop=True), stats
 
 
-__all__ = ["DataError", "apply_confirmed", "attach_boxes", "check_images", "check_truth", "ingest", "read_source"]
+__all__ = ["DataError", "DataParams", "apply_confirmed", "attach_boxes", "check_images", "check_truth", "ingest",
+           "read_data_set", "read_source"]
+
+
+@dataclass(frozen=True)
+class DataParams:
+    """params.yaml's data section, but data.demo (the values live there)."""
+
+    source: str
+    root: str
+    labels: str
+    image_col: str
+    individual_col: str
+    species_col: str
+    species: str
+    test_dir: str
+    image_dir: str
+    boxes: str
+    test_truth: str
+    confirmed: str
+    min_side: int
+    duplicates: str
+    near_duplicate_bits: int
+    workers: int
+
+    @property
+    def checks(self) -> dict:
+        """:func:`ingest`'s options."""
+        return dict(workers=self.workers, min_side=self.min_side, duplicates=self.duplicates,
+                    near_bits=self.near_duplicate_bits)
+
+
+def read_data_set(d: DataParams) -> pd.DataFrame:
+    """The listing of a data set on disk (not the demo: it is generated first), boxes attached."""
+    from photoid.data import sources
+
+    listing = read_source(d.source, d.root, labels=d.labels, image_col=d.image_col, individual_col=d.individual_col,
+                          species_col=d.species_col, species=d.species, test_dir=d.test_dir, image_dir=d.image_dir,
+                          data_files=(d.boxes, d.test_truth, d.confirmed))
+    return attach_boxes(listing, sources.read_boxes(d.boxes), d.boxes) if d.boxes else listing
 
 
 def read_source(source: str, root: str, *, labels: str = "", image_col: str = "image",
                 individual_col: str = "individual_id", species_col: str = "species", species: str = "",
-                test_dir: str = "", data_files: tuple[str, ...] = ()) -> pd.DataFrame:
+                test_dir: str = "", image_dir: str = "", data_files: tuple[str, ...] = ()) -> pd.DataFrame:
     """The listing of data set ``source`` (happywhale, folders or csv) found at ``root``; ``data_files``
     (boxes, test truth, confirmed decisions kept under root) are not photos of the folders layout."""
     from photoid.data import sources
@@ -145,5 +228,5 @@ def read_source(source: str, root: str, *, labels: str = "", image_col: str = "i
         return sources.read_folders(root, species=species, test_dir=test_dir, data_files=data_files)
     if source == "csv":
         return sources.read_csv_labels(root, labels, image_col=image_col, individual_col=individual_col,
-                                       species_col=species_col, species=species, test_dir=test_dir)
+                                       species_col=species_col, species=species, test_dir=test_dir, image_dir=image_dir)
     raise DataError(f"unknown data.source {source!r}: use demo, happywhale, folders or csv.")

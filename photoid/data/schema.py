@@ -14,8 +14,16 @@ width, height  int64    size of the upright image (EXIF orientation applied), in
 box_x1 .. y2   float64  the animal's box in upright pixel coordinates; NaN where the set has none
 =============  =======  ==========================================================================
 
-``rejected.parquet``: image_id, path, part, individual, species, reason: every input image that
-could not be used, with why. ``images`` ∪ ``rejected`` is exactly the input: nothing is dropped.
+``rejected.parquet``: image_id, path, part, individual, species, reason: every listed path that
+could not be used, with why (the text before the first ':' or '(' is the kind metrics count).
+``images`` ∪ ``rejected`` is exactly the input: nothing is dropped.
+
+``duplicates.parquet``: pairs of usable photos that are copies (:mod:`photoid.data.duplicates`).
+
+Three boxes, three tables, three names, so that none is taken for another: ``box_x1 .. y2`` here
+is the box the data set gave (the detector's training target); ``x1 .. y2`` in the detect stage's
+``boxes.parquet`` is the box used (detected, given, or the full frame: ``box_source``); and
+``crop_x1 .. y2`` in ``crops.parquet`` is that box with the crop's margin, squared, as cut.
 
 ``test_truth.parquet``: image_id, individual: the identity of test images where the data set
 knows it (the demo does). Only evaluation reads it; an individual absent from training is a new one.

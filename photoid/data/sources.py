@@ -18,7 +18,11 @@ Sources (``data.source``):
 
 from __future__ import annotations
 
+import csv
+import io
 import os
+import unicodedata
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +30,7 @@ import pandas as pd
 
 from photoid.data.schema import BOX_COLUMNS, LISTING_COLUMNS, TEST, TRAIN, UNKNOWN_SPECIES, normalise_species
 from photoid.errors import DataError
+from photoid.images import broken_link
 from photoid.metrics import NEW_INDIVIDUAL
 
 MAX_LISTED = 10  # how many offending rows an error message lists
@@ -39,20 +44,64 @@ def listing_table(rows: list[dict]) -> pd.DataFrame:
     return df
 
 
+def _hidden_rows(hidden: list[Path], folder: Path, part: str, origin: str) -> list[dict]:
+    return [_row(f"{origin}/{p.relative_to(folder)}", p, part, origin=f"{origin}/{p.relative_to(folder)}",
+                 reason=HIDDEN_REASON) for p in hidden]
+
+
 def _row(image_id, path, part, individual="", species=UNKNOWN_SPECIES, origin="", reason="") -> dict:
     return dict(image_id=str(image_id), path=os.path.normpath(str(path)), part=part,
                 individual=str(individual), species=normalise_species(species), origin=origin,
                 reason=reason, **{c: np.nan for c in BOX_COLUMNS})
 
 
+HIDDEN_REASON = "hidden file (its name or a folder's starts with '.'): not read"
+
+
+def list_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Everything under ``folder`` that is not a folder, recursively, following linked folders (once
+    each: a link back to a folder above is not walked again): files, and links that lead nowhere
+    (broken, or a loop: :func:`photoid.images.check_image` says which), so that nothing listed
+    disappears. Returns (visible, hidden): hidden ones (``.DS_Store``, anything under ``.git/``) apart."""
+    folder = Path(folder)
+    visible, hidden = [], []
+    walked = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in walked:
+            dirnames[:] = []
+            continue
+        walked.add(real)
+        dirnames.sort()
+        rel = Path(dirpath).relative_to(folder)
+        in_hidden = any(part.startswith(".") for part in rel.parts)
+        for name in sorted(filenames):
+            (hidden if in_hidden or name.startswith(".") else visible).append(Path(dirpath) / name)
+    return sorted(visible), sorted(hidden)
+
+
 def visible_files(folder: Path) -> list[Path]:
-    """Files under ``folder`` (recursively), hidden files and folders (``.DS_Store``) left out."""
-    out = []
-    for p in sorted(folder.rglob("*")):
-        rel = p.relative_to(folder)
-        if p.is_file() and not any(part.startswith(".") for part in rel.parts):
-            out.append(p)
-    return out
+    """The visible files under ``folder`` (:func:`list_files`), broken links included."""
+    return list_files(folder)[0]
+
+
+@lru_cache(maxsize=4096)
+def _names_by_form(folder: str) -> dict[str, str]:
+    try:
+        return {unicodedata.normalize("NFC", n): n for n in os.listdir(folder)}
+    except OSError:
+        return {}
+
+
+def on_disk(path: Path) -> Path:
+    """``path`` as it is spelt on disk: a name written in one Unicode form (é as one character, NFC)
+    finds the file stored in the other (e + accent, NFD: copies from macOS), and the other way."""
+    path = Path(path)
+    if os.path.lexists(path) or path.parent == path:
+        return path
+    parent = on_disk(path.parent)
+    name = _names_by_form(str(parent)).get(unicodedata.normalize("NFC", path.name))
+    return parent / name if name is not None else parent / path.name
 
 
 def rows_error(problem: str, where: list[str], todo: str) -> DataError:
@@ -69,10 +118,13 @@ def read_label_file(path: Path, wanted: dict[str, list[str]], optional: set[str]
     """
     if not path.is_file():
         raise DataError(f"label file {path} does not exist: check data.root and data.labels in params.yaml.")
+    text = decode_text(path)
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True,
+                         sep=_separator(text))
     except Exception as e:
-        raise DataError(f"cannot read label file {path} as CSV: {e}") from e
+        raise DataError(f"cannot read label file {path} as CSV: {e}. Save it as a comma-separated CSV "
+                        "(UTF-8) with a header row.") from e
     df.columns = [str(c).strip() for c in df.columns]
     used = {}
     for role, candidates in wanted.items():
@@ -87,6 +139,36 @@ def read_label_file(path: Path, wanted: dict[str, list[str]], optional: set[str]
     for c in df.columns:
         df[c] = df[c].astype(str).str.strip()
     return df, used
+
+
+def decode_text(path: Path) -> str:
+    """A text file in UTF-8 (with or without BOM), UTF-16 (with BOM) or, failing those, Windows-1252 /
+    Latin-1 (a spreadsheet's export in western Europe)."""
+    data = path.read_bytes()
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        encodings = ["utf-16"]
+    else:
+        encodings = ["utf-8-sig", "cp1252", "latin-1"]
+    for encoding in encodings:
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    raise DataError(f"cannot read label file {path}: it is neither UTF-8, UTF-16 nor Latin-1 text. "
+                    "Save it as CSV (UTF-8).")
+
+
+def _separator(text: str) -> str:
+    """',' unless the header has none and another separator (';' from a spreadsheet set to a comma
+    decimal, tab, '|') splits it consistently."""
+    head = "\n".join(text.splitlines()[:20])
+    first = head.split("\n", 1)[0]
+    if "," in first:
+        return ","
+    try:
+        return csv.Sniffer().sniff(head, delimiters=";\t|").delimiter
+    except csv.Error:
+        return ","
 
 
 def _check_labels(df: pd.DataFrame, path: Path, columns: list[str]) -> None:
@@ -106,16 +188,28 @@ def _check_duplicates(listing: pd.DataFrame) -> None:
                          "Each image must be listed once: remove the repeated rows, or rename files that share a name.")
 
 
-def _check_missing(listing: pd.DataFrame) -> None:
-    missing = [f"{r.path} ({r.origin})" for r in listing.itertuples() if not os.path.exists(r.path)]
+def _check_missing(listing: pd.DataFrame, looked: dict[str, list[Path]] | None = None) -> pd.DataFrame:
+    """Every labelled path must name something on disk (a broken link does: ingest rejects it with its
+    reason); a name spelt in another Unicode form than the file's is taken as the file's (:func:`on_disk`)."""
+    listing = listing.copy()
+    listing["path"] = [os.path.normpath(on_disk(Path(p))) for p in listing["path"]]
+    missing = []
+    for r in listing.itertuples():
+        if not os.path.lexists(r.path):
+            places = (looked or {}).get(r.image_id)
+            where = f"; looked in {', '.join(str(p.parent) for p in places)}" if places and len(places) > 1 else ""
+            missing.append(f"{r.path} ({r.origin}{where})")
     if missing:
         raise rows_error("label rows whose image file does not exist", missing,
-                         "Fix the file names in the label file or add the images; check data.root in params.yaml.")
+                         "Fix the file names in the label file or add the images; check data.root (and, for csv "
+                         "label files, data.image_dir) in params.yaml.")
+    return listing
 
 
 def _test_folder(folder: Path, origin: str) -> list[dict]:
-    return [_row(str(p.relative_to(folder)), p, TEST, origin=f"{origin}/{p.relative_to(folder)}")
-            for p in visible_files(folder)]
+    visible, hidden = list_files(folder)
+    return ([_row(str(p.relative_to(folder)), p, TEST, origin=f"{origin}/{p.relative_to(folder)}") for p in visible]
+            + _hidden_rows(hidden, folder, TEST, origin))
 
 
 def read_happywhale(root: str | os.PathLike) -> pd.DataFrame:
@@ -127,21 +221,25 @@ def read_happywhale(root: str | os.PathLike) -> pd.DataFrame:
     rows = [_row(r[used["image"]], root / "train_images" / r[used["image"]], TRAIN, r[used["individual"]],
                  r[used["species"]], origin=f"train.csv line {i + 2}")
             for i, r in enumerate(labels.to_dict("records"))]
-    listed = {r["image_id"] for r in rows}
-    train_dir = root / "train_images"
-    if not train_dir.is_dir():
-        raise DataError(f"{train_dir} does not exist: the happywhale layout needs train.csv, train_images/ and test_images/.")
-    for p in visible_files(train_dir):
-        if str(p.relative_to(train_dir)) not in listed:
-            rows.append(_row(p.name, p, TRAIN, origin=f"train_images/{p.name}",
-                             reason="in train_images/ but not in train.csv (no label)"))
-    test_dir = root / "test_images"
-    if test_dir.is_dir():
-        rows += _test_folder(test_dir, "test_images")
+    listed = {unicodedata.normalize("NFC", r["image_id"]) for r in rows}
+    train_dir, test_dir = root / "train_images", root / "test_images"
+    for folder in (train_dir, test_dir):
+        if not folder.is_dir():
+            raise DataError(f"{folder} does not exist: the happywhale layout needs train.csv, train_images/ and "
+                            "test_images/ (an empty test_images/ for a run without photos to identify).")
+    visible, hidden = list_files(train_dir)
+    for p in visible:
+        rel = str(p.relative_to(train_dir))
+        if unicodedata.normalize("NFC", rel) not in listed:
+            unlabelled = "in train_images/ but not in train.csv (no label)"
+            broken = broken_link(p)  # the first thing to fix is that the photo is not there
+            rows.append(_row(rel, p, TRAIN, origin=f"train_images/{rel}",
+                             reason=f"{broken}; also {unlabelled}" if broken else unlabelled))
+    rows += _hidden_rows(hidden, train_dir, TRAIN, "train_images")
+    rows += _test_folder(test_dir, "test_images")
     listing = listing_table(rows)
     _check_duplicates(listing)
-    _check_missing(listing)
-    return listing
+    return _check_missing(listing)
 
 
 def read_folders(root: str | os.PathLike, species: str = "", test_dir: str = "", data_files: tuple[str, ...] = ()) -> pd.DataFrame:
@@ -151,18 +249,24 @@ def read_folders(root: str | os.PathLike, species: str = "", test_dir: str = "",
         raise DataError(f"data.root {root} is not a folder: set data.root in params.yaml to the folder of individuals.")
     test_path = (root / test_dir) if test_dir else None
     rows = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         if test_path is not None and folder.resolve() == test_path.resolve():
             continue
-        for p in visible_files(folder):
+        visible, hidden = list_files(folder)
+        if folder.name.startswith("."):
+            visible, hidden = [], sorted(visible + hidden)
+        for p in visible:
             rel = p.relative_to(root)
             rows.append(_row(str(rel), p, TRAIN, folder.name, species or UNKNOWN_SPECIES, origin=str(rel)))
+        rows += [dict(r, image_id=str(Path(r["path"]).relative_to(root)), origin=str(Path(r["path"]).relative_to(root)))
+                 for r in _hidden_rows(hidden, folder, TRAIN, folder.name)]
     data_files = {Path(f).resolve() for f in data_files if f}
-    for p in sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")):
+    for p in sorted(p for p in root.iterdir() if not p.is_dir()):
         if p.resolve() in data_files:  # data.boxes, data.test_truth, data.confirmed: tables, not photos
             continue
-        rows.append(_row(p.name, p, TRAIN, origin=p.name,
-                         reason="file directly in data.root, not in an individual's folder (no label)"))
+        reason = (HIDDEN_REASON if p.name.startswith(".")
+                  else "file directly in data.root, not in an individual's folder (no label)")
+        rows.append(_row(p.name, p, TRAIN, origin=p.name, reason=reason))
     if test_path is not None:
         if not test_path.is_dir():
             raise DataError(f"data.test_dir {test_path} is not a folder: fix data.test_dir in params.yaml or set it to ''.")
@@ -178,36 +282,46 @@ def _split_names(value: str) -> list[str]:
     return [v.strip() for v in str(value).split(",") if v.strip()]
 
 
-def _resolve_image(label_file: Path, name: str) -> Path:
-    """An image named in a label file lies beside it, or in a folder named like it (dolphin.csv → dolphin/)."""
-    candidates = [Path(name)] if os.path.isabs(name) else [label_file.parent / name, label_file.parent / label_file.stem / name]
-    return next((c for c in candidates if c.exists()), candidates[-1])
+def image_places(label_file: Path, name: str, image_dir: Path | None = None) -> list[Path]:
+    """Where an image named in a label file may be, in order: beside the label file, in a folder named
+    like it (dolphin.csv → dolphin/), in ``image_dir`` (data.image_dir); an absolute name is itself."""
+    if os.path.isabs(name):
+        return [Path(name)]
+    places = [label_file.parent / name, label_file.parent / label_file.stem / name]
+    return places + ([image_dir / name] if image_dir is not None else [])
 
 
 def read_csv_labels(root: str | os.PathLike, labels: str, image_col: str = "image", individual_col: str = "individual_id",
-                    species_col: str = "species", species: str = "", test_dir: str = "") -> pd.DataFrame:
+                    species_col: str = "species", species: str = "", test_dir: str = "",
+                    image_dir: str = "") -> pd.DataFrame:
     """One or more label files (``labels``, comma-separated, relative to ``root``).
 
     Column params may list candidates, comma-separated (``individual_col: UniqueID,ID``): the first
     one present in a file is used, so label files whose columns differ ingest in one run. A file
     with no species column takes ``species`` if given, else its own name (``dolphin.csv`` → dolphin).
-    Images are looked up beside the label file, then in a folder named after it.
+    Images are looked up beside the label file, then in a folder named after it, then in
+    ``image_dir`` (relative to root); a name found nowhere is reported with every place looked.
     """
     root = Path(root)
     files = _split_names(labels)
     if not files:
         raise DataError("data.source is csv but data.labels is empty: list the label files (comma-separated) in params.yaml.")
+    images_at = (root / image_dir) if image_dir else None
+    if images_at is not None and not images_at.is_dir():
+        raise DataError(f"data.image_dir {images_at} is not a folder: fix data.image_dir in params.yaml or set it to ''.")
     wanted = {"image": _split_names(image_col), "individual": _split_names(individual_col),
               "species": _split_names(species_col)}
-    rows = []
+    rows, looked = [], {}
     for name in files:
         path = root / name
         df, used = read_label_file(path, wanted, optional={"species"})
         _check_labels(df, path, [used["image"], used["individual"]])
         for i, r in enumerate(df.to_dict("records")):
             sp = r[used["species"]] if "species" in used else (species or path.stem)
-            rows.append(_row(r[used["image"]], _resolve_image(path, r[used["image"]]), TRAIN,
-                             r[used["individual"]], sp, origin=f"{path} line {i + 2}"))
+            places = image_places(path, r[used["image"]], images_at)
+            found = next((p for p in places if os.path.lexists(on_disk(p))), places[0])
+            rows.append(_row(r[used["image"]], found, TRAIN, r[used["individual"]], sp, origin=f"{path} line {i + 2}"))
+            looked[str(r[used["image"]])] = places
     if test_dir:
         test_path = root / test_dir
         if not test_path.is_dir():
@@ -215,8 +329,7 @@ def read_csv_labels(root: str | os.PathLike, labels: str, image_col: str = "imag
         rows += _test_folder(test_path, test_dir)
     listing = listing_table(rows)
     _check_duplicates(listing)
-    _check_missing(listing)
-    return listing
+    return _check_missing(listing, looked)
 
 
 def read_boxes(path: str | os.PathLike) -> pd.DataFrame:
