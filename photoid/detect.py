@@ -117,12 +117,23 @@ def write_yolo_dataset(images: pd.DataFrame, root: Path, img_size: int, val_frac
                 img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))))
             stem = f"{k:07d}"
             img.save(root / "images" / part / f"{stem}.jpg", quality=95)
-            cx, cy = (r.box_x1 + r.box_x2) / 2 / r.width, (r.box_y1 + r.box_y2) / 2 / r.height
-            bw, bh = (r.box_x2 - r.box_x1) / r.width, (r.box_y2 - r.box_y1) / r.height
-            (root / "labels" / part / f"{stem}.txt").write_text(f"0 {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f}\n")
+            (root / "labels" / part / f"{stem}.txt").write_text(yolo_labels(r))
     data_yaml = root / "data.yaml"
     data_yaml.write_text(f"path: {root.resolve()}\ntrain: images/train\nval: images/val\nnames:\n  0: animal\n")
     return data_yaml, len(parts["train"]), len(parts["val"])
+
+
+def yolo_labels(r) -> str:
+    """A YOLO label file's lines for an image row: its box and every other animal's (``other_boxes``)."""
+    boxes = [(r.box_x1, r.box_y1, r.box_x2, r.box_y2)]
+    other = getattr(r, "other_boxes", None)
+    flat = [] if other is None else list(other)
+    boxes += [tuple(flat[i:i + 4]) for i in range(0, len(flat), 4)]
+    lines = []
+    for x1, y1, x2, y2 in boxes:
+        cx, cy, bw, bh = (x1 + x2) / 2 / r.width, (y1 + y2) / 2 / r.height, (x2 - x1) / r.width, (y2 - y1) / r.height
+        lines.append(f"0 {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f}\n")
+    return "".join(lines)
 
 
 def _ultralytics_device(device: str):

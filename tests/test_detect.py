@@ -66,3 +66,14 @@ def test_yolo_dataset_labels_are_normalised_centre_boxes(tmp_path, photo):
     label = next((tmp_path / "yolo" / "labels" / "train").glob("*.txt")).read_text().split()
     assert [float(v) for v in label] == pytest.approx([0, 0.5, 0.5, 0.5, 0.5])
     assert "names" in data_yaml.read_text()
+
+
+def test_every_animal_of_a_photo_is_a_detector_target(tmp_path, photo):
+    """A photo of two fins: its label file holds both boxes, the labelled animal's first."""
+    p = photo("pod.jpg", size=(200, 100))
+    rows = [dict(image_id=f"{k}.jpg", path=str(p), width=200, height=100, box_x1=100.0, box_y1=0.0, box_x2=200.0,
+                 box_y2=100.0, other_boxes=[0.0, 50.0, 20.0, 100.0]) for k in range(5)]
+    detect.write_yolo_dataset(pd.DataFrame(rows), tmp_path / "yolo", img_size=64, val_fraction=0.2, seed=0)
+    lines = next((tmp_path / "yolo" / "labels" / "train").glob("*.txt")).read_text().splitlines()
+    assert [[float(v) for v in line.split()] for line in lines] == [pytest.approx([0, 0.75, 0.5, 0.5, 1.0]),
+                                                                   pytest.approx([0, 0.05, 0.75, 0.1, 0.5])]

@@ -204,6 +204,13 @@ def size_is(w: int, h: int):
     return then
 
 
+def boxes_are(main: list[float], others: list[float]):
+    def then(row, result):
+        assert [row.box_x1, row.box_y1, row.box_x2, row.box_y2] == main
+        assert list(row.other_boxes) == others
+    return then
+
+
 def counted(key: str, value: int):
     def check(result):
         assert result.stats["duplicates"][key] == value, result.stats["duplicates"]
@@ -267,6 +274,8 @@ CASES = [
     # unlabelled, hidden and stray files: listed, never dropped
     ("unlabelled-train", lambda ds: scene(ds.train("extra.jpg"), 7), rejected("extra.jpg", "not in train.csv")),
     ("unlabelled-in-subfolder", lambda ds: scene(ds.train("2024/extra.jpg"), 7), rejected("2024/extra.jpg", "not in train.csv")),
+    ("unlabelled-in-subfolder-same-name", lambda ds: scene(ds.train("2024/a.jpg"), 7),
+     all_of(rejected("2024/a.jpg", "not in train.csv"), accepted("a.jpg"))),
     ("hidden-file-test", lambda ds: write(ds.test(".DS_Store"), b"\x00\x01junk"),
      rejected("test_images/.DS_Store", "hidden file")),
     ("hidden-folder-train", lambda ds: scene(ds.train(".thumbs/a.jpg"), 0), rejected("train_images/.thumbs/a.jpg", "hidden")),
@@ -348,6 +357,18 @@ CASES = [
     ("box-not-a-number", lambda ds: setattr(ds, "boxes", "image,x1,y1,x2,y2\na.jpg,1,2,x,40\n"), stops("not numbers")),
     ("box-inverted", lambda ds: setattr(ds, "boxes", "image,x1,y1,x2,y2\na.jpg,50,2,10,40\n"), stops("x2 <= x1")),
     ("box-unknown-image", lambda ds: setattr(ds, "boxes", "image,x1,y1,x2,y2\nzz.jpg,1,2,10,40\n"), stops("zz.jpg")),
+    ("two-fins-one-photo", lambda ds: setattr(ds, "boxes", "image,x1,y1,x2,y2\na.jpg,0,0,20,20\na.jpg,10,10,90,70\n"),
+     accepted("a.jpg", boxes_are([10, 10, 90, 70], [0, 0, 20, 20]))),  # the label goes with the largest
+    ("two-fins-main-marked", lambda ds: setattr(ds, "boxes", "image,x1,y1,x2,y2,main\na.jpg,0,0,20,20,1\n"
+                                                               "a.jpg,10,10,90,70,0\nb.jpg,5,5,50,50,\n"),
+     all_of(accepted("a.jpg", boxes_are([0, 0, 20, 20], [10, 10, 90, 70])), accepted("b.jpg", boxes_are([5, 5, 50, 50], [])))),
+    ("other-box-outside", lambda ds: setattr(ds, "boxes", "image,x1,y1,x2,y2\na.jpg,10,10,90,70\na.jpg,200,0,220,10\n"
+                                                            "a.jpg,90,60,120,90\n"),
+     accepted("a.jpg", boxes_are([10, 10, 90, 70], [90, 60, 96, 72]))),  # clipped to 96x72; the one outside dropped
+    ("two-main-boxes", lambda ds: setattr(ds, "boxes", "image,x1,y1,x2,y2,main\na.jpg,0,0,20,20,1\na.jpg,10,10,90,70,1\n"),
+     stops("more than one box marked main (1):\n  a.jpg")),
+    ("main-not-yes-no", lambda ds: setattr(ds, "boxes", "image,x1,y1,x2,y2,main\na.jpg,0,0,20,20,maybe\n"),
+     stops("'main' values that are not yes or no (1):\n  line 2")),
     ("box-outside-image", lambda ds: setattr(ds, "boxes", "image,x1,y1,x2,y2\na.jpg,500,500,600,600\n"),
      accepted("a.jpg", lambda row, r: np.isnan(row.box_x1))),
 ]

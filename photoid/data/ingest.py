@@ -37,14 +37,26 @@ class Ingested(NamedTuple):
 
 
 def attach_boxes(listing: pd.DataFrame, boxes: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Each photo's boxes (:func:`photoid.data.sources.read_boxes`) on its row: the labelled animal's
+    box (marked ``main``, else the largest) in box_x1 .. y2, the others in ``other_boxes`` (for the
+    detector: every animal in a photo is an animal to find)."""
     unknown = sorted(set(boxes.image_id) - set(listing.image_id))
     if unknown:
         raise rows_error(f"{source}: boxes for images that are not in the data set", unknown,
                          "Remove those rows from the box file or add the images.")
-    dup = sorted(boxes.image_id[boxes.image_id.duplicated()].unique())
-    if dup:
-        raise rows_error(f"{source}: more than one box for an image", dup, "Keep one box per image (the animal to identify).")
-    out = listing.drop(columns=BOX_COLUMNS).merge(boxes, on="image_id", how="left")
+    boxes = boxes.assign(_area=(boxes.box_x2 - boxes.box_x1) * (boxes.box_y2 - boxes.box_y1),
+                         main=boxes["main"].astype(bool) if "main" in boxes else False)
+    main_count = boxes.groupby("image_id")["main"].sum()
+    several = sorted(main_count.index[main_count > 1])
+    if several:
+        raise rows_error(f"{source}: photos with more than one box marked main", several,
+                         "Mark one box per photo as main: the animal the photo's label names.")
+    ordered = boxes.sort_values(["image_id", "main", "_area"], ascending=[True, False, False], kind="stable")
+    chosen = ordered.drop_duplicates("image_id", keep="first")
+    others = ordered[ordered.duplicated("image_id", keep="first")]
+    other_lists = others.groupby("image_id")[BOX_COLUMNS].apply(lambda b: b.to_numpy(np.float64).ravel().tolist())
+    out = listing.drop(columns=BOX_COLUMNS).merge(chosen[["image_id", *BOX_COLUMNS]], on="image_id", how="left")
+    out["other_boxes"] = [other_lists.get(i, []) for i in out["image_id"]]
     return out[listing.columns]
 
 
@@ -94,6 +106,8 @@ def ingest(listing: pd.DataFrame, workers: int = 1, progress: bool = True, min_s
         "individuals": int(images.loc[images.part == TRAIN, "individual"].nunique()),
         "species": {k: int(v) for k, v in images["species"].value_counts().sort_index().items()},
         "images_with_box": int(images[BOX_COLUMNS].notna().all(axis=1).sum()),
+        "images_with_several_boxes": int((images["other_boxes"].map(len) > 0).sum()),
+        "other_boxes": int(images["other_boxes"].map(len).sum() // 4),
         "boxes_clipped_to_image": int(clipped),
         "converted_to_rgb": {k: int(v) for k, v in images.loc[images["mode"] != "RGB", "mode"].value_counts().items()},
         "duplicates": {**duplicate_counts(pairs), "exact_train_test_rejected": int(len(leaks)) if duplicates == "reject" else 0},
@@ -128,6 +142,12 @@ def _clip_boxes(images: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     clipped[empty] = np.nan  # a box wholly outside its image says nothing: treat as no box
     images = images.copy()
     images[BOX_COLUMNS] = clipped
+    others = []
+    for flat, limit in zip(images["other_boxes"], limits):
+        b = np.clip(np.asarray(flat, np.float64).reshape(-1, 4), 0, limit)
+        b = b[(b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])]
+        others.append(b.ravel().tolist())
+    images["other_boxes"] = others
     return images, int(changed.sum())
 
 

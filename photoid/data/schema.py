@@ -12,6 +12,8 @@ individual     str      the individual's id; empty for test images (their truth 
 species        str      species name, normalised to lower_snake_case; ``unknown`` if not given
 width, height  int64    size of the upright image (EXIF orientation applied), in pixels
 box_x1 .. y2   float64  the animal's box in upright pixel coordinates; NaN where the set has none
+other_boxes    list     other animals' boxes in the photo, x1, y1, x2, y2 after one another (the
+                        detector trains on them; the photo's label is the box_x1 .. y2 animal's)
 =============  =======  ==========================================================================
 
 ``rejected.parquet``: image_id, path, part, individual, species, reason: every listed path that
@@ -39,8 +41,8 @@ import pandas as pd
 TRAIN, TEST = "train", "test"
 DETECTED, FULL_FRAME = "detector", "full_frame"  # box_source: where a crop's box came from
 BOX_COLUMNS = ["box_x1", "box_y1", "box_x2", "box_y2"]
-LISTING_COLUMNS = ["image_id", "path", "part", "individual", "species", *BOX_COLUMNS, "origin"]
-IMAGE_COLUMNS = ["image_id", "path", "part", "individual", "species", "width", "height", *BOX_COLUMNS]
+LISTING_COLUMNS = ["image_id", "path", "part", "individual", "species", *BOX_COLUMNS, "other_boxes", "origin"]
+IMAGE_COLUMNS = ["image_id", "path", "part", "individual", "species", "width", "height", *BOX_COLUMNS, "other_boxes"]
 REJECTED_COLUMNS = ["image_id", "path", "part", "individual", "species", "reason"]
 TRUTH_COLUMNS = ["image_id", "individual"]
 UNKNOWN_SPECIES = "unknown"

@@ -40,6 +40,7 @@ def listing_table(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=[*LISTING_COLUMNS, "reason"])
     for c in BOX_COLUMNS:
         df[c] = df[c].astype(np.float64)
+    df["other_boxes"] = [b if isinstance(b, list) else [] for b in df["other_boxes"]]
     df["reason"] = df["reason"].fillna("")
     return df
 
@@ -52,7 +53,7 @@ def _hidden_rows(hidden: list[Path], folder: Path, part: str, origin: str) -> li
 def _row(image_id, path, part, individual="", species=UNKNOWN_SPECIES, origin="", reason="") -> dict:
     return dict(image_id=str(image_id), path=os.path.normpath(str(path)), part=part,
                 individual=str(individual), species=normalise_species(species), origin=origin,
-                reason=reason, **{c: np.nan for c in BOX_COLUMNS})
+                reason=reason, other_boxes=[], **{c: np.nan for c in BOX_COLUMNS})
 
 
 HIDDEN_REASON = "hidden file (its name or a folder's starts with '.'): not read"
@@ -333,10 +334,13 @@ def read_csv_labels(root: str | os.PathLike, labels: str, image_col: str = "imag
 
 
 def read_boxes(path: str | os.PathLike) -> pd.DataFrame:
-    """A box file: image, x1, y1, x2, y2 in upright pixel coordinates."""
+    """A box file: image, x1, y1, x2, y2 in upright pixel coordinates, one row per animal; a photo of
+    several animals has several rows. An optional column ``main`` (1/0, true/false, yes/no) marks the
+    box of the animal the photo's label names; without it, a photo's largest box is that one."""
     path = Path(path)
     df, used = read_label_file(path, {"image": ["image", "image_id"], "x1": ["x1", "box_x1"], "y1": ["y1", "box_y1"],
-                                      "x2": ["x2", "box_x2"], "y2": ["y2", "box_y2"]})
+                                      "x2": ["x2", "box_x2"], "y2": ["y2", "box_y2"], "main": ["main"]},
+                               optional={"main"})
     out = pd.DataFrame({"image_id": df[used["image"]]})
     for short, col in zip(["x1", "y1", "x2", "y2"], BOX_COLUMNS):
         values = pd.to_numeric(df[used[short]], errors="coerce")
@@ -349,6 +353,15 @@ def read_boxes(path: str | os.PathLike) -> pd.DataFrame:
     if len(bad):
         raise rows_error(f"{path}: boxes with x2 <= x1 or y2 <= y1", [f"line {i + 2}: {r.image_id}" for i, r in bad.iterrows()],
                          "Boxes are x1, y1 (top left), x2, y2 (bottom right) in pixels.")
+    out["main"] = False
+    if "main" in used:
+        flags = df[used["main"]].str.lower()
+        truthy, falsy = flags.isin(["1", "true", "yes", "y"]), flags.isin(["0", "false", "no", "n", ""])
+        bad = np.flatnonzero(~(truthy | falsy).to_numpy())
+        if len(bad):
+            raise rows_error(f"{path}: 'main' values that are not yes or no", [f"line {i + 2}" for i in bad],
+                             "Write 1 for the box of the animal the photo's label names, 0 (or nothing) for the others.")
+        out["main"] = truthy.to_numpy()
     return out
 
 
