@@ -75,7 +75,7 @@ class ImageCheck:
     mode: str = ""
     reason: str = ""  # empty when the image is usable
     sha1: str = ""  # of the file's bytes: exact duplicates
-    dhash: int = 0  # 64-bit difference hash of the picture: near duplicates (:func:`difference_hash`)
+    dhash: str = ""  # difference hash of the picture, hex: near duplicates (:func:`difference_hash`)
 
     @property
     def ok(self) -> bool:
@@ -98,12 +98,12 @@ def broken_link(path: Path) -> str:
     return ""
 
 
-def difference_hash(img: Image.Image) -> int:
-    """A 64-bit difference hash: 9x8 grey levels, one bit per pair of neighbours (left brighter
-    than right). Re-encoded, resized or slightly recoloured copies of a photo differ in a few bits."""
-    grey = np.asarray(_to_rgb(img).convert("L").resize((9, 8), Image.Resampling.BILINEAR), dtype=np.int16)
-    bits = (grey[:, :-1] > grey[:, 1:]).ravel()
-    return int(np.packbits(bits).view(">u8")[0])
+def difference_hash(img: Image.Image, side: int = 16) -> str:
+    """A difference hash of ``side``² bits (256), as hex: ``side`` x ``side`` + 1 grey levels, one bit per
+    pair of neighbours (left brighter than right). Re-encoded or resized copies of a photo differ in a
+    few bits (:mod:`photoid.data.duplicates`)."""
+    grey = np.asarray(_to_rgb(img).convert("L").resize((side + 1, side), Image.Resampling.BILINEAR), dtype=np.int16)
+    return np.packbits((grey[:, :-1] > grey[:, 1:]).ravel()).tobytes().hex()
 
 
 def check_image(path: str | os.PathLike, min_side: int = 0) -> ImageCheck:

@@ -25,7 +25,7 @@ from photoid.errors import DataError
 from photoid.images import load_rgb
 from tests.conftest import save_photo
 
-CHECKS = dict(min_side=32, duplicates="reject", near_bits=4)  # params.yaml's defaults
+CHECKS = dict(min_side=32, duplicates="reject", near_bits=24)  # params.yaml's defaults
 
 
 def scene(path: Path, seed: int, size=(96, 72), format: str | None = None) -> Path:

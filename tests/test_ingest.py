@@ -163,3 +163,24 @@ def test_confirmed_test_photos_become_training_photos_of_the_individual_named(tm
     assert "a.jpg" in refused("a.jpg,id2\n") and "not test photos" in refused("a.jpg,id2\n")  # already a training photo
     assert "t3.jpg" in refused("t3.jpg,id1\n") and "ingest rejected" in refused("t3.jpg,id1\n")
     assert "line 2: empty" in refused("t1.jpg,\n")
+
+
+def test_near_pairs_are_exactly_the_pairs_within_the_distance():
+    """The range search finds every pair of hashes at most max_bits apart, and no other (checked
+    against comparing every pair), with their distances."""
+    import numpy as np
+
+    from photoid.data.duplicates import near_pairs
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (60, 32), dtype=np.uint8)
+    flips = rng.random((60, 256)) < rng.choice([0.02, 0.1, 0.3], 60)[:, None]  # copies at several distances
+    hashes = np.concatenate([base, np.packbits(np.unpackbits(base, axis=1) ^ flips, axis=1)])
+    bits = np.unpackbits(hashes, axis=1).astype(int)
+    distance = (bits[:, None, :] != bits[None, :, :]).sum(-1)
+    for max_bits in (0, 10, 24, 60):
+        i, j, d = near_pairs(hashes, max_bits)
+        expected = {(a, b) for a, b in zip(*np.nonzero(distance <= max_bits)) if a < b}
+        assert set(zip(i.tolist(), j.tolist())) == expected and len(i) == len(expected)
+        assert (d == distance[i, j]).all()
+    assert len(near_pairs(hashes, 24)[0]) > 10  # the case holds pairs to find

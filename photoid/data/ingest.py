@@ -74,9 +74,9 @@ def ingest(listing: pd.DataFrame, workers: int = 1, progress: bool = True, min_s
     todo = listing["reason"] == ""
     checks = check_images(listing.loc[todo, "path"].tolist(), workers=workers, progress=progress, min_side=min_side)
     listing = listing.copy()
-    for column, empty in (("width", 0), ("height", 0), ("mode", ""), ("sha1", ""), ("dhash", np.uint64(0))):
-        listing[column] = pd.Series(empty, index=listing.index, dtype=type(empty) if column == "dhash" else None)
-        listing.loc[todo, column] = np.array([getattr(c, column) for c in checks], dtype=np.uint64 if column == "dhash" else None)
+    for column, empty in (("width", 0), ("height", 0), ("mode", ""), ("sha1", ""), ("dhash", "")):
+        listing[column] = empty
+        listing.loc[todo, column] = [getattr(c, column) for c in checks]
     listing.loc[todo, "reason"] = [c.reason for c in checks]
 
     usable = listing[listing["reason"] == ""]
