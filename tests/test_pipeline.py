@@ -69,6 +69,25 @@ def test_repro_runs_every_data_stage_and_writes_the_tables(project):
     assert report["queries"] == len(test_ids) and (root / "reports/review.html").stat().st_size == report["bytes"]
 
 
+def test_dvc_plots_show_draws_every_plot_without_a_warning(project):
+    import subprocess
+    import sys
+
+    from tests.pipeline import env
+
+    root, _ = project
+    done = subprocess.run([sys.executable, "-m", "dvc", "plots", "show", "--json"], cwd=root, env=env(),
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "WARNING" not in done.stderr, done.stderr
+    shown = json.loads(done.stdout)
+    assert shown["errors"] == []
+    for name in ["cv-map5-by-threshold", "top-score-known-and-new", "map5-per-species", "reliability-of-p-new",
+                 "metrics/curves/dolg/fold0/plots/metrics/val_map5.tsv",
+                 "metrics/curves/backbone/fold0/plots/metrics/val_accuracy.tsv"]:
+        assert name in shown["data"], sorted(shown["data"])
+    assert not any(k.endswith("metrics.json") for k in shown["data"])  # no summary DVC cannot draw
+
+
 def test_second_repro_runs_nothing(project):
     root, _ = project
     again = dvc(root, "repro")

@@ -11,6 +11,7 @@ class EpochLog:
     def __init__(self, directory: Path):
         from dvclive import Live
 
+        self.directory = Path(directory)
         self.live = Live(dir=str(directory), dvcyaml=False, save_dvc_exp=False, report=None, monitor_system=False)
 
     def __call__(self, epoch: int, record: dict) -> None:
@@ -24,4 +25,8 @@ class EpochLog:
         self.live.next_step()
 
     def close(self) -> None:
+        """End the log. dvclive's summary (``metrics.json`` beside ``plots/``) goes: the stage's own
+        metrics file holds those figures, and in a folder dvc.yaml declares as plots it is a file DVC
+        cannot draw ("argument of type 'NoneType' is not iterable" in every `dvc plots show`)."""
         self.live.end()
+        (self.directory / "metrics.json").unlink(missing_ok=True)
