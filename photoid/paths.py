@@ -4,6 +4,7 @@ dvc.yaml names the same paths; the stage scripts take them as options whose defa
 here, so a script run by hand writes where DVC expects it.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 
 DATA = Path("data")
@@ -50,3 +51,32 @@ RANKER_DIR = MODELS / "ranker"  # knn-rank: what it fitted and chose (thresholds
 PLOTS = METRICS / "plots"  # knn-rank: the tables of its plots (dvc.yaml's plots section)
 RELIABILITY = METRICS / "reliability"  # knn-rank: reliability diagram of P(new individual), cv.csv and test.csv
 REVIEW_PAGE = Path("reports") / "review.html"  # report: the review page of knn-rank's answers
+
+
+@dataclass(frozen=True)
+class FoldOutputs:
+    """Where a per-fold model stage (``backbone``, ``dolg`` or ``retrain``) writes for fold k, as
+    dvc.yaml names it: ``FoldOutputs("dolg", 0).model_dir`` is models/dolg/fold0."""
+
+    stage: str
+    fold: int
+
+    @property
+    def model_dir(self) -> Path:
+        return MODELS / self.stage / f"fold{self.fold}"
+
+    @property
+    def metrics(self) -> Path:
+        return METRICS / self.stage / f"fold{self.fold}.json"
+
+    @property
+    def curves(self) -> Path:
+        return METRICS / "curves" / self.stage / f"fold{self.fold}"
+
+    @property
+    def state_dir(self) -> Path:
+        return CHECKPOINTS / self.stage / f"fold{self.fold}"
+
+    @property
+    def embeddings(self) -> Path:
+        return EMBEDDINGS / self.stage / f"fold{self.fold}"

@@ -46,10 +46,10 @@ def main(
     # the untrained baseline embeds the pretrained backbone itself; trained models carry their own
     backbone, pretrained, img_size = P.str("train.backbone"), P.str("train.pretrained"), P.int("train.img_size")
     P.check_all_read()
-    model_dir = model_dir or paths.MODELS / "dolg" / f"fold{fold}"
-    backbone_dir = backbone_dir or paths.MODELS / "backbone" / f"fold{fold}"
-    out_dir = out_dir or paths.EMBEDDINGS / "dolg" / f"fold{fold}"
-    metrics = metrics or paths.METRICS / "embed" / f"fold{fold}.json"
+    dolg = paths.FoldOutputs("dolg", fold)
+    model_dir, out_dir = model_dir or dolg.model_dir, out_dir or dolg.embeddings
+    backbone_dir = backbone_dir or paths.FoldOutputs("backbone", fold).model_dir
+    metrics = metrics or paths.FoldOutputs("embed", fold).metrics
     if features == "dolg":
         info = embed_checkpoint(Path(model_dir) / "model.pt", read_parquet(crops), out_dir, flip, batch_size, workers)
     elif features == "backbone":

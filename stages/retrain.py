@@ -57,15 +57,12 @@ def main(
     P.check_all_read()
     if init not in ("dolg", "backbone"):
         raise DataError(f"retrain.init takes dolg or backbone, got {init!r}")
-    backbone_dir = backbone_dir or paths.MODELS / "backbone" / f"fold{fold}"
-    dolg_dir = dolg_dir or paths.MODELS / "dolg" / f"fold{fold}"
-    dolg_embeddings = dolg_embeddings or paths.EMBEDDINGS / "dolg" / f"fold{fold}"
-    dolg_curves = dolg_curves or paths.METRICS / "curves" / "dolg" / f"fold{fold}"
-    out_dir = Path(out_dir or paths.MODELS / "retrain" / f"fold{fold}")
-    embeddings_out = embeddings_out or paths.EMBEDDINGS / "retrain" / f"fold{fold}"
-    metrics = metrics or paths.METRICS / "retrain" / f"fold{fold}.json"
-    curves = Path(curves or paths.METRICS / "curves" / "retrain" / f"fold{fold}")
-    state_dir = state_dir or paths.CHECKPOINTS / "retrain" / f"fold{fold}"
+    dolg, here = paths.FoldOutputs("dolg", fold), paths.FoldOutputs("retrain", fold)
+    backbone_dir = backbone_dir or paths.FoldOutputs("backbone", fold).model_dir
+    dolg_dir, dolg_curves = dolg_dir or dolg.model_dir, dolg_curves or dolg.curves
+    dolg_embeddings = dolg_embeddings or dolg.embeddings
+    out_dir, curves = Path(out_dir or here.model_dir), Path(curves or here.curves)
+    embeddings_out, metrics, state_dir = embeddings_out or here.embeddings, metrics or here.metrics, state_dir or here.state_dir
 
     split_table = read_parquet(split)
     pseudo_table = read_parquet(pseudo)

@@ -38,10 +38,9 @@ def main(
     P = load_params(READS, params_file, overrides)
     bp, p, cfg = backbone_configs(P)
     P.check_all_read()
-    out_dir = out_dir or paths.MODELS / "backbone" / f"fold{fold}"
-    metrics = metrics or paths.METRICS / "backbone" / f"fold{fold}.json"
-    curves = curves or paths.METRICS / "curves" / "backbone" / f"fold{fold}"
-    state_dir = state_dir or paths.CHECKPOINTS / "backbone" / f"fold{fold}"
+    here = paths.FoldOutputs("backbone", fold)
+    out_dir, metrics, curves, state_dir = (out_dir or here.model_dir, metrics or here.metrics, curves or here.curves,
+                                           state_dir or here.state_dir)
     rank, _ = distributed()
     log = EpochLog(curves) if rank == 0 else None
     result = train_backbone(read_parquet(split), fold, bp, p, cfg, Path(out_dir) / "model.pt", state_dir, log=log)

@@ -38,11 +38,10 @@ def main(
     P = load_params(READS, params_file, overrides)
     bp, p, cfg = dolg_configs(P)
     P.check_all_read()
-    backbone_dir = backbone_dir or paths.MODELS / "backbone" / f"fold{fold}"
-    out_dir = out_dir or paths.MODELS / "dolg" / f"fold{fold}"
-    metrics = metrics or paths.METRICS / "dolg" / f"fold{fold}.json"
-    curves = curves or paths.METRICS / "curves" / "dolg" / f"fold{fold}"
-    state_dir = state_dir or paths.CHECKPOINTS / "dolg" / f"fold{fold}"
+    here = paths.FoldOutputs("dolg", fold)
+    backbone_dir = backbone_dir or paths.FoldOutputs("backbone", fold).model_dir
+    out_dir, metrics, curves, state_dir = (out_dir or here.model_dir, metrics or here.metrics, curves or here.curves,
+                                           state_dir or here.state_dir)
     rank, _ = distributed()
     log = EpochLog(curves) if rank == 0 else None
     result = train_dolg(read_parquet(split), fold, Path(backbone_dir) / "model.pt", bp, p, cfg,
