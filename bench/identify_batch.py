@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import typer
 
@@ -36,8 +37,8 @@ def main(
     from photoid.params import load_params
 
     base = load_params(("data.demo",), workspace / "params.yaml").build(demo.DemoConfig, "data.demo")
-    per_individual = base.mean_images + 1
-    cfg = dataclasses.replace(base, seed=seed, individuals=max(1, round(photos / per_individual)), new_individuals=0,
+    # each individual gets about mean_images + 1 photos: enough individuals that `photos` are drawn
+    cfg = dataclasses.replace(base, seed=seed, individuals=max(1, int(np.ceil(photos / base.mean_images))), new_individuals=0,
                               test_known_fraction=1.0)
     with tempfile.TemporaryDirectory(prefix="photoid-identify-bench-") as tmp:
         folder = Path(keep) if keep else Path(tmp)
