@@ -97,7 +97,7 @@ PAGE = """<!DOCTYPE html>
 body{font:14px system-ui,sans-serif;margin:1em;color:#222}
 header{display:flex;gap:1em;align-items:center;flex-wrap:wrap;margin-bottom:1em}
 .q{display:flex;gap:.6em;align-items:flex-start;border-top:1px solid #ccc;padding:.6em 0}
-.card{width:110px;text-align:center;font-size:12px}
+.card{width:110px;text-align:center;font-size:12px;overflow-wrap:anywhere}
 .card img{width:96px;height:96px;object-fit:contain;background:#eee;display:block;margin:auto}
 .query img{outline:3px solid #357}
 .right{background:#dfd}.wrong{background:#fdd}
@@ -140,7 +140,8 @@ function render() {
   for (const r of rows.slice(page * DATA.pageSize, (page + 1) * DATA.pageSize)) {
     const q = el("div", {class: "q", "data-q": r.q});
     const first = r.truth === null ? "" : (r.answers[0].id === r.truth ? " right" : " wrong");
-    q.append(card(r.q, el("div", {}, r.q, el("br"), `${r.species}, threshold ${r.threshold.toFixed(3)}`,
+    q.append(card(r.q, el("div", {title: r.q}, r.q.split("/").pop(), el("br"),
+      `${r.species}, threshold ${r.threshold.toFixed(3)}`,
       el("br"), r.p_new === null ? "" : `P(new) ${r.p_new.toFixed(2)}`), "query" + first));
     r.answers.forEach(a => {
       const isNew = a.id === DATA.newLabel;
