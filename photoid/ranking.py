@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from photoid.data.schema import TEST, TRAIN, UNKNOWN_SPECIES
-from photoid.data.split import fold_view
+from photoid.data.split import cv_folds, fold_view, parse_fold, test_folds
 from photoid.embed import EmbeddingSet
 from photoid.errors import DataError
 from photoid.io import atomic_path
@@ -476,10 +476,15 @@ def rank_sets(sets: list[EmbeddingSet], folds: list[int], split: pd.DataFrame, n
               threshold: ThresholdRule = ThresholdRule(), per_species: bool = False, min_species_queries: int = 10,
               test_truth: pd.DataFrame | None = None, flips: Flips = Flips(),
               shortlist: Shortlist = Shortlist()) -> RankResult:
-    """:func:`rank_all` of fold sets already loaded (:func:`load_fold_sets`)."""
-    parts = cross_validate(sets, folds, split, n_neighbours, flips, shortlist)
+    """:func:`rank_all` of fold sets already loaded (:func:`load_fold_sets`). The numbered folds
+    cross-validate; the test photos are ranked by fold ``all``'s model when it is listed (a model on
+    every labelled photo), else by every numbered fold's, their similarities averaged."""
+    folds = [parse_fold(f) for f in folds]
+    by_fold = dict(zip(folds, sets))
+    numbered = cv_folds(folds)
+    parts = cross_validate([by_fold[k] for k in numbered], numbered, split, n_neighbours, flips, shortlist)
     cv = pool(parts)
-    test = attach_truth(rank_test(sets, n_neighbours, flips, shortlist), test_truth)
+    test = attach_truth(rank_test([by_fold[k] for k in test_folds(folds)], n_neighbours, flips, shortlist), test_truth)
     thresholds = choose_thresholds(cv, threshold, per_species, min_species_queries, test)
     return RankResult(parts, cv, thresholds, test, sets[0].rows)
 

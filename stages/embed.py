@@ -18,6 +18,7 @@ import typer
 
 from photoid import paths
 from photoid.cli import PARAMS_OPTION, SET_OPTION, reports_data_errors, stage_app
+from photoid.data.split import parse_fold
 from photoid.embed import embed_checkpoint, embed_untrained
 from photoid.errors import DataError
 from photoid.io import read_parquet, write_json
@@ -31,7 +32,8 @@ app = stage_app(__doc__, READS)
 @app.command()
 @reports_data_errors
 def main(
-    fold: int = typer.Option(..., help="Which fold's model."),
+    fold: str = typer.Option(..., help="Which fold's model: a number (see split.n_folds), or all (the model on every "
+                             "labelled photo)."),
     crops: Path = typer.Option(paths.CROPS_TABLE, help="The crop table from crop."),
     model_dir: Path = typer.Option(None, help="The DOLG model's folder [default: models/dolg/fold<k>]."),
     backbone_dir: Path = typer.Option(None, help="train-backbone's folder [default: models/backbone/fold<k>]."),
@@ -46,6 +48,7 @@ def main(
     # the untrained baseline embeds the pretrained backbone itself; trained models carry their own
     backbone, pretrained, img_size = P.str("train.backbone"), P.str("train.pretrained"), P.int("train.img_size")
     P.check_all_read()
+    fold = parse_fold(fold)
     dolg = paths.FoldOutputs("dolg", fold)
     model_dir, out_dir = model_dir or dolg.model_dir, out_dir or dolg.embeddings
     backbone_dir = backbone_dir or paths.FoldOutputs("backbone", fold).model_dir

@@ -31,6 +31,7 @@ import typer
 
 from photoid import paths
 from photoid.cli import PARAMS_OPTION, SET_OPTION, reports_data_errors, stage_app
+from photoid.data.split import ensemble_folds, test_folds
 from photoid.io import atomic_path, read_parquet, write_json, write_parquet
 from photoid.local_features import MatchConfig
 from photoid.metrics import NEW_INDIVIDUAL, expected_calibration_error, reliability_bins
@@ -78,7 +79,7 @@ def main(
     neighbours, rule = P.int("knn.neighbours"), ThresholdRule.parse(P.str("knn.threshold"))
     flips = Flips(P.bool("knn.query_flip"), P.bool("knn.gallery_flip"))
     by_species, min_species_queries = P.bool("knn.per_species"), P.int("knn.min_species_queries")
-    folds = P.get("ensemble.folds", tuple)
+    folds = ensemble_folds(P.get("ensemble.folds", list))
     cfg = P.build(RerankConfig, "rerank", match=P.build(MatchConfig, "rerank"))
     reranking = P.bool("rerank.enabled")
     P.check_all_read()
@@ -101,13 +102,14 @@ def main(
                                                                        result.test.candidates, cfg.calibration_folds, cfg.seed)
     predictions = predictions_table(result.test, result.thresholds, test_p_new)
     # what photoid identify needs to answer any other photo exactly as the test photos are answered
-    save_ranker(ranker_out, folds=list(folds), embeddings=str(embeddings), flips=flips, searched=searched,
+    save_ranker(ranker_out, folds=test_folds(folds), embeddings=str(embeddings), flips=flips, searched=searched,
                 shortlist=shortlist, thresholds=result.thresholds, reranker=outcome.reranker if reranking else None,
                 p_new=None if reranking else p_new_model)
     write_parquet(predictions, predictions_out)
     with atomic_path(submission_out) as tmp:
         submission(predictions).to_csv(tmp, index=False)
-    figures = {**result.metrics(), "folds": list(folds), "neighbours": neighbours, "rerank": reranking}
+    figures = {**result.metrics(), "folds": folds, "test_folds": test_folds(folds),
+               "neighbours": neighbours, "rerank": reranking}
     figures.update({f"embedding_{k}": embedding[k] for k in ("cv_map5", "cv_map5_known", "test_map5", "test_map5_known")
                     if k in embedding})
     if reranking:

@@ -20,6 +20,7 @@ import typer
 
 from photoid import paths
 from photoid.cli import PARAMS_OPTION, SET_OPTION, reports_data_errors, stage_app
+from photoid.data.split import cv_folds, ensemble_folds
 from photoid.errors import DataError
 from photoid.io import read_parquet, write_json, write_parquet
 from photoid.params import load_params
@@ -53,7 +54,8 @@ def main(
     P = load_params(READS, params_file, overrides)
     enabled, confidence, threshold = P.bool("pseudo.enabled"), P.str("pseudo.confidence"), P.str("pseudo.threshold")
     precision, min_margin = P.float("pseudo.precision"), P.float("pseudo.min_margin")
-    fold_list, neighbours = list(P.get("ensemble.folds", tuple)), P.int("knn.neighbours")
+    fold_list = cv_folds(ensemble_folds(P.get("ensemble.folds", list)))  # fold all is not retrained: no labels
+    neighbours = P.int("knn.neighbours")
     rule, by_species = ThresholdRule.parse(P.str("knn.threshold")), P.bool("knn.per_species")
     min_species_queries = P.int("knn.min_species_queries")
     flips = Flips(P.bool("knn.query_flip"), P.bool("knn.gallery_flip"))

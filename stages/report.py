@@ -12,6 +12,7 @@ import typer
 from photoid import paths
 from photoid.cli import PARAMS_OPTION, SET_OPTION, reports_data_errors, stage_app
 from photoid.data.schema import TRAIN
+from photoid.data.split import ensemble_folds, test_folds
 from photoid.io import read_parquet, write_json
 from photoid.params import load_params
 from photoid.ranking import Flips, load_fold_sets
@@ -37,7 +38,7 @@ def main(
 ):
     P = load_params(READS, params_file, overrides)
     size, page_size = P.int("report.thumbnail"), P.int("report.page_size")
-    folds = list(P.get("ensemble.folds", tuple))
+    folds = test_folds(ensemble_folds(P.get("ensemble.folds", list)))  # the models that ranked the test photos
     flips = Flips(P.bool("knn.query_flip"), P.bool("knn.gallery_flip"))
     P.check_all_read()
     table = read_parquet(predictions)

@@ -15,6 +15,7 @@ import typer
 
 from photoid import paths
 from photoid.cli import PARAMS_OPTION, SET_OPTION, reports_data_errors, stage_app
+from photoid.data.split import ALL, parse_fold
 from photoid.embed import embed_checkpoint
 from photoid.errors import DataError
 from photoid.io import copy_artifact, read_parquet, write_json
@@ -30,7 +31,7 @@ app = stage_app(__doc__, READS)
 @app.command()
 @reports_data_errors
 def main(
-    fold: int = typer.Option(..., help="Which fold to train."),
+    fold: str = typer.Option(..., help="Which fold: a number (see split.n_folds), or all (every labelled photo, no validation)."),
     split: Path = typer.Option(paths.SPLIT_TABLE, help="The split table."),
     pseudo: Path = typer.Option(paths.PSEUDO_TABLE, help="The pseudo-label table."),
     crops: Path = typer.Option(paths.CROPS_TABLE, help="The crop table (what to embed)."),
@@ -57,6 +58,7 @@ def main(
     P.check_all_read()
     if init not in ("dolg", "backbone"):
         raise DataError(f"retrain.init takes dolg or backbone, got {init!r}")
+    fold = parse_fold(fold)
     dolg, here = paths.FoldOutputs("dolg", fold), paths.FoldOutputs("retrain", fold)
     backbone_dir = backbone_dir or paths.FoldOutputs("backbone", fold).model_dir
     dolg_dir, dolg_curves = dolg_dir or dolg.model_dir, dolg_curves or dolg.curves
@@ -66,10 +68,12 @@ def main(
 
     split_table = read_parquet(split)
     pseudo_table = read_parquet(pseudo)
-    rows = pseudo_rows_for_fold(pseudo_table, split_table, fold)
+    rows = pseudo_rows_for_fold(pseudo_table, split_table, fold) if fold != ALL else pseudo_table.iloc[:0]
     if not enabled or rows.empty:
         if not enabled:
             why = "pseudo-labelling is off"
+        elif fold == ALL:
+            why = "the model on every labelled photo is not retrained: no validation to keep or refuse what pseudo-labels change"
         elif pseudo_table.empty:
             why = "pseudo-label found no confident test prediction"
         else:

@@ -13,6 +13,7 @@ import typer
 
 from photoid import paths
 from photoid.cli import PARAMS_OPTION, SET_OPTION, reports_data_errors, stage_app
+from photoid.data.split import parse_fold
 from photoid.io import read_parquet, write_json
 from photoid.params import load_params
 from photoid.train.fold import backbone_configs, train_backbone
@@ -26,7 +27,7 @@ app = stage_app(__doc__, READS)
 @app.command()
 @reports_data_errors
 def main(
-    fold: int = typer.Option(..., help="Which fold to train (see split.n_folds)."),
+    fold: str = typer.Option(..., help="Which fold: a number (see split.n_folds), or all (every labelled photo, no validation)."),
     split: Path = typer.Option(paths.SPLIT_TABLE, help="The split table."),
     out_dir: Path = typer.Option(None, help="Output folder [default: models/backbone/fold<k>]."),
     metrics: Path = typer.Option(None, help="Metrics file [default: metrics/backbone/fold<k>.json]."),
@@ -38,6 +39,7 @@ def main(
     P = load_params(READS, params_file, overrides)
     bp, p, cfg = backbone_configs(P)
     P.check_all_read()
+    fold = parse_fold(fold)
     here = paths.FoldOutputs("backbone", fold)
     out_dir, metrics, curves, state_dir = (out_dir or here.model_dir, metrics or here.metrics, curves or here.curves,
                                            state_dir or here.state_dir)
@@ -48,8 +50,8 @@ def main(
         log.close()
         write_json(result, metrics)
         finished(state_dir)
-        print(f"train-backbone fold {fold}: val accuracy {result['val_accuracy']:.3f} (epoch {result['epoch_kept']}), "
-              f"{result['img_per_s']:.0f} img/s")
+        val = f"val accuracy {result['val_accuracy']:.3f}" if "val_accuracy" in result else "no validation"
+        print(f"train-backbone fold {fold}: {val} (epoch {result['epoch_kept']}), {result['img_per_s']:.0f} img/s")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import typer
 
 from photoid import paths
 from photoid.cli import PARAMS_OPTION, SET_OPTION, reports_data_errors, stage_app
+from photoid.data.split import parse_fold
 from photoid.io import read_parquet, write_json
 from photoid.params import load_params
 from photoid.train.fold import dolg_configs, train_dolg
@@ -25,7 +26,7 @@ app = stage_app(__doc__, READS)
 @app.command()
 @reports_data_errors
 def main(
-    fold: int = typer.Option(..., help="Which fold to train."),
+    fold: str = typer.Option(..., help="Which fold: a number (see split.n_folds), or all (every labelled photo, no validation)."),
     split: Path = typer.Option(paths.SPLIT_TABLE, help="The split table."),
     backbone_dir: Path = typer.Option(None, help="train-backbone's output [default: models/backbone/fold<k>]."),
     out_dir: Path = typer.Option(None, help="Output folder [default: models/dolg/fold<k>]."),
@@ -38,6 +39,7 @@ def main(
     P = load_params(READS, params_file, overrides)
     bp, p, cfg = dolg_configs(P)
     P.check_all_read()
+    fold = parse_fold(fold)
     here = paths.FoldOutputs("dolg", fold)
     backbone_dir = backbone_dir or paths.FoldOutputs("backbone", fold).model_dir
     out_dir, metrics, curves, state_dir = (out_dir or here.model_dir, metrics or here.metrics, curves or here.curves,
@@ -50,7 +52,9 @@ def main(
         log.close()
         write_json(result, metrics)
         finished(state_dir)
-        print(f"train-dolg fold {fold}: val MAP@5 {result['val_map5']:.3f} (plain backbone {result['backbone_val_map5']:.3f})")
+        done = (f"val MAP@5 {result['val_map5']:.3f} (plain backbone {result['backbone_val_map5']:.3f})" if "val_map5" in result
+                else f"no validation, {result['train_images']} photos of {result['classes']} individuals")
+        print(f"train-dolg fold {fold}: {done}")
 
 
 if __name__ == "__main__":

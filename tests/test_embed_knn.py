@@ -438,3 +438,31 @@ def test_review_page_shows_each_answer_beside_its_best_photo_and_encodes_each_th
     shown = {r["q"] for r in rows} | {a["photo"] for r in rows for a in r["answers"] if a["photo"]}
     assert set(data["thumbs"]) == shown and figures["thumbnails"] == len(shown) < sum(1 + 5 for _ in rows)
     assert data["thumbs"]["te_known3"].startswith("data:image/jpeg;base64,") and data["pageSize"] == 5
+
+
+def test_fold_all_ranks_the_test_photos_and_the_numbered_folds_alone_cross_validate(tmp_path):
+    """ensemble.folds [0, 1, all]: CV (and so the threshold) is that of [0, 1]; the test photos are
+    ranked by fold all's embeddings alone (the model on every labelled photo)."""
+    from photoid.data.split import ALL, cv_folds, fold_view, parse_fold, test_folds
+    from photoid.errors import DataError
+    from photoid.ranking import load_fold_sets, rank_test
+
+    split, truth = _planted(tmp_path, n_folds_embedded=3, noise=0.3)
+    (tmp_path / "emb" / "fold2").rename(tmp_path / "emb" / "foldall")  # other noise: another model
+    cv_only = rank_all(tmp_path / "emb", [0, 1], split, 100, test_truth=truth)
+    with_all = rank_all(tmp_path / "emb", [0, 1, "all"], split, 100, test_truth=truth)
+    assert with_all.metrics()["cv_map5"] == cv_only.metrics()["cv_map5"]
+    assert with_all.thresholds == cv_only.thresholds
+    alone = rank_test(load_fold_sets(tmp_path / "emb", [ALL]), 100)
+    assert (with_all.test.candidates.labels == alone.candidates.labels).all()
+    assert np.allclose(with_all.test.candidates.scores, alone.candidates.scores)
+    assert not np.allclose(cv_only.test.candidates.scores, alone.candidates.scores)  # not the folds' average
+    # the fold itself: every labelled photo trains, nothing validates
+    train, val = fold_view(split, ALL)
+    assert len(train) == len(split) and val.empty
+    assert (cv_folds([0, "all"]), test_folds([0, "all"]), test_folds([0, 1])) == ([0], ["all"], [0, 1])
+    assert parse_fold("2") == 2
+    with pytest.raises(DataError, match="at least one fold number"):
+        cv_folds(["all"])
+    with pytest.raises(DataError, match="give a fold number"):
+        parse_fold("everything")

@@ -312,6 +312,32 @@ def test_kill_9_mid_run_resumes_to_the_same_weights(project):
     assert not state.exists()  # removed once the model was written
 
 
+def test_a_model_on_every_labelled_photo_answers_the_test_photos(project, tmp_path):
+    """ensemble.folds [0, all]: fold all trains on every labelled photo (no validation, not retrained)
+    and ranks the test photos; fold 0 alone still cross-validates, so CV and the threshold do not move;
+    photoid identify answers with the same model."""
+    root, _ = project
+    before = json.loads((root / "metrics/knn.json").read_text())
+    out = dvc(root, "exp", "run", "-S", "ensemble.folds=[0,all]")
+    assert {"train-backbone@all", "train-dolg@all", "embed@all", "retrain@all", "knn-rank"} <= set(stages_run(out))
+    assert {"train-backbone@0", "train-dolg@0", "embed@0"} <= set(stages_skipped(out))
+    knn = json.loads((root / "metrics/knn.json").read_text())
+    assert knn["folds"] == [0, "all"] and knn["test_folds"] == ["all"]
+    assert (knn["cv_map5"], knn["threshold"]) == (before["cv_map5"], before["threshold"])
+    split = pd.read_parquet(root / "data/processed/split.parquet")
+    dolg = json.loads((root / "metrics/dolg/foldall.json").read_text())
+    assert dolg["train_images"] == len(split) and dolg["classes"] == split["individual"].nunique()
+    assert "val_map5" not in dolg
+    assert json.loads((root / "metrics/retrain/foldall.json").read_text())["retrained"] is False
+    images = pd.read_parquet(root / "data/interim/ingest/images.parquet")
+    test = images[images.part == "test"].head(2)
+    done = _identify(root, *test["path"], "--out", str(tmp_path / "answers.csv"), "-q")
+    assert done.returncode == 0, done.stderr
+    submitted = pd.read_csv(root / "data/processed/submission.csv").set_index("image")["predictions"]
+    assert pd.read_csv(tmp_path / "answers.csv")["predictions"].tolist() == [submitted[i] for i in test["image_id"]]
+    set_params(root / "params.yaml", {"ensemble.folds": [0]})
+
+
 def test_marine_sample_runs_through_every_stage(tmp_path, marine_sample):
     """Real photos with messy labels and no test part: every stage runs, CV metrics come out, the
     submission is an empty table with its header, and nothing is lost."""

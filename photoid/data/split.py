@@ -8,6 +8,9 @@ starting fold, so each fold's validation holds about 1/k of every individual's i
 individual still has images in that fold's training part.
 
 Fold f trains on known images with ``fold != f`` and validates on ``fold == f`` plus all new ones.
+Fold ``all`` trains on every labelled photo (known and held-out individuals alike) and validates on
+nothing: the model for the test ranking, as the winners trained one on all their data after CV
+(ensemble.folds: [0, all] — the numbered folds cross-validate and tune the threshold, ``all`` answers).
 """
 
 from __future__ import annotations
@@ -16,8 +19,45 @@ import numpy as np
 import pandas as pd
 
 from photoid.data.schema import TRAIN
+from photoid.errors import DataError
 
 NEW_FOLD = -1
+ALL = "all"  # the fold id of the model trained on every labelled photo
+
+
+def parse_fold(value) -> int | str:
+    """A fold id as params.yaml or a command line gives it: a fold number, or ``all``."""
+    text = str(value).strip()
+    if text == ALL:
+        return ALL
+    try:
+        return int(text)
+    except ValueError:
+        raise DataError(f"fold {value!r}: give a fold number (0 .. split.n_folds - 1) or {ALL!r} "
+                        "(a model on every labelled photo, for the test ranking).") from None
+
+
+def ensemble_folds(values: list) -> list:
+    """params.yaml's ensemble.folds: fold numbers, and ``all`` for a model on every labelled photo."""
+    folds = [parse_fold(v) for v in values]
+    if len(set(folds)) != len(folds):
+        raise DataError(f"ensemble.folds {values} names a fold twice: list each once.")
+    return folds
+
+
+def cv_folds(folds) -> list[int]:
+    """The folds of ``folds`` (ensemble.folds) that cross-validate: the numbered ones."""
+    out = [f for f in map(parse_fold, folds) if f != ALL]
+    if not out:
+        raise DataError(f"ensemble.folds is {list(folds)}: it needs at least one fold number, for cross-validation "
+                        "(the new_individual threshold is tuned there), e.g. [0, all].")
+    return out
+
+
+def test_folds(folds) -> list:
+    """The folds whose models rank the test photos: ``all`` when listed, else every numbered fold."""
+    folds = [parse_fold(f) for f in folds]
+    return [ALL] if ALL in folds else cv_folds(folds)
 
 
 def split_folds(table: pd.DataFrame, n_folds: int, new_fraction: float, seed: int) -> tuple[pd.DataFrame, dict]:
@@ -53,6 +93,8 @@ def split_folds(table: pd.DataFrame, n_folds: int, new_fraction: float, seed: in
 
 
 def fold_view(split: pd.DataFrame, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(training rows, validation rows) of fold ``fold``."""
+    """(training rows, validation rows) of fold ``fold`` (``all``: every row, and no validation)."""
+    if fold == ALL:
+        return split, split.iloc[:0]
     known = ~split["is_new"]
     return split[known & (split["fold"] != fold)], split[(known & (split["fold"] == fold)) | split["is_new"]]

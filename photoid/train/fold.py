@@ -21,7 +21,7 @@ import pandas as pd
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from photoid.data.split import fold_view
+from photoid.data.split import ALL, fold_view
 from photoid.datasets import CropDataset, eval_transform, train_transform
 from photoid.embed import embed_paths, iter_embeddings
 from photoid.errors import DataError
@@ -50,7 +50,7 @@ class FoldData:
 
     @classmethod
     def of(cls, split: pd.DataFrame, fold: int) -> "FoldData":
-        if fold not in set(split["fold"]):
+        if fold != ALL and fold not in set(split["fold"]):
             raise ValueError(f"fold {fold} is not in the split (folds {sorted(set(split.fold) - {-1})}): "
                              "check ensemble.folds against split.n_folds in params.yaml.")
         train, val = fold_view(split, fold)
@@ -124,6 +124,8 @@ def train_backbone(split: pd.DataFrame, fold: int, bp: BackboneParams, p: Classi
     known_val = data.val[~data.val["is_new"]]
     val_x = CropDataset(known_val["crop_path"], data.labels(known_val), eval_transform(bp.img_size))
     val_loader = DataLoader(val_x, batch_size=64)
+    if known_val.empty:  # fold all: nothing to validate on, the last epoch is kept
+        cfg.select = ""
 
     def validate(m, epoch):
         correct, loss, n = 0, 0.0, 0
@@ -141,14 +143,14 @@ def train_backbone(split: pd.DataFrame, fold: int, bp: BackboneParams, p: Classi
     key = config_key("backbone", asdict(bp), asdict(p), asdict(cfg), config, data.digest(),
                      file_digest(Path(bp.pretrained)) if Path(bp.pretrained).is_file() else "")
     history = fit(model, lambda m, x, y: F.cross_entropy(m(x), y, label_smoothing=smoothing), ds, cfg, state_dir, key,
-                  on_epoch_end=validate, log=log, stop_after=stop_after)
+                  on_epoch_end=validate if len(known_val) else None, log=log, stop_after=stop_after)
     if not history:  # not rank 0 of a multi-process run: rank 0 writes
         return {}
     save_model(out, model, config, {"classes": data.classes, "img_size": bp.img_size, "fold": fold,
                                     "pretrained": bp.pretrained})
     kept = selected(history)
     return {"fold": fold, "classes": len(data.classes), "train_images": len(data.train), "epoch_kept": kept["epoch"] + 1,
-            **{k: kept[k] for k in ("val_accuracy", "val_loss", "train_loss", "img_per_s")}}
+            **{k: kept[k] for k in ("val_accuracy", "val_loss", "train_loss", "img_per_s") if k in kept}}
 
 
 @dataclass
@@ -213,25 +215,31 @@ def train_dolg(split: pd.DataFrame, fold: int, backbone_ckpt: Path, bp: Backbone
         return {f"val_{k}": v for k, v in fold_retrieval_metrics(m.embed, data, bp.img_size,
                                                                  next(m.parameters()).device).items()}
 
+    validating = not data.val.empty
+    if not validating:  # fold all: nothing to validate on, the last epoch is kept
+        cfg.select, cfg.select_initial = "", False
+
     cfg.lrs = {"backbone": p.lr_backbone, "dolg": p.lr_dolg, "neck": p.lr_neck, "head": p.lr_head}
     key = config_key("dolg", asdict(bp), asdict(p), asdict(cfg), config, data.digest(), file_digest(backbone_ckpt),
                      extra_rows["image_id"].tolist() if extra_rows is not None else [],
                      file_digest(init_ckpt) if init_ckpt is not None else "")
     history = fit(model, lambda m, x, y: F.cross_entropy(m(x, y), y), ds, cfg, state_dir, key,
-                  on_epoch_end=validate, log=log, stop_after=stop_after)
+                  on_epoch_end=validate if validating else None, log=log, stop_after=stop_after)
     if not history:
         return {}
     save_model(out, model, config, {"classes": data.classes, "img_size": bp.img_size, "fold": fold})
+    kept = selected(history)
+    out = {"fold": fold, "classes": len(data.classes), "train_images": len(data.train), "epoch_kept": kept["epoch"] + 1,
+           "train_loss": kept["train_loss"], "img_per_s": kept["img_per_s"]}
+    if not validating:
+        return out
     device = next(model.parameters()).device  # score the plain backbone where DOLG was trained
     backbone_model.to(device).eval()
     plain = fold_retrieval_metrics(backbone_model.embed, data, bp.img_size, device)
-    kept = selected(history)
-    out = {"fold": fold, "classes": len(data.classes), "train_images": len(data.train), "epoch_kept": kept["epoch"] + 1,
-           "val_map5": kept["val_map5"], "val_top1": kept["val_top1"], "val_map5_without_new": kept["val_map5_without_new"],
-           "val_threshold": kept["val_threshold"],
-           "backbone_val_map5": plain["map5"], "backbone_val_top1": plain["top1"],
-           "backbone_val_map5_without_new": plain["map5_without_new"],
-           "train_loss": kept["train_loss"], "img_per_s": kept["img_per_s"]}
+    out.update({"val_map5": kept["val_map5"], "val_top1": kept["val_top1"],
+                "val_map5_without_new": kept["val_map5_without_new"], "val_threshold": kept["val_threshold"],
+                "backbone_val_map5": plain["map5"], "backbone_val_top1": plain["top1"],
+                "backbone_val_map5_without_new": plain["map5_without_new"]})
     if not is_random(bp.pretrained):  # what fine-tuning must beat: the same pretrained features, untrained
         untrained = create_model(dict(kind="classifier", backbone=bp.backbone, n_classes=1, pretrained=bp.pretrained))
         base = fold_retrieval_metrics(untrained.to(device).eval().embed, data, bp.img_size, device)
