@@ -148,6 +148,11 @@ def check_image(path: str | os.PathLike, min_side: int = 0) -> ImageCheck:
                 orientation = img.getexif().get(_EXIF_ORIENTATION_TAG, 1)
                 dhash = difference_hash(img)
         except Exception as e:
+            if data[:2] == b"\xff\xd8" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+                # a JPEG cut short and one that lacks only its end marker decode alike: neither PIL nor
+                # libjpeg tells them apart, so say what is known instead of guessing
+                return ImageCheck(reason="truncated JPEG: the file ends before the JPEG end marker (FF D9), so part "
+                                         "of the picture may be missing; download or export it again")
             return ImageCheck(reason=f"truncated or corrupt image data: {e}")
     if orientation in _SWAPPING_ORIENTATIONS:
         width, height = height, width

@@ -250,6 +250,8 @@ CASES = [
      rejected("t1.jpg", "not an image")),
     ("truncated-jpeg", lambda ds: truncate(ds.train("b.jpg")), rejected("b.jpg", "truncated")),
     ("truncated-test-jpeg", lambda ds: truncate(ds.test("t2.jpg"), 0.7), rejected("t2.jpg", "truncated")),
+    ("jpeg-without-end-marker", lambda ds: write(ds.test("t2.jpg"), ds.test("t2.jpg").read_bytes()[:-2]),
+     rejected("t2.jpg", "ends before the JPEG end marker (FF D9)")),
     ("header-only-jpeg", lambda ds: truncate(ds.train("c.jpg"), 0.05), rejected("c.jpg", "")),
     ("corrupt-png", lambda ds: (save_photo(ds.test("p.png"), size=(200, 100)),
                                 write(ds.test("p.png"), ds.test("p.png").read_bytes()[:60] + b"\x00" * 60
