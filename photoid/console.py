@@ -19,6 +19,7 @@ from pathlib import Path
 
 import typer
 
+from photoid.cli import PARAMS_OPTION, SET_OPTION
 from photoid.errors import DataError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None, no_args_is_help=True,
@@ -77,9 +78,8 @@ def identify(
 
 @app.command("check-data")
 def check_data(
-    params_file: Path = typer.Option(Path("params.yaml"), "--params", help="The params file whose data section names the "
-                                     "data set."),
-    overrides: list[str] = typer.Option([], "--set", "-S", help="key=value, as `dvc exp run -S` (repeatable)."),
+    params_file: Path = PARAMS_OPTION,
+    overrides: list[str] = SET_OPTION,
     out: Path = typer.Option(None, help="Write every photo that cannot be used, with its reason, there (.csv)."),
 ):
     """Check a data set as ingest would, without DVC and without writing anything but --out: label
