@@ -20,6 +20,20 @@ PARAMS_OPTION = typer.Option(PARAMS_FILE, "--params", help="The parameter file: 
 SET_OPTION = typer.Option(None, "--set", "-S", metavar="KEY=VALUE", help="Change one parameter for this run only, as "
                           "`dvc exp run -S` does: section.key=value (repeatable).")
 
+# The per-fold stages (train-backbone, train-dolg, embed, retrain): which fold, and where its files are.
+FOLD_OPTION = typer.Option(..., help="Which fold: a number (see split.n_folds), or all (the model on every labelled "
+                           "photo, no validation).")
+_FOLD_PATH_HELP = {"model_dir": "Output folder", "metrics": "Metrics file", "curves": "dvclive folder (training curves)",
+                   "state_dir": "Resume state", "embeddings": "Embeddings output"}
+
+
+def fold_path_option(what: str, stage: str, help: str = ""):
+    """The option for one of a per-fold stage's paths: empty by default, standing for
+    ``paths.FoldOutputs(stage, k).<what>``, which the script fills in once it knows the fold."""
+    from photoid.paths import FoldOutputs
+
+    return typer.Option(None, help=f"{help or _FOLD_PATH_HELP[what]} [default: {getattr(FoldOutputs(stage, '<k>'), what)}].")
+
 
 class StageApp(typer.Typer):
     """A Typer app of one command whose --help shows the stage's docstring and the parameters it reads."""

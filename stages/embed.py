@@ -17,7 +17,7 @@ from pathlib import Path
 import typer
 
 from photoid import paths
-from photoid.cli import PARAMS_OPTION, SET_OPTION, reports_data_errors, stage_app
+from photoid.cli import FOLD_OPTION, PARAMS_OPTION, SET_OPTION, fold_path_option, reports_data_errors, stage_app
 from photoid.data.split import parse_fold
 from photoid.embed import embed_checkpoint, embed_untrained
 from photoid.errors import DataError
@@ -32,13 +32,12 @@ app = stage_app(__doc__, READS)
 @app.command()
 @reports_data_errors
 def main(
-    fold: str = typer.Option(..., help="Which fold's model: a number (see split.n_folds), or all (the model on every "
-                             "labelled photo)."),
+    fold: str = FOLD_OPTION,
     crops: Path = typer.Option(paths.CROPS_TABLE, help="The crop table from crop."),
-    model_dir: Path = typer.Option(None, help="The DOLG model's folder [default: models/dolg/fold<k>]."),
-    backbone_dir: Path = typer.Option(None, help="train-backbone's folder [default: models/backbone/fold<k>]."),
-    out_dir: Path = typer.Option(None, help="Output folder [default: data/processed/embeddings/dolg/fold<k>]."),
-    metrics: Path = typer.Option(None, help="Metrics file [default: metrics/embed/fold<k>.json]."),
+    model_dir: Path = fold_path_option("model_dir", "dolg", "The DOLG model's folder"),
+    backbone_dir: Path = fold_path_option("model_dir", "backbone", "train-backbone's folder"),
+    out_dir: Path = fold_path_option("embeddings", "dolg", "Output folder"),
+    metrics: Path = fold_path_option("metrics", "embed"),
     params_file: Path = PARAMS_OPTION,
     overrides: list[str] = SET_OPTION,
 ):

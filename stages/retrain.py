@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 
 from photoid import paths
-from photoid.cli import PARAMS_OPTION, SET_OPTION, reports_data_errors, stage_app
+from photoid.cli import FOLD_OPTION, PARAMS_OPTION, SET_OPTION, fold_path_option, reports_data_errors, stage_app
 from photoid.data.split import ALL, parse_fold
 from photoid.embed import embed_checkpoint
 from photoid.errors import DataError
@@ -31,22 +31,19 @@ app = stage_app(__doc__, READS)
 @app.command()
 @reports_data_errors
 def main(
-    fold: str = typer.Option(..., help="Which fold: a number (see split.n_folds), or all (every labelled photo, no validation)."),
+    fold: str = FOLD_OPTION,
     split: Path = typer.Option(paths.SPLIT_TABLE, help="The split table."),
     pseudo: Path = typer.Option(paths.PSEUDO_TABLE, help="The pseudo-label table."),
     crops: Path = typer.Option(paths.CROPS_TABLE, help="The crop table (what to embed)."),
-    backbone_dir: Path = typer.Option(None, help="train-backbone's output [default: models/backbone/fold<k>]."),
-    dolg_dir: Path = typer.Option(None, help="train-dolg's output, passed through when nothing is retrained "
-                                  "[default: models/dolg/fold<k>]."),
-    dolg_embeddings: Path = typer.Option(None, help="embed's output for that model "
-                                         "[default: data/processed/embeddings/dolg/fold<k>]."),
-    dolg_curves: Path = typer.Option(None, help="train-dolg's curves, passed through with its model "
-                                     "[default: metrics/curves/dolg/fold<k>]."),
-    out_dir: Path = typer.Option(None, help="Output folder [default: models/retrain/fold<k>]."),
-    embeddings_out: Path = typer.Option(None, help="Embeddings output [default: data/processed/embeddings/retrain/fold<k>]."),
-    metrics: Path = typer.Option(None, help="Metrics file [default: metrics/retrain/fold<k>.json]."),
-    curves: Path = typer.Option(None, help="dvclive folder [default: metrics/curves/retrain/fold<k>]."),
-    state_dir: Path = typer.Option(None, help="Resume state [default: checkpoints/retrain/fold<k>]."),
+    backbone_dir: Path = fold_path_option("model_dir", "backbone", "train-backbone's output"),
+    dolg_dir: Path = fold_path_option("model_dir", "dolg", "train-dolg's output, passed through when nothing is retrained"),
+    dolg_embeddings: Path = fold_path_option("embeddings", "dolg", "embed's output for that model"),
+    dolg_curves: Path = fold_path_option("curves", "dolg", "train-dolg's curves, passed through with its model"),
+    out_dir: Path = fold_path_option("model_dir", "retrain"),
+    embeddings_out: Path = fold_path_option("embeddings", "retrain"),
+    metrics: Path = fold_path_option("metrics", "retrain"),
+    curves: Path = fold_path_option("curves", "retrain"),
+    state_dir: Path = fold_path_option("state_dir", "retrain"),
     params_file: Path = PARAMS_OPTION,
     overrides: list[str] = SET_OPTION,
 ):

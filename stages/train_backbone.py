@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from photoid import paths
-from photoid.cli import PARAMS_OPTION, SET_OPTION, reports_data_errors, stage_app
+from photoid.cli import FOLD_OPTION, PARAMS_OPTION, SET_OPTION, fold_path_option, reports_data_errors, stage_app
 from photoid.data.split import parse_fold
 from photoid.io import read_parquet, write_json
 from photoid.params import load_params
@@ -27,12 +27,12 @@ app = stage_app(__doc__, READS)
 @app.command()
 @reports_data_errors
 def main(
-    fold: str = typer.Option(..., help="Which fold: a number (see split.n_folds), or all (every labelled photo, no validation)."),
+    fold: str = FOLD_OPTION,
     split: Path = typer.Option(paths.SPLIT_TABLE, help="The split table."),
-    out_dir: Path = typer.Option(None, help="Output folder [default: models/backbone/fold<k>]."),
-    metrics: Path = typer.Option(None, help="Metrics file [default: metrics/backbone/fold<k>.json]."),
-    curves: Path = typer.Option(None, help="dvclive folder [default: metrics/curves/backbone/fold<k>]."),
-    state_dir: Path = typer.Option(None, help="Resume state [default: checkpoints/backbone/fold<k>]."),
+    out_dir: Path = fold_path_option("model_dir", "backbone"),
+    metrics: Path = fold_path_option("metrics", "backbone"),
+    curves: Path = fold_path_option("curves", "backbone"),
+    state_dir: Path = fold_path_option("state_dir", "backbone"),
     params_file: Path = PARAMS_OPTION,
     overrides: list[str] = SET_OPTION,
 ):

@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from photoid import paths
-from photoid.cli import PARAMS_OPTION, SET_OPTION, reports_data_errors, stage_app
+from photoid.cli import FOLD_OPTION, PARAMS_OPTION, SET_OPTION, fold_path_option, reports_data_errors, stage_app
 from photoid.data.split import parse_fold
 from photoid.io import read_parquet, write_json
 from photoid.params import load_params
@@ -26,13 +26,13 @@ app = stage_app(__doc__, READS)
 @app.command()
 @reports_data_errors
 def main(
-    fold: str = typer.Option(..., help="Which fold: a number (see split.n_folds), or all (every labelled photo, no validation)."),
+    fold: str = FOLD_OPTION,
     split: Path = typer.Option(paths.SPLIT_TABLE, help="The split table."),
-    backbone_dir: Path = typer.Option(None, help="train-backbone's output [default: models/backbone/fold<k>]."),
-    out_dir: Path = typer.Option(None, help="Output folder [default: models/dolg/fold<k>]."),
-    metrics: Path = typer.Option(None, help="Metrics file [default: metrics/dolg/fold<k>.json]."),
-    curves: Path = typer.Option(None, help="dvclive folder [default: metrics/curves/dolg/fold<k>]."),
-    state_dir: Path = typer.Option(None, help="Resume state [default: checkpoints/dolg/fold<k>]."),
+    backbone_dir: Path = fold_path_option("model_dir", "backbone", "train-backbone's output"),
+    out_dir: Path = fold_path_option("model_dir", "dolg"),
+    metrics: Path = fold_path_option("metrics", "dolg"),
+    curves: Path = fold_path_option("curves", "dolg"),
+    state_dir: Path = fold_path_option("state_dir", "dolg"),
     params_file: Path = PARAMS_OPTION,
     overrides: list[str] = SET_OPTION,
 ):
