@@ -105,13 +105,16 @@ def check_data(
         raise typer.Exit(2)
     print(f"{d.root}: {stats['listed']} files listed: {stats['images']} usable ({stats['train_images']} train, "
           f"{stats['test_images']} test; {stats['individuals']} individuals), {stats['rejected']} not")
-    kinds = rejected["reason"].map(reason_kind)
-    for kind, n in Counter(kinds).most_common():
-        examples = rejected.loc[kinds == kind, "path"].head(3).tolist()
-        print(f"  {n:6d}  {kind}: {', '.join(examples)}{' …' if n > 3 else ''}")
-    kinds = duplicates["kind"].value_counts()
-    print(f"copies: {kinds.get('exact', 0)} exact, {kinds.get('near', 0)} near pairs "
-          f"({', '.join(f'{k} {v}' for k, v in stats['duplicates'].items() if v)})" if len(duplicates) else "copies: none")
+    reasons = rejected["reason"].map(reason_kind)
+    for reason, n in Counter(reasons).most_common():
+        examples = rejected.loc[reasons == reason, "path"].head(3).tolist()
+        print(f"  {n:6d}  {reason}: {', '.join(examples)}{' …' if n > 3 else ''}")
+    if len(duplicates):
+        pairs = duplicates["kind"].value_counts()
+        counted = ", ".join(f"{k} {v}" for k, v in stats["duplicates"].items() if v)
+        print(f"copies: {pairs.get('exact', 0)} exact, {pairs.get('near', 0)} near pairs ({counted})")
+    else:
+        print("copies: none")
     for warning in stats["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     if out is not None:

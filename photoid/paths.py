@@ -55,28 +55,18 @@ REVIEW_PAGE = Path("reports") / "review.html"  # report: the review page of knn-
 
 @dataclass(frozen=True)
 class FoldOutputs:
-    """Where a per-fold model stage (``backbone``, ``dolg`` or ``retrain``) writes for fold k, as
-    dvc.yaml names it: ``FoldOutputs("dolg", 0).model_dir`` is models/dolg/fold0."""
+    """Where a per-fold stage (``backbone``, ``dolg``, ``embed`` or ``retrain``) writes for fold k, as
+    dvc.yaml names it: ``FoldOutputs("dolg", 0).model_dir`` is models/dolg/fold0; each path is
+    ``<root>/<stage>/fold<k>`` under its root."""
 
     stage: str
-    fold: int
+    fold: int | str  # a fold number, or "all"
 
-    @property
-    def model_dir(self) -> Path:
-        return MODELS / self.stage / f"fold{self.fold}"
+    def under(self, root: Path) -> Path:
+        return root / self.stage / f"fold{self.fold}"
 
-    @property
-    def metrics(self) -> Path:
-        return METRICS / self.stage / f"fold{self.fold}.json"
-
-    @property
-    def curves(self) -> Path:
-        return METRICS / "curves" / self.stage / f"fold{self.fold}"
-
-    @property
-    def state_dir(self) -> Path:
-        return CHECKPOINTS / self.stage / f"fold{self.fold}"
-
-    @property
-    def embeddings(self) -> Path:
-        return EMBEDDINGS / self.stage / f"fold{self.fold}"
+    model_dir = property(lambda self: self.under(MODELS))
+    metrics = property(lambda self: self.under(METRICS).with_suffix(".json"))
+    curves = property(lambda self: self.under(METRICS / "curves"))
+    state_dir = property(lambda self: self.under(CHECKPOINTS))
+    embeddings = property(lambda self: self.under(EMBEDDINGS))

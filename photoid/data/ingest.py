@@ -89,6 +89,7 @@ def ingest(listing: pd.DataFrame, workers: int = 1, progress: bool = True, min_s
         copies = listing["image_id"].isin(reason)
         listing.loc[copies, "reason"] = listing.loc[copies, "image_id"].map(reason)
 
+    counts = duplicate_counts(pairs)
     ok = listing["reason"] == ""
     images = listing[ok].copy()
     images["width"] = images["width"].astype(np.int64)
@@ -110,21 +111,21 @@ def ingest(listing: pd.DataFrame, workers: int = 1, progress: bool = True, min_s
         "other_boxes": int(images["other_boxes"].map(len).sum() // 4),
         "boxes_clipped_to_image": int(clipped),
         "converted_to_rgb": {k: int(v) for k, v in images.loc[images["mode"] != "RGB", "mode"].value_counts().items()},
-        "duplicates": {**duplicate_counts(pairs), "exact_train_test_rejected": int(len(leaks)) if duplicates == "reject" else 0},
-        "warnings": ingest_warnings(images, pairs),
+        "duplicates": {**counts, "exact_train_test_rejected": int(len(leaks)) if duplicates == "reject" else 0},
+        "warnings": ingest_warnings(images, counts),
     }
     return Ingested(images[IMAGE_COLUMNS].reset_index(drop=True), rejected, stats, pairs)
 
 
-def ingest_warnings(images: pd.DataFrame, pairs: pd.DataFrame) -> list[str]:
-    """What the run can go on with but a person should know (printed by the stage, kept in the metrics)."""
+def ingest_warnings(images: pd.DataFrame, counts: dict) -> list[str]:
+    """What the run can go on with but a person should know (printed by the stage, kept in the metrics);
+    ``counts``: :func:`photoid.data.duplicates.duplicate_counts`."""
     out = []
     if not (images["part"] == TEST).any():
         out.append("no test photos: nothing to identify; knn-rank reports cross-validation only (check the test "
                    "folder's name: test_images/ for the happywhale layout, data.test_dir otherwise)")
     if not (images["part"] == TRAIN).any():
         out.append("no usable training photos: nothing to train on (see rejected.parquet)")
-    counts = duplicate_counts(pairs)
     if counts["exact_train_test"]:
         out.append(f"{counts['exact_train_test']} test photos are exact copies of training photos (duplicates.parquet)")
     if counts["exact_with_two_individuals"]:

@@ -162,12 +162,11 @@ def decode_text(path: Path) -> str:
 def _separator(text: str) -> str:
     """',' unless the header has none and another separator (';' from a spreadsheet set to a comma
     decimal, tab, '|') splits it consistently."""
-    head = "\n".join(text.splitlines()[:20])
-    first = head.split("\n", 1)[0]
-    if "," in first:
+    lines = text.splitlines()[:20]
+    if not lines or "," in lines[0]:
         return ","
     try:
-        return csv.Sniffer().sniff(head, delimiters=";\t|").delimiter
+        return csv.Sniffer().sniff("\n".join(lines), delimiters=";\t|").delimiter
     except csv.Error:
         return ","
 
@@ -192,6 +191,7 @@ def _check_duplicates(listing: pd.DataFrame) -> None:
 def _check_missing(listing: pd.DataFrame, looked: dict[str, list[Path]] | None = None) -> pd.DataFrame:
     """Every labelled path must name something on disk (a broken link does: ingest rejects it with its
     reason); a name spelt in another Unicode form than the file's is taken as the file's (:func:`on_disk`)."""
+    _names_by_form.cache_clear()  # folders listed by an earlier call may have changed since
     listing = listing.copy()
     listing["path"] = [os.path.normpath(on_disk(Path(p))) for p in listing["path"]]
     missing = []
