@@ -48,8 +48,7 @@ def iter_embeddings(model_embed: Callable[[torch.Tensor], torch.Tensor], paths, 
                         shuffle=False, num_workers=workers, pin_memory=device.type == "cuda")
     for x, _ in tqdm(loader, desc=desc, unit="batch", leave=False):
         x = x.to(device, non_blocking=True)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device):
             e = F.normalize(model_embed(x).float(), dim=1).cpu().numpy()
             f = F.normalize(model_embed(torch.flip(x, dims=[3])).float(), dim=1).cpu().numpy() if flip else None
@@ -77,8 +76,7 @@ def embed_rows(model: torch.nn.Module, rows: pd.DataFrame, img_size: int, out_di
     """Write the embedding set of ``rows`` (crops) made by ``model.embed`` to ``out_dir``; return figures."""
     device = device or torch.device("cpu")
     model = model.to(device).eval()
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)
     rows = rows[ROW_COLUMNS].reset_index(drop=True)
     dim = int(model.embed(torch.zeros(1, 3, img_size, img_size, device=device)).shape[1])
     start = time.perf_counter()

@@ -88,7 +88,8 @@ def main(
         cfg.freeze_epochs, cfg.select_initial = 0, cfg.select != ""  # already adapted: no linear probe
     result = train_dolg(split_table, fold, Path(backbone_dir) / "model.pt", bp, p, cfg, out_dir / "model.pt",
                         state_dir, log=log, extra_rows=rows,
-                        init_ckpt=Path(dolg_dir) / "model.pt" if init == "dolg" else None)
+                        init_ckpt=Path(dolg_dir) / "model.pt" if init == "dolg" else None,
+                        baselines=False)  # train-dolg's metrics have them for this fold
     if rank != 0:
         return
     log.close()

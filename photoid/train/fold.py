@@ -182,10 +182,12 @@ def dolg_configs(params: Params) -> tuple[BackboneParams, DolgParams, TrainConfi
 
 def train_dolg(split: pd.DataFrame, fold: int, backbone_ckpt: Path, bp: BackboneParams, p: DolgParams,
                cfg: TrainConfig, out: Path, state_dir: Path | None, log=None, stop_after=None,
-               extra_rows: pd.DataFrame | None = None, init_ckpt: Path | None = None) -> dict:
+               extra_rows: pd.DataFrame | None = None, init_ckpt: Path | None = None, baselines: bool = True) -> dict:
     """``extra_rows`` (retrain): more labelled training rows (pseudo-labels) for this fold.
     ``init_ckpt`` (retrain): start from that trained DOLG model of the same fold (its ArcFace head
-    too; the margins follow the new class counts) instead of from the backbone alone."""
+    too; the margins follow the new class counts) instead of from the backbone alone.
+    ``baselines``: also score the plain backbone's features and the untrained pretrained ones on the
+    fold's validation (train-dolg reports them; retrain, on the same fold and backbone, need not again)."""
     data = FoldData.of(split, fold)
     if extra_rows is not None and len(extra_rows):
         data = FoldData(pd.concat([data.train, extra_rows], ignore_index=True), data.val, data.classes)
@@ -233,12 +235,14 @@ def train_dolg(split: pd.DataFrame, fold: int, backbone_ckpt: Path, bp: Backbone
            "train_loss": kept["train_loss"], "img_per_s": kept["img_per_s"]}
     if not validating:
         return out
+    out.update({"val_map5": kept["val_map5"], "val_top1": kept["val_top1"],
+                "val_map5_without_new": kept["val_map5_without_new"], "val_threshold": kept["val_threshold"]})
+    if not baselines:
+        return out
     device = next(model.parameters()).device  # score the plain backbone where DOLG was trained
     backbone_model.to(device).eval()
     plain = fold_retrieval_metrics(backbone_model.embed, data, bp.img_size, device)
-    out.update({"val_map5": kept["val_map5"], "val_top1": kept["val_top1"],
-                "val_map5_without_new": kept["val_map5_without_new"], "val_threshold": kept["val_threshold"],
-                "backbone_val_map5": plain["map5"], "backbone_val_top1": plain["top1"],
+    out.update({"backbone_val_map5": plain["map5"], "backbone_val_top1": plain["top1"],
                 "backbone_val_map5_without_new": plain["map5_without_new"]})
     if not is_random(bp.pretrained):  # what fine-tuning must beat: the same pretrained features, untrained
         untrained = create_model(dict(kind="classifier", backbone=bp.backbone, n_classes=1, pretrained=bp.pretrained))

@@ -1,6 +1,7 @@
 """The training loop that train-backbone, train-dolg and retrain share.
 
-- device picked automatically; on CUDA bf16 autocast and channels_last; optional torch.compile;
+- device picked automatically; channels_last (on a 2-core CPU too: a third less time per DOLG epoch);
+  on CUDA bf16 autocast; optional torch.compile;
 - AdamW with one param group per model part, each with its own peak LR, under a one-cycle schedule
   (linear warm-up, cosine decay);
 - linear probe, then fine-tune: for the first ``freeze_epochs`` the backbone is frozen (no
@@ -174,8 +175,7 @@ def fit(model: nn.Module, loss_fn: LossFn, dataset: Dataset, cfg: TrainConfig, s
     device = torch_device(cfg.device)
     cuda = device.type == "cuda"
     model.to(device)
-    if cuda:
-        model.to(memory_format=torch.channels_last)
+    model.to(memory_format=torch.channels_last)  # faster convolutions on CUDA and on the CPU (oneDNN) alike
     optimizer = build_optimizer(model, cfg.lrs, cfg.weight_decay)
     per_rank = math.ceil(len(dataset) / world)
     # a last batch of one sample cannot train BatchNorm (it raises): drop it, and only it
@@ -259,8 +259,7 @@ def fit(model: nn.Module, loss_fn: LossFn, dataset: Dataset, cfg: TrainConfig, s
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=rank != 0, leave=False)
         for step, (x, y) in enumerate(bar):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device):
                 loss = loss_fn(net, x, y)
             (loss / cfg.grad_accum).backward()
