@@ -7,6 +7,7 @@ DVC would cache as if it were the real output.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import uuid
@@ -62,8 +63,22 @@ def read_parquet(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def write_json(obj: dict, path: str | os.PathLike) -> None:
+    """``obj`` as JSON, atomically. A NaN or infinite number is written as null: JSON has no NaN (Python
+    writes a bare ``NaN`` token that strict readers, JavaScript's among them, refuse)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+        tmp.write_text(json.dumps(_finite(obj), indent=2, sort_keys=True, default=_json_default, allow_nan=False) + "\n")
+
+
+def _finite(o):
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    if hasattr(o, "item") and getattr(o, "ndim", 1) == 0:  # a numpy scalar
+        o = o.item()
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return o
 
 
 def _json_default(o):

@@ -152,3 +152,21 @@ def test_new_individual_precision_recall_and_image_ranking():
     owners = np.array([10, 11, 12, 10])
     labels = np.array(["a", "b", "c", "a"])
     assert [list(map(str, r)) for r in ranked_images(idx, owners, labels, n=20)] == [["a", "b", "c"]]
+
+
+def test_metrics_files_are_strict_json_with_null_for_a_missing_number(tmp_path):
+    """A metric that has no value (the train loss of kept starting weights is NaN) is written as null:
+    a bare NaN token is not JSON, and strict readers refuse the whole file."""
+    import json
+
+    from photoid.io import write_json
+
+    path = tmp_path / "m.json"
+    write_json({"loss": float("nan"), "gain": np.float32("inf"), "per_fold": [np.float64(0.5), np.nan],
+                "nested": {"x": np.float32(0.25)}}, path)
+
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    assert json.loads(path.read_text(), parse_constant=refuse) == {
+        "loss": None, "gain": None, "per_fold": [0.5, None], "nested": {"x": 0.25}}
