@@ -7,6 +7,7 @@ import functools
 import os
 import sys
 import time
+from pathlib import Path
 
 import typer
 
@@ -23,20 +24,26 @@ SET_OPTION = typer.Option(None, "--set", "-S", metavar="KEY=VALUE", help="Change
 # The per-fold stages (train-backbone, train-dolg, embed, retrain): which fold, and where its files are.
 FOLD_OPTION = typer.Option(..., help="Which fold: a number (see split.n_folds), or all (the model on every labelled "
                            "photo, no validation).")
-_FOLD_PATH_HELP = {"model_dir": "Output folder", "metrics": "Metrics file", "curves": "dvclive folder (training curves)",
-                   "state_dir": "Resume state", "embeddings": "Embeddings output"}
+# Every output of a per-fold stage, in the project's layout (photoid.paths.FoldOutputs) under one folder.
+OUTPUTS_OPTION = typer.Option(Path("."), "--outputs", help="The folder this fold's outputs go under, in the project's "
+                              "layout: the model in <outputs>/models/<stage>/fold<k>, its metrics in "
+                              "<outputs>/metrics/<stage>/fold<k>.json, curves in <outputs>/metrics/curves/<stage>/fold<k>, "
+                              "resume state in <outputs>/checkpoints/<stage>/fold<k>, embeddings in "
+                              "<outputs>/data/processed/embeddings/<stage>/fold<k>. Default: the project itself, where "
+                              "dvc.yaml expects them; another folder runs a stage by hand beside them.")
 
 
-def fold_path_option(what: str, stage: str, help: str = ""):
-    """The option for one of a per-fold stage's paths: empty by default, standing for
+def fold_path_option(what: str, stage: str, help: str):
+    """The option for another stage's per-fold output that this stage reads: empty by default, standing for
     ``paths.FoldOutputs(stage, k).<what>``, which the script fills in once it knows the fold."""
     from photoid.paths import FoldOutputs
 
-    return typer.Option(None, help=f"{help or _FOLD_PATH_HELP[what]} [default: {getattr(FoldOutputs(stage, '<k>'), what)}].")
+    return typer.Option(None, help=f"{help} [default: {getattr(FoldOutputs(stage, '<k>'), what)}].")
 
 
 class StageApp(typer.Typer):
-    """A Typer app of one command whose --help shows the stage's docstring and the parameters it reads."""
+    """A Typer app of one command whose --help shows the stage's docstring and the parameters it reads,
+    and whose bad input ends in one clear message (:func:`reports_data_errors`)."""
 
     def __init__(self, help: str, epilog: str | None):
         super().__init__(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -46,7 +53,8 @@ class StageApp(typer.Typer):
     def command(self, *args, **kwargs):
         kwargs.setdefault("help", self.stage_help)
         kwargs.setdefault("epilog", self.stage_epilog)
-        return super().command(*args, **kwargs)
+        register = super().command(*args, **kwargs)
+        return lambda fn: register(reports_data_errors(fn))
 
 
 def stage_app(help: str, reads: tuple[str, ...] = ()) -> StageApp:

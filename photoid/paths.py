@@ -57,13 +57,15 @@ REVIEW_PAGE = Path("reports") / "review.html"  # report: the review page of knn-
 class FoldOutputs:
     """Where a per-fold stage (``backbone``, ``dolg``, ``embed`` or ``retrain``) writes for fold k, as
     dvc.yaml names it: ``FoldOutputs("dolg", 0).model_dir`` is models/dolg/fold0; each path is
-    ``<root>/<stage>/fold<k>`` under its root."""
+    ``<root>/<stage>/fold<k>`` under its folder. ``project`` puts the whole layout under another
+    folder (a stage's ``--outputs``: a run by hand beside DVC's outputs, a test's temporary folder)."""
 
     stage: str
     fold: int | str  # a fold number, or "all"
+    project: Path = Path(".")
 
     def under(self, root: Path) -> Path:
-        return root / self.stage / f"fold{self.fold}"
+        return self.project / root / self.stage / f"fold{self.fold}"
 
     model_dir = property(lambda self: self.under(MODELS))
     metrics = property(lambda self: self.under(METRICS).with_suffix(".json"))

@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from photoid import paths
-from photoid.cli import PARAMS_OPTION, SET_OPTION, reports_data_errors, stage_app
+from photoid.cli import PARAMS_OPTION, SET_OPTION, stage_app
 from photoid.crop import crop_all
 from photoid.data.schema import FULL_FRAME
 from photoid.io import atomic_path, read_parquet, write_json
@@ -22,7 +22,6 @@ app = stage_app(__doc__, READS)
 
 
 @app.command()
-@reports_data_errors
 def main(
     images: Path = typer.Option(paths.IMAGES_TABLE, help="The image table from ingest."),
     boxes: Path = typer.Option(paths.BOXES_TABLE, help="The box table from detect."),

@@ -14,7 +14,7 @@ import pandas as pd
 import typer
 
 from photoid import detect, paths
-from photoid.cli import PARAMS_OPTION, SET_OPTION, reports_data_errors, stage_app
+from photoid.cli import PARAMS_OPTION, SET_OPTION, stage_app
 from photoid.data.schema import has_box
 from photoid.io import atomic_path, read_parquet, write_json, write_parquet
 from photoid.params import load_params
@@ -25,7 +25,6 @@ app = stage_app(__doc__, READS)
 
 
 @app.command()
-@reports_data_errors
 def main(
     images: Path = typer.Option(paths.IMAGES_TABLE, help="The image table from ingest."),
     out_dir: Path = typer.Option(paths.DETECT_MODEL_DIR, help="Output folder: detector.pt and config.json."),

@@ -17,7 +17,7 @@ from pathlib import Path
 import typer
 
 from photoid import paths
-from photoid.cli import FOLD_OPTION, PARAMS_OPTION, SET_OPTION, fold_path_option, reports_data_errors, stage_app
+from photoid.cli import FOLD_OPTION, OUTPUTS_OPTION, PARAMS_OPTION, SET_OPTION, fold_path_option, stage_app
 from photoid.data.split import parse_fold
 from photoid.embed import embed_checkpoint, embed_untrained
 from photoid.errors import DataError
@@ -30,14 +30,12 @@ app = stage_app(__doc__, READS)
 
 
 @app.command()
-@reports_data_errors
 def main(
     fold: str = FOLD_OPTION,
     crops: Path = typer.Option(paths.CROPS_TABLE, help="The crop table from crop."),
     model_dir: Path = fold_path_option("model_dir", "dolg", "The DOLG model's folder"),
     backbone_dir: Path = fold_path_option("model_dir", "backbone", "train-backbone's folder"),
-    out_dir: Path = fold_path_option("embeddings", "dolg", "Output folder"),
-    metrics: Path = fold_path_option("metrics", "embed"),
+    outputs: Path = OUTPUTS_OPTION,
     params_file: Path = PARAMS_OPTION,
     overrides: list[str] = SET_OPTION,
 ):
@@ -48,10 +46,10 @@ def main(
     backbone, pretrained, img_size = P.str("train.backbone"), P.str("train.pretrained"), P.int("train.img_size")
     P.check_all_read()
     fold = parse_fold(fold)
-    dolg = paths.FoldOutputs("dolg", fold)
-    model_dir, out_dir = model_dir or dolg.model_dir, out_dir or dolg.embeddings
+    model_dir = model_dir or paths.FoldOutputs("dolg", fold).model_dir
     backbone_dir = backbone_dir or paths.FoldOutputs("backbone", fold).model_dir
-    metrics = metrics or paths.FoldOutputs("embed", fold).metrics
+    # the embeddings of the DOLG model (embeddings/dolg/fold<k>, whatever --features) and embed's metrics
+    out_dir, metrics = paths.FoldOutputs("dolg", fold, outputs).embeddings, paths.FoldOutputs("embed", fold, outputs).metrics
     if features == "dolg":
         info = embed_checkpoint(Path(model_dir) / "model.pt", read_parquet(crops), out_dir, flip, batch_size, workers)
     elif features == "backbone":

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from photoid import paths
-from photoid.cli import PARAMS_OPTION, SET_OPTION, reports_data_errors, stage_app
+from photoid.cli import PARAMS_OPTION, SET_OPTION, stage_app
 from photoid.data.filter import filter_individuals
 from photoid.io import read_parquet, write_json, write_parquet
 from photoid.params import load_params
@@ -20,7 +20,6 @@ app = stage_app(__doc__, READS)
 
 
 @app.command()
-@reports_data_errors
 def main(
     crops: Path = typer.Option(paths.CROPS_TABLE, help="The crop table from crop."),
     out: Path = typer.Option(paths.FILTERED_TABLE, help="Output: kept rows (all test rows included)."),

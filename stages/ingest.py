@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 
 from photoid import paths
-from photoid.cli import PARAMS_OPTION, SET_OPTION, reports_data_errors, stage_app
+from photoid.cli import PARAMS_OPTION, SET_OPTION, stage_app
 from photoid.data import demo, sources
 from photoid.data.ingest import DataParams, apply_confirmed, attach_boxes, check_truth, ingest, read_data_set
 from photoid.data.schema import TEST, TRAIN, TRUTH_COLUMNS, empty_table
@@ -26,7 +26,6 @@ app = stage_app(__doc__, READS)
 
 
 @app.command()
-@reports_data_errors
 def main(
     out_dir: Path = typer.Option(paths.INGEST_DIR, help="Output folder."),
     metrics: Path = typer.Option(paths.METRICS / "ingest.json", help="Metrics file (counts)."),

@@ -30,7 +30,7 @@ import pandas as pd
 import typer
 
 from photoid import paths
-from photoid.cli import PARAMS_OPTION, SET_OPTION, reports_data_errors, stage_app
+from photoid.cli import PARAMS_OPTION, SET_OPTION, stage_app
 from photoid.data.split import ensemble_folds, test_folds
 from photoid.io import atomic_path, read_parquet, write_json, write_parquet
 from photoid.local_features import MatchConfig
@@ -54,7 +54,6 @@ app = stage_app(__doc__, READS)
 
 
 @app.command()
-@reports_data_errors
 def main(
     local_features: Path = typer.Option(paths.LOCAL_FEATURES, help="The local-features stage's keypoint store."),
     reliability: Path = typer.Option(paths.RELIABILITY, help="Folder of the reliability diagram of P(new individual): "

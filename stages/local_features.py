@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 
 from photoid import paths
-from photoid.cli import PARAMS_OPTION, SET_OPTION, reports_data_errors, stage_app
+from photoid.cli import PARAMS_OPTION, SET_OPTION, stage_app
 from photoid.io import read_parquet, write_json
 from photoid.local_features import KeypointConfig, write_store
 from photoid.params import load_params
@@ -23,7 +23,6 @@ app = stage_app(__doc__, READS)
 
 
 @app.command()
-@reports_data_errors
 def main(
     crops: Path = typer.Option(paths.CROPS_TABLE, help="The crop table from crop."),
     out_dir: Path = typer.Option(paths.LOCAL_FEATURES, help="The keypoint store."),

@@ -19,7 +19,7 @@ import pandas as pd
 import typer
 
 from photoid import paths
-from photoid.cli import PARAMS_OPTION, SET_OPTION, reports_data_errors, stage_app
+from photoid.cli import PARAMS_OPTION, SET_OPTION, stage_app
 from photoid.data.split import cv_folds, ensemble_folds
 from photoid.errors import DataError
 from photoid.io import read_parquet, write_json, write_parquet
@@ -41,7 +41,6 @@ app = stage_app(__doc__, READS)
 
 
 @app.command()
-@reports_data_errors
 def main(
     embeddings: Path = typer.Option(paths.EMBEDDINGS / "dolg", help="Folder of the folds' embedding sets."),
     split: Path = typer.Option(paths.SPLIT_TABLE, help="The split table (for the threshold of new_individual)."),

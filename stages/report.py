@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from photoid import paths
-from photoid.cli import PARAMS_OPTION, SET_OPTION, reports_data_errors, stage_app
+from photoid.cli import PARAMS_OPTION, SET_OPTION, stage_app
 from photoid.data.schema import TRAIN
 from photoid.data.split import ensemble_folds, test_folds
 from photoid.io import read_parquet, write_json
@@ -23,7 +23,6 @@ app = stage_app(__doc__, READS)
 
 
 @app.command()
-@reports_data_errors
 def main(
     predictions: Path = typer.Option(paths.PREDICTIONS_TABLE, help="knn-rank's predictions table."),
     embeddings: Path = typer.Option(paths.EMBEDDINGS / "retrain", help="Folder of the folds' embedding sets "

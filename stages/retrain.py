@@ -14,36 +14,28 @@ from pathlib import Path
 import typer
 
 from photoid import paths
-from photoid.cli import FOLD_OPTION, PARAMS_OPTION, SET_OPTION, fold_path_option, reports_data_errors, stage_app
+from photoid.cli import FOLD_OPTION, OUTPUTS_OPTION, PARAMS_OPTION, SET_OPTION, stage_app
 from photoid.data.split import ALL, parse_fold
 from photoid.embed import embed_checkpoint
 from photoid.errors import DataError
 from photoid.io import copy_artifact, read_parquet, write_json
 from photoid.params import load_params
-from photoid.train.fold import dolg_configs, pseudo_rows_for_fold, train_dolg
-from photoid.train.live import EpochLog
-from photoid.train.loop import distributed, finished
+from photoid.train.fold import FoldRun, dolg_configs, pseudo_rows_for_fold, train_dolg
 
 READS = ("train", "dolg", "retrain", "pseudo.enabled", "embed.flip_tta", "embed.batch_size", "embed.workers")
 app = stage_app(__doc__, READS)
 
 
 @app.command()
-@reports_data_errors
 def main(
     fold: str = FOLD_OPTION,
     split: Path = typer.Option(paths.SPLIT_TABLE, help="The split table."),
     pseudo: Path = typer.Option(paths.PSEUDO_TABLE, help="The pseudo-label table."),
     crops: Path = typer.Option(paths.CROPS_TABLE, help="The crop table (what to embed)."),
-    backbone_dir: Path = fold_path_option("model_dir", "backbone", "train-backbone's output"),
-    dolg_dir: Path = fold_path_option("model_dir", "dolg", "train-dolg's output, passed through when nothing is retrained"),
-    dolg_embeddings: Path = fold_path_option("embeddings", "dolg", "embed's output for that model"),
-    dolg_curves: Path = fold_path_option("curves", "dolg", "train-dolg's curves, passed through with its model"),
-    out_dir: Path = fold_path_option("model_dir", "retrain"),
-    embeddings_out: Path = fold_path_option("embeddings", "retrain"),
-    metrics: Path = fold_path_option("metrics", "retrain"),
-    curves: Path = fold_path_option("curves", "retrain"),
-    state_dir: Path = fold_path_option("state_dir", "retrain"),
+    inputs: Path = typer.Option(Path("."), help="The folder whose models/, metrics/curves/ and data/processed/embeddings/ "
+                                "hold train-backbone's, train-dolg's and embed's outputs for this fold (the project's "
+                                "layout) [default: the project itself]."),
+    outputs: Path = OUTPUTS_OPTION,
     params_file: Path = PARAMS_OPTION,
     overrides: list[str] = SET_OPTION,
 ):
@@ -55,13 +47,9 @@ def main(
     P.check_all_read()
     if init not in ("dolg", "backbone"):
         raise DataError(f"retrain.init takes dolg or backbone, got {init!r}")
-    fold = parse_fold(fold)
-    dolg, here = paths.FoldOutputs("dolg", fold), paths.FoldOutputs("retrain", fold)
-    backbone_dir = backbone_dir or paths.FoldOutputs("backbone", fold).model_dir
-    dolg_dir, dolg_curves = dolg_dir or dolg.model_dir, dolg_curves or dolg.curves
-    dolg_embeddings = dolg_embeddings or dolg.embeddings
-    out_dir, curves = Path(out_dir or here.model_dir), Path(curves or here.curves)
-    embeddings_out, metrics, state_dir = embeddings_out or here.embeddings, metrics or here.metrics, state_dir or here.state_dir
+    run = FoldRun("retrain", parse_fold(fold), outputs)
+    fold, out = run.out.fold, run.out
+    dolg, backbone = paths.FoldOutputs("dolg", fold, inputs), paths.FoldOutputs("backbone", fold, inputs)
 
     split_table = read_parquet(split)
     pseudo_table = read_parquet(pseudo)
@@ -75,28 +63,25 @@ def main(
             why = "pseudo-label found no confident test prediction"
         else:
             why = f"none of the {len(pseudo_table)} pseudo-labels names an individual fold {fold} trains"
-        copy_artifact(Path(dolg_dir), out_dir)
-        copy_artifact(Path(dolg_embeddings), embeddings_out)
-        copy_artifact(Path(dolg_curves), curves)  # the curves of the model that passes through
-        write_json({"fold": fold, "retrained": False, "reason": why, "pseudo_rows": 0}, metrics)
+        copy_artifact(dolg.model_dir, out.model_dir)
+        copy_artifact(dolg.embeddings, out.embeddings)
+        copy_artifact(dolg.curves, out.curves)  # the curves of the model that passes through
+        write_json({"fold": fold, "retrained": False, "reason": why, "pseudo_rows": 0}, out.metrics)
         print(f"retrain fold {fold}: passed through ({why})")
         return
 
-    rank, _ = distributed()
-    log = EpochLog(curves) if rank == 0 else None
     if init == "dolg":
         cfg.freeze_epochs, cfg.select_initial = 0, cfg.select != ""  # already adapted: no linear probe
-    result = train_dolg(split_table, fold, Path(backbone_dir) / "model.pt", bp, p, cfg, out_dir / "model.pt",
-                        state_dir, log=log, extra_rows=rows,
-                        init_ckpt=Path(dolg_dir) / "model.pt" if init == "dolg" else None,
+    result = train_dolg(split_table, fold, backbone.model_dir / "model.pt", bp, p, cfg, out.model_dir / "model.pt",
+                        out.state_dir, log=run.log, extra_rows=rows,
+                        init_ckpt=dolg.model_dir / "model.pt" if init == "dolg" else None,
                         baselines=False)  # train-dolg's metrics have them for this fold
-    if rank != 0:
+    if not run.writes:
         return
-    log.close()
-    finished(state_dir)
-    info = embed_checkpoint(out_dir / "model.pt", read_parquet(crops), embeddings_out, flip_tta,
+    run.close()
+    info = embed_checkpoint(out.model_dir / "model.pt", read_parquet(crops), out.embeddings, flip_tta,
                             embed_batch_size, embed_workers)
-    write_json({**result, "retrained": True, "pseudo_rows": len(rows), "embed_img_per_s": info["img_per_s"]}, metrics)
+    write_json({**result, "retrained": True, "pseudo_rows": len(rows), "embed_img_per_s": info["img_per_s"]}, out.metrics)
     print(f"retrain fold {fold}: {len(rows)} pseudo-labelled images added; val MAP@5 {result['val_map5']:.3f} "
           f"(epoch kept: {result['epoch_kept']}, 0 = the starting weights)")
 

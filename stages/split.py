@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from photoid import paths
-from photoid.cli import PARAMS_OPTION, SET_OPTION, reports_data_errors, stage_app
+from photoid.cli import PARAMS_OPTION, SET_OPTION, stage_app
 from photoid.data.split import split_folds
 from photoid.io import read_parquet, write_json, write_parquet
 from photoid.params import load_params
@@ -19,7 +19,6 @@ app = stage_app(__doc__, READS)
 
 
 @app.command()
-@reports_data_errors
 def main(
     filtered: Path = typer.Option(paths.FILTERED_TABLE, help="The table from filter."),
     out: Path = typer.Option(paths.SPLIT_TABLE, help="Output table."),

@@ -318,20 +318,20 @@ def test_embed_stage_makes_the_untrained_baseline_and_refuses_one_without_weight
     paths = [_crop(tmp_path / f"{i}.png", False, i) for i in range(3)]
     pd.DataFrame({"image_id": list("abc"), "part": "train", "individual": ["x", "y", "x"], "species": "w",
                   "crop_path": paths}).to_parquet(tmp_path / "crops.parquet", index=False)
-    common = ["--fold", "0", "--crops", str(tmp_path / "crops.parquet"), "--metrics", str(tmp_path / "m.json")]
+    common = ["--fold", "0", "--crops", str(tmp_path / "crops.parquet")]
     size = ("train.backbone=efficientnet_lite0", "train.img_size=32")
     result = CliRunner().invoke(_stage("embed"), [*common, *_params(*size, "embed.features=untrained",
                                                                     f"train.pretrained={LITE0_PACKAGE}"),
-                                                  "--out-dir", str(tmp_path / "emb")])
+                                                  "--outputs", str(tmp_path / "emb")])
     assert result.exit_code == 0, result.output
-    s = EmbeddingSet.load(tmp_path / "emb")
+    s = EmbeddingSet.load(tmp_path / "emb/data/processed/embeddings/dolg/fold0")  # --outputs: the project's layout
     assert s.original.shape == (3, 1280) and s.flipped is not None  # Lite0's pooled features, no training
-    assert json.loads((tmp_path / "m.json").read_text())["features"] == "untrained"
+    assert json.loads((tmp_path / "emb/metrics/embed/fold0.json").read_text())["features"] == "untrained"
     result = CliRunner().invoke(_stage("embed"), [*common, *_params(*size, "embed.features=untrained", "train.pretrained=false"),
-                                                  "--out-dir", str(tmp_path / "emb2")])
-    assert result.exit_code == 2 and "no baseline" in result.output and not (tmp_path / "emb2").exists()
+                                                  "--outputs", str(tmp_path / "emb2")])
+    assert result.exit_code == 2 and "no baseline" in result.output and not (tmp_path / "emb2/data").exists()
     result = CliRunner().invoke(_stage("embed"), [*common, *_params(*size, "embed.features=vit"),
-                                                  "--out-dir", str(tmp_path / "emb3")])
+                                                  "--outputs", str(tmp_path / "emb3")])
     assert result.exit_code == 2 and "dolg, backbone or untrained" in result.output
 
 

@@ -105,18 +105,17 @@ def test_a_stage_run_by_hand_with_no_options_trains_what_dvc_repro_trained(proje
     from tests.pipeline import env
 
     root, _ = project
-    hand = ["--out-dir", "models/hand", "--metrics", "metrics/hand.json", "--curves", "metrics/hand_curves",
-            "--state-dir", "checkpoints/hand"]
+    hand = ["--outputs", "hand"]
     subprocess.run([sys.executable, "stages/train_backbone.py", "--fold", "0", *hand], cwd=root, env=env(), check=True,
                    capture_output=True)
     a = torch.load(root / "models/backbone/fold0/model.pt", weights_only=False)
-    b = torch.load(root / "models/hand/model.pt", weights_only=False)
+    b = torch.load(root / "hand/models/backbone/fold0/model.pt", weights_only=False)
     assert a["config"] == b["config"] and a["state_dict"].keys() == b["state_dict"].keys()
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     # and one value changed for one run, as `dvc exp run -S` would change it, trains something else
     subprocess.run([sys.executable, "stages/train_backbone.py", "--fold", "0", *hand, "--set", "train.seed=1"], cwd=root,
                    env=env(), check=True, capture_output=True)
-    c = torch.load(root / "models/hand/model.pt", weights_only=False)
+    c = torch.load(root / "hand/models/backbone/fold0/model.pt", weights_only=False)
     assert not all(torch.equal(a["state_dict"][k], c["state_dict"][k]) for k in a["state_dict"])
 
 
@@ -259,14 +258,13 @@ def test_retrain_trains_on_pseudo_labels_and_embeds_with_the_new_model(project):
     # train-dolg's model (retrain.init dolg) for one epoch and keeps that epoch
     args = [sys.executable, "stages/retrain.py", "--fold", "0", "-S", "pseudo.enabled=true", "-S", "retrain.epochs=1",
             "-S", "retrain.init=dolg", "-S", "dolg.select_best=false", "--pseudo", "pseudo_test.parquet",
-            "--out-dir", "models/rt", "--embeddings-out", "data/rt_emb",
-            "--metrics", "metrics/rt.json", "--curves", "metrics/rt_curves", "--state-dir", "checkpoints/rt"]
+            "--outputs", "rt"]
     done = subprocess.run(args, cwd=root, env=env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    m = json.loads((root / "metrics/rt.json").read_text())
+    m = json.loads((root / "rt/metrics/retrain/fold0.json").read_text())
     assert m["retrained"] and m["pseudo_rows"] == 2 and m["train_images"] == m["pseudo_rows"] + len(
         split[(~split.is_new) & (split.fold != 0)])
-    new = np.load(root / "data/rt_emb/embeddings.npy")
+    new = np.load(root / "rt/data/processed/embeddings/retrain/fold0/embeddings.npy")
     old = np.load(root / "data/processed/embeddings/dolg/fold0/embeddings.npy")
     assert new.shape[0] == old.shape[0] == len(crops) and not np.allclose(new, old)
 
@@ -287,11 +285,10 @@ def test_kill_9_mid_run_resumes_to_the_same_weights(project):
             "-S", "train.batch_size=4", "-S", "backbone.epochs=6", "-S", "train.seed=3"]
 
     def outputs(tag):
-        return ["--out-dir", f"models/kill/{tag}", "--metrics", f"metrics/kill/{tag}.json",
-                "--curves", f"metrics/kill/curves/{tag}", "--state-dir", f"checkpoints/kill/{tag}"]
+        return ["--outputs", f"kill/{tag}"]
 
     subprocess.run(args + outputs("straight"), cwd=root, env=env(), check=True, capture_output=True)
-    state = root / "checkpoints/kill/resumed/state.pt"
+    state = root / "kill/resumed/checkpoints/backbone/fold0/state.pt"
     proc = subprocess.Popen(args + outputs("resumed"), cwd=root, env=env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -303,11 +300,11 @@ def test_kill_9_mid_run_resumes_to_the_same_weights(project):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = torch.load(state, weights_only=False)["epoch"]
-    assert 1 <= killed_at < 5 and not (root / "models/kill/resumed/model.pt").exists()
+    assert 1 <= killed_at < 5 and not (root / "kill/resumed/models/backbone/fold0/model.pt").exists()
     again = subprocess.run(args + outputs("resumed"), cwd=root, env=env(), check=True, capture_output=True, text=True)
     assert f"resuming from epoch {killed_at + 1}" in again.stdout
-    a = torch.load(root / "models/kill/straight/model.pt", weights_only=False)["state_dict"]
-    b = torch.load(root / "models/kill/resumed/model.pt", weights_only=False)["state_dict"]
+    a = torch.load(root / "kill/straight/models/backbone/fold0/model.pt", weights_only=False)["state_dict"]
+    b = torch.load(root / "kill/resumed/models/backbone/fold0/model.pt", weights_only=False)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not state.exists()  # removed once the model was written
 

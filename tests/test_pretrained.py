@@ -75,8 +75,7 @@ def test_a_stage_reports_wrong_weights_without_a_traceback(tmp_path):
                   "crop_path": ["a.jpg", "b.jpg"], "fold": [0, 1], "is_new": [False, False]}).to_parquet(split)
     run = subprocess.run([sys.executable, "stages/train_backbone.py", "--fold", "0", "--set", "train.backbone=resnet18",
                           "--set", f"train.pretrained={tmp_path / 'wrong.pth'}", "--split", str(split),
-                          "--out-dir", str(tmp_path / "out"), "--metrics", str(tmp_path / "m.json"),
-                          "--curves", str(tmp_path / "c"), "--state-dir", str(tmp_path / "s")],
+                          "--outputs", str(tmp_path / "out")],
                          cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 2, run.stderr
     assert "do not fit the model" in run.stderr and "Traceback" not in run.stderr

@@ -25,13 +25,16 @@ from photoid.data.split import ALL, fold_view
 from photoid.datasets import CropDataset, eval_transform, train_transform
 from photoid.embed import embed_paths, iter_embeddings
 from photoid.errors import DataError
+from photoid.io import write_json
 from photoid.models import create_model, load_model, save_model
 from photoid.models.arcface import adaptive_margins
 from photoid.models.weights import is_random, normalise_spec
 from photoid.params import Params
+from photoid.paths import FoldOutputs
 from photoid.retrieval import evaluate
 from photoid.runtime import seed_everything
-from photoid.train.loop import TrainConfig, config_key, fit, selected
+from photoid.train.live import EpochLog
+from photoid.train.loop import TrainConfig, config_key, distributed, finished, fit, selected
 
 
 def file_digest(path: Path) -> str:
@@ -40,6 +43,34 @@ def file_digest(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+class FoldRun:
+    """One run of a per-fold training stage (train-backbone, train-dolg, retrain): where it writes
+    (``out``, the project's layout under ``project``), whether this process writes (rank 0 of a torchrun;
+    every other rank trains and stays silent), and its per-epoch curves (``log``, opened on first use)."""
+
+    def __init__(self, stage: str, fold: int | str, project: Path):
+        self.out = FoldOutputs(stage, fold, project)
+        self.writes = distributed()[0] == 0
+        self._log: EpochLog | None = None
+
+    @property
+    def log(self) -> EpochLog | None:
+        if self.writes and self._log is None:
+            self._log = EpochLog(self.out.curves)
+        return self._log
+
+    def close(self) -> None:
+        """The curves closed and the resume state removed: the model is safely written (rank 0)."""
+        if self._log is not None:
+            self._log.close()
+        finished(self.out.state_dir)
+
+    def finish(self, metrics: dict) -> None:
+        """:meth:`close`, then the stage's metrics file."""
+        self.close()
+        write_json(metrics, self.out.metrics)
 
 
 @dataclass
