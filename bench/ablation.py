@@ -49,6 +49,7 @@ ROWS: list[tuple[str, str, list[str]]] = [
     ("no-flips", "no flip TTA at all (queries and gallery)", ["knn.query_flip=false", "knn.gallery_flip=false"]),
     ("train-hflip", "random mirror images in training", ["train.hflip=true"]),
     ("3-folds", "3-fold ensemble instead of 1 fold", ["ensemble.folds=[0,1,2]"]),
+    ("224px", "crops and training at 224 px instead of 160 (twice the compute)", ["train.img_size=224", "crop.size=224"]),
     ("scratch", "EfficientNet-Lite0 from scratch (random init, nothing frozen)",
      ["train.pretrained=false", "train.frozen_stages=0", "backbone.freeze_epochs=0", "dolg.freeze_epochs=0"]),
 ]
