@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from photoid.images import load_rgb, reduce_factor
 
-CROP_COLUMNS = ["image_id", "part", "individual", "species", "crop_path",
+CROP_COLUMNS = ["image_id", "part", "individual", "species", "group", "crop_path",
                 "crop_x1", "crop_y1", "crop_x2", "crop_y2", "box_source", "box_confidence"]
 
 
@@ -71,8 +71,9 @@ def crop_all(images: pd.DataFrame, boxes: pd.DataFrame, out_dir: Path, size: int
         name = f"images/{k:07d}.jpg"
         jobs.append((r.path, r.width, r.height, crop, size, str(out_dir / name)))
         rows.append(dict(image_id=r.image_id, part=r.part, individual=r.individual, species=r.species,
-                         crop_path=str(final_dir / name), crop_x1=crop[0], crop_y1=crop[1], crop_x2=crop[2],
-                         crop_y2=crop[3], box_source=r.box_source, box_confidence=r.confidence))
+                         group=getattr(r, "group", ""), crop_path=str(final_dir / name), crop_x1=crop[0],
+                         crop_y1=crop[1], crop_x2=crop[2], crop_y2=crop[3], box_source=r.box_source,
+                         box_confidence=r.confidence))
     bar = dict(total=len(jobs), desc="crop", unit="img")
     if workers > 1 and len(jobs) >= 64:
         with ProcessPoolExecutor(max_workers=workers) as pool:

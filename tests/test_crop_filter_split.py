@@ -32,13 +32,14 @@ def test_crop_all_streams_large_jpegs_and_records_paths(tmp_path):
     arr[1000:2000, 1000:3000] = (200, 50, 50)
     Image.fromarray(arr).save(big, quality=90)
     images = pd.DataFrame([dict(image_id="big.jpg", path=str(big), part="train", individual="a", species="s",
-                                width=4000, height=3000)])
+                                group="enc-7", width=4000, height=3000)])
     boxes = pd.DataFrame([dict(image_id="big.jpg", x1=1000.0, y1=1000.0, x2=3000.0, y2=2000.0, confidence=0.9,
                                box_source="detector")])
     table = crop_all(images, boxes, tmp_path / "crops", size=128, margin=0.0)
     crop = np.asarray(Image.open(table.crop_path[0]))
     assert crop.shape == (128, 128, 3)
     assert crop[32:96, :, 0].mean() > 150 and crop[:28].mean() < 20  # the red box fills the middle band
+    assert table.group[0] == "enc-7"  # the labels go with the crop, its group (encounter) among them
 
 
 def test_crop_all_refuses_images_without_box(tmp_path):
@@ -53,6 +54,39 @@ def _table(counts: dict[str, int], species="s", n_test=3) -> pd.DataFrame:
             for ind, n in counts.items() for k in range(n)]
     rows += [dict(image_id=f"t{k}", part="test", individual="", species="unknown") for k in range(n_test)]
     return pd.DataFrame(rows)
+
+
+def test_photos_of_one_encounter_never_straddle_folds():
+    """With data.group_col, an individual's groups (encounters) are dealt over the folds, not its photos:
+    a fold never validates on a photo whose burst siblings it trains on."""
+    table = _table({f"a{i}": 3 + i % 7 for i in range(24)}, species="dolphin")
+    train = table.part == "train"
+    encounter = {ind: 0 for ind in table.individual}
+    groups = []
+    for r in table.itertuples():  # bursts of two or three photos per encounter
+        if r.part != "train":
+            groups.append("")
+            continue
+        groups.append(f"{r.individual}-e{encounter[r.individual] // (2 + int(r.individual[1:]) % 2)}")
+        encounter[r.individual] += 1
+    grouped = table.assign(group=groups)
+    split, stats = split_folds(grouped, n_folds=3, new_fraction=0.2, seed=1)
+    assert split.groupby("group").fold.nunique().max() == 1
+    assert stats["groups"] == grouped.loc[train, "group"].nunique()
+    loose, _ = split_folds(table, n_folds=3, new_fraction=0.2, seed=1)
+    assert loose.merge(split[["image_id", "group"]]).groupby("group").fold.nunique().max() > 1  # without: they would
+    # an individual seen in one encounter only sits in one fold (in its validation it plays a new animal)
+    single = split[~split.is_new].groupby("individual").filter(lambda g: g.group.nunique() == 1)
+    assert len(single) and single.groupby("individual").fold.nunique().max() == 1
+
+
+def test_without_groups_the_split_is_the_photo_by_photo_one():
+    """No group column, an empty one, or every photo a group of its own: the same folds, photo by photo."""
+    table = _table({f"a{i}": 2 + i % 6 for i in range(20)})
+    plain, stats = split_folds(table, n_folds=3, new_fraction=0.2, seed=4)
+    for same in (table.assign(group=""), table.assign(group=table.image_id)):
+        pd.testing.assert_series_equal(split_folds(same, n_folds=3, new_fraction=0.2, seed=4)[0].fold, plain.fold)
+    assert stats["groups"] == 0
 
 
 def test_filter_drops_small_individuals_only_from_training():

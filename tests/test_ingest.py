@@ -109,6 +109,22 @@ def test_csv_labels_with_different_columns_per_file(tmp_path, photo):
     assert dict(zip(images.image_id, images.species)) == {"w1.jpg": "whale", "w2.jpg": "whale", "s1.jpg": "seal"}
 
 
+def test_a_group_column_of_the_label_files_groups_their_photos(tmp_path, photo):
+    photo("cs/whale/w1.jpg"), photo("cs/whale/w2.jpg"), photo("cs/whale/w3.jpg")
+    pd.DataFrame({"ID": ["W-1", "W-1", "W-2"], "Image": ["w1.jpg", "w2.jpg", "w3.jpg"],
+                  "Encounter": ["2024-06-01", "2024-06-01", ""]}).to_csv(tmp_path / "cs" / "whale.csv", index=False)
+    listing = read_source("csv", tmp_path / "cs", labels="whale.csv", image_col="Image", individual_col="ID",
+                          group_col="Date,Encounter")
+    images, _, _, _ = ingest(listing)
+    assert dict(zip(images.image_id, images.group)) == {"w1.jpg": "2024-06-01", "w2.jpg": "2024-06-01", "w3.jpg": ""}
+    assert (read_source("csv", tmp_path / "cs", labels="whale.csv", image_col="Image", individual_col="ID")
+            .group == "").all()  # no group_col: no groups
+    with pytest.raises(DataError, match=r"no group column.*data.group_col"):
+        read_source("csv", tmp_path / "cs", labels="whale.csv", image_col="Image", individual_col="ID", group_col="Day")
+    with pytest.raises(DataError, match="data.group_col"):  # the folders layout has no label file to read it from
+        read_source("folders", tmp_path / "cs", group_col="Encounter")
+
+
 def test_marine_sample_ingests_as_csv(marine_sample):
     listing = read_source("csv", marine_sample, labels="dolphin.csv,seal.csv,whale.csv", image_col="Image",
                           individual_col="UniqueID,ID")

@@ -208,6 +208,7 @@ class DataParams:
     image_col: str
     individual_col: str
     species_col: str
+    group_col: str
     species: str
     test_dir: str
     image_dir: str
@@ -231,23 +232,29 @@ def read_data_set(d: DataParams) -> pd.DataFrame:
     from photoid.data import sources
 
     listing = read_source(d.source, d.root, labels=d.labels, image_col=d.image_col, individual_col=d.individual_col,
-                          species_col=d.species_col, species=d.species, test_dir=d.test_dir, image_dir=d.image_dir,
-                          data_files=(d.boxes, d.test_truth, d.confirmed))
+                          species_col=d.species_col, group_col=d.group_col, species=d.species, test_dir=d.test_dir,
+                          image_dir=d.image_dir, data_files=(d.boxes, d.test_truth, d.confirmed))
     return attach_boxes(listing, sources.read_boxes(d.boxes), d.boxes) if d.boxes else listing
 
 
 def read_source(source: str, root: str, *, labels: str = "", image_col: str = "image",
-                individual_col: str = "individual_id", species_col: str = "species", species: str = "",
-                test_dir: str = "", image_dir: str = "", data_files: tuple[str, ...] = ()) -> pd.DataFrame:
+                individual_col: str = "individual_id", species_col: str = "species", group_col: str = "",
+                species: str = "", test_dir: str = "", image_dir: str = "",
+                data_files: tuple[str, ...] = ()) -> pd.DataFrame:
     """The listing of data set ``source`` (happywhale, folders or csv) found at ``root``; ``data_files``
     (boxes, test truth, confirmed decisions kept under root) are not photos of the folders layout."""
     from photoid.data import sources
 
+    if group_col and source not in ("happywhale", "csv"):
+        raise DataError(f"data.group_col is {group_col!r} but data.source {source} has no label file to read it from: "
+                        "groups (encounters) come from a column of a label file (sources csv and happywhale). "
+                        "Set data.group_col to ''.")
     if source == "happywhale":
-        return sources.read_happywhale(root)
+        return sources.read_happywhale(root, group_col=group_col)
     if source == "folders":
         return sources.read_folders(root, species=species, test_dir=test_dir, data_files=data_files)
     if source == "csv":
         return sources.read_csv_labels(root, labels, image_col=image_col, individual_col=individual_col,
-                                       species_col=species_col, species=species, test_dir=test_dir, image_dir=image_dir)
+                                       species_col=species_col, species=species, test_dir=test_dir, image_dir=image_dir,
+                                       group_col=group_col)
     raise DataError(f"unknown data.source {source!r}: use demo, happywhale, folders or csv.")

@@ -10,6 +10,8 @@ path           str      where the file is, relative to the repo root (or absolut
 part           str      ``train`` (labelled) or ``test`` (to identify)
 individual     str      the individual's id; empty for test images (their truth is kept apart)
 species        str      species name, normalised to lower_snake_case; ``unknown`` if not given
+group          str      the photos taken together (an encounter, a survey day: ``data.group_col``); the split
+                        keeps a group in one fold. Empty where the data set does not say
 width, height  int64    size of the upright image (EXIF orientation applied), in pixels
 box_x1 .. y2   float64  the animal's box in upright pixel coordinates; NaN where the set has none
 other_boxes    list     other animals' boxes in the photo, x1, y1, x2, y2 after one another (the
@@ -41,8 +43,9 @@ import pandas as pd
 TRAIN, TEST = "train", "test"
 DETECTED, FULL_FRAME = "detector", "full_frame"  # box_source: where a crop's box came from
 BOX_COLUMNS = ["box_x1", "box_y1", "box_x2", "box_y2"]
-LISTING_COLUMNS = ["image_id", "path", "part", "individual", "species", *BOX_COLUMNS, "other_boxes", "origin"]
-IMAGE_COLUMNS = ["image_id", "path", "part", "individual", "species", "width", "height", *BOX_COLUMNS, "other_boxes"]
+LISTING_COLUMNS = ["image_id", "path", "part", "individual", "species", "group", *BOX_COLUMNS, "other_boxes", "origin"]
+IMAGE_COLUMNS = ["image_id", "path", "part", "individual", "species", "group", "width", "height", *BOX_COLUMNS,
+                 "other_boxes"]
 REJECTED_COLUMNS = ["image_id", "path", "part", "individual", "species", "reason"]
 TRUTH_COLUMNS = ["image_id", "individual"]
 UNKNOWN_SPECIES = "unknown"

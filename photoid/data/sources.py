@@ -42,6 +42,7 @@ def listing_table(rows: list[dict]) -> pd.DataFrame:
         df[c] = df[c].astype(np.float64)
     df["other_boxes"] = [b if isinstance(b, list) else [] for b in df["other_boxes"]]
     df["reason"] = df["reason"].fillna("")
+    df["group"] = df["group"].fillna("").astype(str)
     return df
 
 
@@ -50,9 +51,9 @@ def _hidden_rows(hidden: list[Path], folder: Path, part: str, origin: str) -> li
                  reason=HIDDEN_REASON) for p in hidden]
 
 
-def _row(image_id, path, part, individual="", species=UNKNOWN_SPECIES, origin="", reason="") -> dict:
+def _row(image_id, path, part, individual="", species=UNKNOWN_SPECIES, origin="", reason="", group="") -> dict:
     return dict(image_id=str(image_id), path=os.path.normpath(str(path)), part=part,
-                individual=str(individual), species=normalise_species(species), origin=origin,
+                individual=str(individual), species=normalise_species(species), group=str(group), origin=origin,
                 reason=reason, other_boxes=[], **{c: np.nan for c in BOX_COLUMNS})
 
 
@@ -213,14 +214,17 @@ def _test_folder(folder: Path, origin: str) -> list[dict]:
             + _hidden_rows(hidden, folder, TEST, origin))
 
 
-def read_happywhale(root: str | os.PathLike) -> pd.DataFrame:
-    """The Kaggle Happywhale layout. Unlabelled files in train_images/ are listed as rejected."""
+def read_happywhale(root: str | os.PathLike, group_col: str = "") -> pd.DataFrame:
+    """The Kaggle Happywhale layout. Unlabelled files in train_images/ are listed as rejected.
+    ``group_col``: a column of train.csv that groups photos taken together (see :func:`read_csv_labels`)."""
     root = Path(root)
-    labels, used = read_label_file(root / "train.csv", {"image": ["image"], "individual": ["individual_id"],
-                                                      "species": ["species"]})
-    _check_labels(labels, root / "train.csv", list(used.values()))
+    wanted = {"image": ["image"], "individual": ["individual_id"], "species": ["species"]}
+    if group_col:
+        wanted["group"] = _split_names(group_col)
+    labels, used = read_label_file(root / "train.csv", wanted)
+    _check_labels(labels, root / "train.csv", [used[k] for k in ("image", "individual", "species")])
     rows = [_row(r[used["image"]], root / "train_images" / r[used["image"]], TRAIN, r[used["individual"]],
-                 r[used["species"]], origin=f"train.csv line {i + 2}")
+                 r[used["species"]], origin=f"train.csv line {i + 2}", group=r[used["group"]] if group_col else "")
             for i, r in enumerate(labels.to_dict("records"))]
     listed = {unicodedata.normalize("NFC", r["image_id"]) for r in rows}
     train_dir, test_dir = root / "train_images", root / "test_images"
@@ -294,7 +298,7 @@ def image_places(label_file: Path, name: str, image_dir: Path | None = None) -> 
 
 def read_csv_labels(root: str | os.PathLike, labels: str, image_col: str = "image", individual_col: str = "individual_id",
                     species_col: str = "species", species: str = "", test_dir: str = "",
-                    image_dir: str = "") -> pd.DataFrame:
+                    image_dir: str = "", group_col: str = "") -> pd.DataFrame:
     """One or more label files (``labels``, comma-separated, relative to ``root``).
 
     Column params may list candidates, comma-separated (``individual_col: UniqueID,ID``): the first
@@ -302,6 +306,9 @@ def read_csv_labels(root: str | os.PathLike, labels: str, image_col: str = "imag
     with no species column takes ``species`` if given, else its own name (``dolphin.csv`` → dolphin).
     Images are looked up beside the label file, then in a folder named after it, then in
     ``image_dir`` (relative to root); a name found nowhere is reported with every place looked.
+    ``group_col`` (optional, candidates as for the others): the column that groups photos taken
+    together, an encounter or a survey day; every file must have one, and an empty cell is a photo of
+    a group of its own.
     """
     root = Path(root)
     files = _split_names(labels)
@@ -312,6 +319,8 @@ def read_csv_labels(root: str | os.PathLike, labels: str, image_col: str = "imag
         raise DataError(f"data.image_dir {images_at} is not a folder: fix data.image_dir in params.yaml or set it to ''.")
     wanted = {"image": _split_names(image_col), "individual": _split_names(individual_col),
               "species": _split_names(species_col)}
+    if group_col:
+        wanted["group"] = _split_names(group_col)
     rows, looked = [], {}
     for name in files:
         path = root / name
@@ -321,7 +330,8 @@ def read_csv_labels(root: str | os.PathLike, labels: str, image_col: str = "imag
             sp = r[used["species"]] if "species" in used else (species or path.stem)
             places = image_places(path, r[used["image"]], images_at)
             found = next((p for p in places if os.path.lexists(on_disk(p))), places[0])
-            rows.append(_row(r[used["image"]], found, TRAIN, r[used["individual"]], sp, origin=f"{path} line {i + 2}"))
+            rows.append(_row(r[used["image"]], found, TRAIN, r[used["individual"]], sp, origin=f"{path} line {i + 2}",
+                             group=r[used["group"]] if group_col else ""))
             looked[str(r[used["image"]])] = places
     if test_dir:
         test_path = root / test_dir

@@ -7,6 +7,13 @@ animals. Every other individual's images are dealt round-robin over the k folds 
 starting fold, so each fold's validation holds about 1/k of every individual's images and the
 individual still has images in that fold's training part.
 
+Photos taken together (an encounter's burst: ``group``, from ``data.group_col``) look more alike
+than photos of the same animal on another day; dealt apart, CV would validate on near copies of
+training photos and promise more than test gives. With groups, an individual's *groups* are dealt
+round-robin instead of its photos, so a group never straddles folds; an individual seen in one
+group only then sits in one fold, and in that fold's validation it is a new individual, as a
+re-sighting on another day is to a catalogue that never saw it.
+
 Fold f trains on known images with ``fold != f`` and validates on ``fold == f`` plus all new ones.
 Fold ``all`` trains on every labelled photo (known and held-out individuals alike) and validates on
 nothing: the model for the test ranking, as the winners trained one on all their data after CV
@@ -73,11 +80,16 @@ def split_folds(table: pd.DataFrame, n_folds: int, new_fraction: float, seed: in
         n_new = min(n_new, len(ids) - 1)  # keep at least one known individual per species
         new_ids.update(rng.choice(ids, size=max(n_new, 0), replace=False).tolist())
     fold = np.full(len(train), NEW_FOLD, dtype=np.int64)
+    # the units dealt: an image (no group given) or a group of images; each unit's images share its fold
+    groups = train["group"].fillna("").astype(str) if "group" in train.columns else pd.Series("", index=train.index)
+    unit = np.where(groups == "", "\0" + train["image_id"].astype(str), groups)
     for ind, idx in train.groupby("individual", sort=True).indices.items():
         if ind in new_ids:
             continue
-        idx = rng.permutation(idx)
-        fold[idx] = (rng.integers(n_folds) + np.arange(len(idx))) % n_folds
+        units = pd.unique(unit[idx])  # in image order: one unit per image when there are no groups
+        order = rng.permutation(len(units))
+        dealt = dict(zip(units[order], (rng.integers(n_folds) + np.arange(len(units))) % n_folds))
+        fold[idx] = [dealt[u] for u in unit[idx]]
     train["fold"] = fold
     train["is_new"] = train["individual"].isin(new_ids)
     known = train[~train.is_new]
@@ -88,6 +100,7 @@ def split_folds(table: pd.DataFrame, n_folds: int, new_fraction: float, seed: in
         "images_known": int(len(known)),
         "images_new": int(train["is_new"].sum()),
         "images_per_fold": {str(f): int((fold == f).sum()) for f in range(n_folds)},
+        "groups": int(pd.Series(unit[(groups != "").to_numpy()]).nunique()),  # 0: no data.group_col
     }
     return train, stats
 
