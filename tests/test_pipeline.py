@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from tests.pipeline import dvc, make_project, run, set_params, stages_run, stages_skipped
 
@@ -352,3 +353,52 @@ def test_marine_sample_runs_through_every_stage(tmp_path, marine_sample):
     assert knn["test_images"] == 0 and "test_map5" not in knn and 0 <= knn["cv_map5"] <= 1
     assert set(knn["cv_map5_per_species"]) <= {"dolphin", "seal", "whale"}
     assert json.loads((root / "metrics/retrain/fold0.json").read_text())["retrained"] is False
+
+
+def test_a_second_machine_pulls_every_output_from_a_dvc_remote_and_has_nothing_to_run(project, tmp_path):
+    """Data and models shared through a DVC remote (a local folder here; s3://, ssh:// or gs:// the same way):
+    `dvc push` where the pipeline ran, `git clone` and `dvc pull` on another machine, and there `dvc repro`
+    runs nothing: its outputs are the very ones the lock names."""
+    root, _ = project
+    store = tmp_path / "store"
+    here = tmp_path / "here"  # the machine that ran it: HEAD's lock, the project's cache (whatever earlier tests left)
+    run(["git", "clone", "-q", str(root), str(here)], tmp_path)
+    dvc(here, "cache", "dir", "--local", str(root / ".dvc" / "cache"))
+    dvc(here, "remote", "add", "--local", "-d", "store", str(store))
+    dvc(here, "push")
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(root), str(clone)], tmp_path)
+    assert not (clone / "models").exists()  # git carries the code, params, lock and metrics; not data or models
+    dvc(clone, "remote", "add", "--local", "-d", "store", str(store))
+    dvc(clone, "pull")
+    assert "up to date" in dvc(clone, "status")
+    assert stages_run(dvc(clone, "repro")) == []
+    lock = yaml.safe_load((clone / "dvc.lock").read_text())
+    model = next(o for o in lock["stages"]["train-dolg@0"]["outs"] if o["path"] == "models/dolg/fold0")
+    assert (clone / "models/dolg/fold0/model.pt").stat().st_size > 0 and model["nfiles"] >= 1
+
+
+def test_two_machines_rendezvous_under_torchrun_and_train_one_model(project, tmp_path):
+    """The multi-node command as two machines would run it: one torchrun per node, both given the same
+    rendezvous endpoint and id (here both on this machine, one gloo process each). They form one job of
+    two ranks: rank 0 alone reports and writes the model."""
+    import socket
+    import subprocess
+    import sys
+
+    from tests.pipeline import env
+
+    root, _ = project
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    node = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+            "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "photoid-test",
+            "stages/train_backbone.py", "--fold", "0", "--outputs", str(tmp_path / "out")]
+    nodes = [subprocess.Popen(node, cwd=root, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outputs = [n.communicate(timeout=600)[0] for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], outputs
+    assert sum("train-backbone fold 0:" in o for o in outputs) == 1  # one job of two ranks, not two jobs of one
+    assert (tmp_path / "out/models/backbone/fold0/model.pt").exists()
+    assert json.loads((tmp_path / "out/metrics/backbone/fold0.json").read_text())["train_images"] > 0
