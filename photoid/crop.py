@@ -71,7 +71,7 @@ def crop_all(images: pd.DataFrame, boxes: pd.DataFrame, out_dir: Path, size: int
         name = f"images/{k:07d}.jpg"
         jobs.append((r.path, r.width, r.height, crop, size, str(out_dir / name)))
         rows.append(dict(image_id=r.image_id, part=r.part, individual=r.individual, species=r.species,
-                         group=getattr(r, "group", ""), crop_path=str(final_dir / name), crop_x1=crop[0],
+                         group=r.group, crop_path=str(final_dir / name), crop_x1=crop[0],
                          crop_y1=crop[1], crop_x2=crop[2], crop_y2=crop[3], box_source=r.box_source,
                          box_confidence=r.confidence))
     bar = dict(total=len(jobs), desc="crop", unit="img")

@@ -16,9 +16,8 @@ import typer
 from photoid import paths
 from photoid.cli import PARAMS_OPTION, SET_OPTION, stage_app
 from photoid.data import demo, sources
-from photoid.data.ingest import DataParams, apply_confirmed, attach_boxes, check_truth, ingest, read_data_set
+from photoid.data.ingest import DataParams, apply_confirmed, attach_boxes, check_truth, ingest, read_data_set, read_source
 from photoid.data.schema import TEST, TRAIN, TRUTH_COLUMNS, empty_table
-from photoid.errors import DataError
 from photoid.io import atomic_path, write_json
 from photoid.params import load_params
 
@@ -43,12 +42,9 @@ def main(
         tmp.mkdir(parents=True)
         demo_counts = None
         if source == "demo":
-            if d.group_col:
-                raise DataError(f"data.group_col is {d.group_col!r}, but the demo data set has no group column: "
-                                "set data.group_col to ''.")
-            demo_counts = demo.generate(tmp / "demo", demo_cfg)
-            listing = attach_boxes(sources.read_happywhale(tmp / "demo"), sources.read_boxes(tmp / "demo" / "boxes.csv"),
-                                   "demo boxes.csv")
+            demo_counts = demo.generate(tmp / "demo", demo_cfg)  # in the happywhale layout, read as such
+            listing = attach_boxes(read_source("happywhale", tmp / "demo", group_col=d.group_col),
+                                   sources.read_boxes(tmp / "demo" / "boxes.csv"), "demo boxes.csv")
             truth = sources.read_truth(tmp / "demo" / "test_truth.csv")
         else:
             listing = read_data_set(d)

@@ -100,7 +100,7 @@ def split_folds(table: pd.DataFrame, n_folds: int, new_fraction: float, seed: in
         "images_known": int(len(known)),
         "images_new": int(train["is_new"].sum()),
         "images_per_fold": {str(f): int((fold == f).sum()) for f in range(n_folds)},
-        "groups": int(pd.Series(unit[(groups != "").to_numpy()]).nunique()),  # 0: no data.group_col
+        "groups": int(groups[groups != ""].nunique()),  # 0: no data.group_col
     }
     return train, stats
 
