@@ -221,20 +221,24 @@ def generate(out_dir: str | os.PathLike, cfg: DemoConfig, progress: bool = True)
     for i in range(cfg.individuals, total):
         plan += [(i, "test")] * cfg.test_per_new
     order = master.permutation(len(plan))  # image numbers say nothing about the individual
-    fins = {}
+    number = np.empty(len(plan), np.int64)
+    number[order] = np.arange(len(plan))  # photo idx of the plan is file number[idx]
     rows = {"train": [], "test": []}
     boxes, truth = [], []
-    for k, idx in enumerate(tqdm(order, desc="demo: drawing photos", unit="img", disable=not progress)):
+    fin, fin_of = None, -1  # one individual's fin at a time (the plan lists each one's photos together):
+    # memory stays flat at Happywhale's 15,000 individuals
+    for idx in tqdm(range(len(plan)), desc="demo: drawing photos", unit="img", disable=not progress):
         i, part = plan[idx]
         ind = f"demo_{i:04d}"
-        if i not in fins:
-            fins[i] = render_fin(make_fin(np.random.default_rng([cfg.seed, i, 1]), species[i]))
+        if i != fin_of:
+            fin, fin_of = render_fin(make_fin(np.random.default_rng([cfg.seed, i, 1]), species[i])), i
+        k = int(number[idx])
         rng = np.random.default_rng([cfg.seed, i, 2, int(idx)])
-        img, box = render_photo(fins[i], rng, cfg.width, cfg.height)
+        img, box = render_photo(fin, rng, cfg.width, cfg.height)
         for _ in range(20):  # a wave may hide the whole fin: draw that photo again
             if box is not None:
                 break
-            img, box = render_photo(fins[i], rng, cfg.width, cfg.height)
+            img, box = render_photo(fin, rng, cfg.width, cfg.height)
         name = f"{k:06d}.jpg"
         img.save(out / f"{part}_images" / name, quality=int(rng.integers(80, 96)))
         rows[part].append((name, species[i], ind))
