@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -15,14 +17,63 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+GPU_CLAIM_ENV = "PHOTOID_GPU"  # "claim": each stage process takes a GPU no other one holds (see claim_gpu)
+_claimed: dict[str, object] = {}  # the lock this process holds, kept open (and so held) until it exits
+
+
+def claim_gpu(count: int, lock_dir: Path | None = None, wait_s: float = float("inf"), poll_s: float = 2.0) -> int:
+    """The first of ``count`` GPUs that no other process on this machine has claimed, claimed for this
+    process until it exits (an exclusive lock on ``lock_dir``/gpu<i>.lock; the system drops it when the
+    process ends, killed or not). When every GPU is held, waits for one (up to ``wait_s`` seconds, then
+    raises TimeoutError). This is how queued experiments get one GPU each: ``PHOTOID_GPU=claim dvc queue
+    start --jobs N`` on a machine with N GPUs (the workers pass the environment to every stage)."""
+    import fcntl
+    import time
+
+    if "index" in _claimed:
+        return _claimed["index"]
+    lock_dir = Path(lock_dir or Path(tempfile.gettempdir()) / f"photoid-gpus-{os.getuid()}")
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    deadline, said = time.monotonic() + wait_s, False
+    while True:
+        for i in range(count):
+            f = open(lock_dir / f"gpu{i}.lock", "a+")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                continue
+            f.seek(0)
+            f.truncate()
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+            _claimed.update(index=i, file=f)
+            return i
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"all {count} GPUs are claimed by other photoid processes (locks in {lock_dir})")
+        if not said:
+            print(f"waiting for a free GPU: all {count} are claimed by other photoid processes (locks in {lock_dir})",
+                  flush=True)
+            said = True
+        time.sleep(poll_s)
+
+
 def torch_device(name: str = ""):
     """The torch device to run on: ``name`` when given, else this process's GPU (``LOCAL_RANK``
-    under torchrun) when there is one, else the CPU."""
+    under torchrun; with PHOTOID_GPU=claim, a GPU no other photoid process holds: :func:`claim_gpu`;
+    else the first) when there is one, else the CPU."""
     import torch
 
     if name:
         return torch.device(name)
     if pick_device() == "cuda":
+        if "LOCAL_RANK" not in os.environ and os.environ.get(GPU_CLAIM_ENV) == "claim":
+            index = claim_gpu(torch.cuda.device_count())
+            torch.cuda.set_device(index)  # what else runs on "cuda" in this process runs there too
+            if _claimed.get("said") is None:
+                print(f"claimed GPU {index} of {torch.cuda.device_count()} ({GPU_CLAIM_ENV}=claim)", flush=True)
+                _claimed["said"] = True
+            return torch.device("cuda", index)
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
 
