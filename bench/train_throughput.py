@@ -1,17 +1,32 @@
-"""Training throughput and peak memory: fp32 with JPEG decoding in the loader, against bf16 +
-channels_last from crops decoded once into memory, side by side in one run.
+"""Training throughput of three data and compute paths, each in its own process (so each peak RSS is
+its own), side by side:
 
-    python bench/train_throughput.py --backbone efficientnet_b0 --img-size 512 --batch-size 32
+- naive: fp32, contiguous (NCHW) tensors, every crop's JPEG decoded (and resized by the augmentation)
+  in the loader every epoch;
+- cached: what the training stages do: crops decoded once at the training size into the memory-mapped
+  crop cache (photoid.crop_cache), one DataLoader whose workers persist across epochs, pinned batches
+  on CUDA, channels_last, bf16 autocast on CUDA (fp32 on a CPU, where bf16 is slower);
+- cached + torch.compile: that, with the model compiled (compile time reported apart).
 
-Uses the pipeline's crops (data/processed/crops) when they exist, else writes synthetic JPEG crops
-to a temporary folder. Prints one row per mode. On CUDA bf16 is autocast on the GPU; on a CPU it is
-CPU autocast (often slower than fp32 there: the comparison is for the GPU box).
+    python bench/train_throughput.py --backbone efficientnet_lite0 --img-size 160 --images 512
+    python bench/train_throughput.py --backbone tf_efficientnet_b5 --img-size 512 --batch-size 32   # a GPU box
+
+Synthetic JPEG crops (``--crop-size``, larger than the training size as stored crops are) are
+written to a temporary folder. Each path trains ``--epochs`` epochs over ``--images`` crops; the
+figures are of the last epoch (the first carries warm-up and compilation; the cache is built before
+it, and its build time is printed). On CUDA the GPU's utilisation is sampled with nvidia-smi during
+the timed epoch. Prints a table; ``--json FILE`` writes the rows too.
 """
 
 from __future__ import annotations
 
+import json
 import resource
+import shutil
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -22,88 +37,179 @@ import typer
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from photoid.crop_cache import CropCache
 from photoid.datasets import CropDataset, train_transform
 from photoid.models import create_model
+from photoid.runtime import autocast, torch_device
+from photoid.train.loop import EpochSampler, SeededItems
+
+PATHS = {"naive": "fp32, JPEG decoded every epoch", "cached": "crop cache + channels_last (+bf16 on CUDA)",
+         "compiled": "the same + torch.compile"}
+app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
 
 
-def _crops(n: int, size: int) -> list[str]:
-    existing = sorted(Path("data/processed/crops/images").glob("*.jpg"))
-    if len(existing) >= n:
-        return [str(p) for p in existing[:n]]
-    folder = Path(tempfile.mkdtemp(prefix="photoid-bench-"))
+def synthetic_crops(folder: Path, n: int, size: int) -> list[str]:
+    """``n`` JPEG crops of ``size`` px with some structure (smooth shapes and noise, ~like photos
+    in how hard they are to decode)."""
+    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size] / size
     paths = []
     for i in range(n):
-        arr = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-        p = folder / f"{i}.jpg"
+        base = np.stack([np.sin(xx * rng.uniform(2, 12) + rng.uniform(0, 6)) * np.cos(yy * rng.uniform(2, 12))
+                         for _ in range(3)], -1)
+        arr = np.clip(127 + 90 * base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+        p = folder / f"{i:06d}.jpg"
         Image.fromarray(arr).save(p, quality=90)
         paths.append(str(p))
     return paths
 
 
-def _peak_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+class GpuUtilisation:
+    """nvidia-smi's utilisation.gpu of this process's GPU, sampled every 0.2 s while running."""
+
+    def __init__(self, device: torch.device):
+        self.index, self.samples, self._stop = device.index or 0, [], threading.Event()
+        self.ok = device.type == "cuda" and shutil.which("nvidia-smi") is not None
+
+    def _poll(self):
+        while not self._stop.wait(0.2):
+            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                  "-i", str(self.index)], capture_output=True, text=True)
+            if out.returncode == 0 and out.stdout.strip().isdigit():
+                self.samples.append(int(out.stdout.strip()))
+
+    def __enter__(self):
+        if self.ok:
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self.ok:
+            self._thread.join()
+
+    def mean(self) -> float | None:
+        return float(np.mean(self.samples)) if self.samples else None
 
 
-def run(backbone: str, img_size: int, batch_size: int, steps: int, bf16_stored: bool, paths, workers: int) -> dict:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+def run_path(path: str, crops: list[str], backbone: str, img_size: int, batch_size: int, epochs: int, workers: int,
+             cache_dir: Path) -> dict:
+    device = torch_device()
+    cuda = device.type == "cuda"
+    torch.manual_seed(0)
     model = create_model(dict(kind="classifier", backbone=backbone, n_classes=100)).to(device)
-    if bf16_stored and device.type == "cuda":
+    labels = np.arange(len(crops)) % 100
+    build_s = 0.0
+    if path == "naive":
+        ds = CropDataset(crops, labels, train_transform(img_size))
+        loader_kw = dict(shuffle=True, num_workers=workers, pin_memory=False)
+    else:
+        t0 = time.perf_counter()
+        cache = CropCache.open(crops, img_size, cache_dir, workers)
+        build_s = time.perf_counter() - t0
+        ds = SeededItems(CropDataset(crops, labels, train_transform(img_size), cache=cache))
+        loader_kw = dict(sampler=EpochSampler(len(crops), 0), num_workers=workers, pin_memory=cuda,
+                         persistent_workers=workers > 0)
         model = model.to(memory_format=torch.channels_last)
-    ds = CropDataset(paths, labels=np.arange(len(paths)) % 100, transform=train_transform(img_size), preload=bf16_stored)
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True)
+    loader = DataLoader(ds, batch_size=batch_size, drop_last=True, **loader_kw)
+    net = torch.compile(model) if path == "compiled" else model
     opt = torch.optim.AdamW(model.parameters(), 1e-4)
-    done, t0, it = 0, None, iter(loader)
-    for step in range(steps + 2):  # two warm-up steps
-        try:
-            x, y = next(it)
-        except StopIteration:
-            it = iter(loader)
-            x, y = next(it)
-        if step == 2:
-            if device.type == "cuda":
+    first_s = epoch_s = 0.0
+    util = None
+    for epoch in range(epochs):
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        timed = epoch == epochs - 1
+        meter = GpuUtilisation(device) if timed else None
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with meter or _nothing():
+            for x, y in loader:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if path != "naive":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast(device) if path != "naive" else _nothing():
+                    loss = F.cross_entropy(net(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            if cuda:
                 torch.cuda.synchronize()
-            t0 = time.perf_counter()
-        x, y = x.to(device, non_blocking=True), y.to(device)
-        if bf16_stored and device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_stored):
-            loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step >= 2:
-            done += len(x)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - t0
-    return {"img_per_s": done / elapsed, "peak_mb": _peak_mb(device), "device": str(device)}
+        seconds = time.perf_counter() - t0
+        if epoch == 0:
+            first_s = seconds
+        if timed:
+            epoch_s, util = seconds, meter.mean()
+    images = len(loader) * batch_size
+    return {"path": path, "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+            "img_per_s": images / epoch_s, "first_epoch_s": first_s, "cache_build_s": build_s,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None, "gpu_util_pct": util}
 
 
-def main(backbone: str = typer.Option("efficientnet_b0", help="timm model name."),
-         img_size: int = typer.Option(96, help="Training image size."),
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@app.command()
+def main(backbone: str = typer.Option("efficientnet_lite0", help="timm model name."),
+         img_size: int = typer.Option(160, help="Training image size."),
+         crop_size: int = typer.Option(0, help="Size of the synthetic stored crops [default: 1.5 x img-size]."),
+         images: int = typer.Option(512, help="Crops per epoch."),
          batch_size: int = typer.Option(32, help="Batch size."),
-         steps: int = typer.Option(10, help="Timed steps per mode (after two warm-up steps)."),
-         workers: int = typer.Option(2, help="Loader processes."),
-         crop_size: int = typer.Option(0, help="Size of synthetic crops [default: img_size]."),
-         ):
-    paths = _crops(batch_size * 4, crop_size or img_size)
-    print(f"{backbone} at {img_size}px, batch {batch_size}, {steps} steps, {len(paths)} crops")
-    print(f"{'mode':<40} {'img/s':>8} {'peak MB':>9}")
-    rows = {}
-    for label, fast in (("fp32, JPEG decoded in the loader", False), ("bf16 + channels_last, stored crops", True)):
-        r = run(backbone, img_size, batch_size, steps, fast, paths, workers)
-        rows[label] = r
-        print(f"{label:<40} {r['img_per_s']:>8.1f} {r['peak_mb']:>9.0f}   ({r['device']})", flush=True)
-    a, b = rows.values()
-    print(f"speed-up: {b['img_per_s'] / a['img_per_s']:.2f}x")
-    if a["device"] == "cpu":
-        print("peak MB on a CPU is the process's resident high-water mark, so the second row includes the first")
+         epochs: int = typer.Option(2, help="Epochs per path; the last is timed."),
+         workers: int = typer.Option(2, help="DataLoader worker processes."),
+         paths: str = typer.Option("naive,cached,compiled", help="Which paths, comma-separated."),
+         json_out: Path = typer.Option(None, "--json", help="Also write the rows to this JSON file."),
+         only: str = typer.Option("", hidden=True), folder: Path = typer.Option(None, hidden=True)):
+    if only:  # one path, in this process: the parent reads its JSON line
+        crops = sorted(str(p) for p in folder.glob("*.jpg"))
+        row = run_path(only, crops, backbone, img_size, batch_size, epochs, workers, folder / "cache")
+        print("RESULT " + json.dumps(row))
+        return
+    work = Path(tempfile.mkdtemp(prefix="photoid-throughput-"))
+    try:
+        crop_size = crop_size or int(img_size * 1.5)
+        t0 = time.perf_counter()
+        synthetic_crops(work, images, crop_size)
+        print(f"{backbone} at {img_size} px from {crop_size} px JPEG crops, batch {batch_size}, {images} crops, "
+              f"{epochs} epochs per path (the last timed), {workers} workers; crops written in "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+        rows = []
+        for path in paths.split(","):
+            cmd = [sys.executable, __file__, "--only", path, "--folder", str(work), "--backbone", backbone,
+                   "--img-size", str(img_size), "--batch-size", str(batch_size), "--epochs", str(epochs),
+                   "--workers", str(workers)]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if out.returncode != 0 or line is None:
+                print(f"{path}: failed\n{out.stderr[-2000:]}")
+                continue
+            rows.append(json.loads(line[len("RESULT "):]))
+        if not rows:
+            raise SystemExit("no path ran")
+        print(f"\n{'path':<45} {'img/s':>8} {'x naive':>8} {'1st epoch s':>12} {'cache s':>8} {'peak RSS MB':>12} "
+              f"{'GPU MB':>7} {'GPU %':>6}")
+        naive = next((r["img_per_s"] for r in rows if r["path"] == "naive"), None)
+        for r in rows:
+            gpu_mb = f"{r['peak_gpu_mb']:.0f}" if r["peak_gpu_mb"] is not None else "-"
+            util = f"{r['gpu_util_pct']:.0f}" if r["gpu_util_pct"] is not None else "-"
+            ratio = f"{r['img_per_s'] / naive:.2f}" if naive else "-"
+            print(f"{PATHS[r['path']]:<45} {r['img_per_s']:>8.1f} {ratio:>8} {r['first_epoch_s']:>12.1f} "
+                  f"{r['cache_build_s']:>8.1f} {r['peak_rss_mb']:>12.0f} {gpu_mb:>7} {util:>6}")
+        print(f"device: {rows[0]['device']}")
+        if json_out:
+            json_out.write_text(json.dumps(rows, indent=1))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    app()

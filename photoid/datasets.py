@@ -39,20 +39,22 @@ def decode(path: str) -> torch.Tensor:
 
 
 class CropDataset(Dataset):
-    """Crops with integer labels (-1 for unlabelled). ``preload`` decodes every crop once into memory
-    (uint8), so epochs after the first pay no JPEG decoding."""
+    """Crops with integer labels (-1 for unlabelled), decoded from their JPEG files, or read from a
+    :class:`photoid.crop_cache.CropCache` that holds them decoded at the training size (no JPEG
+    decoding, no data set in RAM)."""
 
-    def __init__(self, paths, labels=None, transform=None, preload: bool = False):
+    def __init__(self, paths, labels=None, transform=None, cache=None):
         self.paths = [str(p) for p in paths]
         self.labels = np.full(len(self.paths), -1, np.int64) if labels is None else np.asarray(labels, np.int64)
         self.transform = transform
-        self.images = [decode(p) for p in self.paths] if preload else None
+        self.cache = cache
+        self.rows = np.array([cache.row(p) for p in self.paths], np.int64) if cache is not None else None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        img = self.images[i] if self.images is not None else decode(self.paths[i])
+        img = self.cache.image(self.rows[i]) if self.cache is not None else decode(self.paths[i])
         if self.transform is not None:
             img = self.transform(img)
         return img, int(self.labels[i])

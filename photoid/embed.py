@@ -40,11 +40,12 @@ ROW_COLUMNS = ["image_id", "part", "individual", "species", "crop_path"]
 @torch.no_grad()
 def iter_embeddings(model_embed: Callable[[torch.Tensor], torch.Tensor], paths, img_size: int, batch_size: int = 64,
                     flip: bool = False, device: torch.device | None = None, workers: int = 0,
-                    desc: str = "embedding") -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+                    desc: str = "embedding", cache=None) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """Batches of (L2-normalised embeddings, L2-normalised embeddings of the flipped crops or None),
-    float32, in the order of ``paths``. bf16 autocast on CUDA."""
+    float32, in the order of ``paths``. bf16 autocast on CUDA. ``cache``: a crop cache at ``img_size``
+    (photoid.crop_cache) to read the crops from instead of their JPEG files."""
     device = device or torch.device("cpu")
-    loader = DataLoader(CropDataset(paths, transform=eval_transform(img_size)), batch_size=batch_size,
+    loader = DataLoader(CropDataset(paths, transform=eval_transform(img_size), cache=cache), batch_size=batch_size,
                         shuffle=False, num_workers=workers, pin_memory=device.type == "cuda")
     for x, _ in tqdm(loader, desc=desc, unit="batch", leave=False):
         x = x.to(device, non_blocking=True)
@@ -64,10 +65,10 @@ def flip_tta(original: np.ndarray, flipped: np.ndarray | None) -> np.ndarray:
 
 
 def embed_paths(model_embed, paths, img_size: int, batch_size: int = 64, flip: bool = False,
-                device: torch.device | None = None, desc: str = "embedding") -> np.ndarray:
+                device: torch.device | None = None, desc: str = "embedding", cache=None) -> np.ndarray:
     """In memory, for small sets (validation during training): the flip-TTA embeddings of ``paths``."""
     batches = [flip_tta(e, f) for e, f in iter_embeddings(model_embed, paths, img_size, batch_size, flip, device,
-                                                          desc=desc)]
+                                                          desc=desc, cache=cache)]
     return np.concatenate(batches) if batches else np.zeros((0, 0), np.float32)
 
 

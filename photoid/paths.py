@@ -4,6 +4,7 @@ dvc.yaml names the same paths; the stage scripts take them as options whose defa
 here, so a script run by hand writes where DVC expects it.
 """
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,11 @@ SPLIT_TABLE = PROCESSED / "split.parquet"
 
 # training: resume state lives outside DVC outputs (DVC clears outputs before a stage runs)
 CHECKPOINTS = Path("checkpoints")
+# training: the crops decoded at the training size, memory-mapped (photoid.crop_cache); a cache, not an
+# output. $PHOTOID_CACHE puts it elsewhere (<that>/crops): a fast local disk, or one cache that queued
+# experiments share (each runs in its own copy of the project)
+CROP_CACHE = Path("cache") / "crops"
+CACHE_ENV = "PHOTOID_CACHE"
 
 # embed, retrain: one embedding set per fold (see photoid.embed)
 CROPS_TABLE = CROPS_DIR / "crops.parquet"
@@ -72,3 +78,9 @@ class FoldOutputs:
     curves = property(lambda self: self.under(METRICS / "curves"))
     state_dir = property(lambda self: self.under(CHECKPOINTS))
     embeddings = property(lambda self: self.under(EMBEDDINGS))
+
+    @property
+    def crop_cache(self) -> Path:
+        """Where the crop cache lives (shared by every stage and fold): $PHOTOID_CACHE/crops, else the project's."""
+        shared = os.environ.get(CACHE_ENV)
+        return Path(shared) / "crops" if shared else self.project / CROP_CACHE

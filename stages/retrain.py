@@ -75,7 +75,8 @@ def main(
     result = train_dolg(split_table, fold, backbone.model_dir / "model.pt", bp, p, cfg, out.model_dir / "model.pt",
                         out.state_dir, log=run.log, extra_rows=rows,
                         init_ckpt=dolg.model_dir / "model.pt" if init == "dolg" else None,
-                        baselines=False)  # train-dolg's metrics have them for this fold
+                        baselines=False,  # train-dolg's metrics have them for this fold
+                        cache_dir=out.crop_cache)
     if not run.writes:
         return
     run.close()

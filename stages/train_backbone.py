@@ -36,7 +36,7 @@ def main(
     P.check_all_read()
     run = FoldRun("backbone", parse_fold(fold), outputs)
     result = train_backbone(read_parquet(split), run.out.fold, bp, p, cfg, run.out.model_dir / "model.pt",
-                            run.out.state_dir, log=run.log)
+                            run.out.state_dir, log=run.log, cache_dir=run.out.crop_cache)
     if run.writes:
         run.finish(result)
         val = f"val accuracy {result['val_accuracy']:.3f}" if "val_accuracy" in result else "no validation"

