@@ -42,7 +42,7 @@ def main(
         tmp.mkdir(parents=True)
         demo_counts = None
         if source == "demo":
-            demo_counts = demo.generate(tmp / "demo", demo_cfg)  # in the happywhale layout, read as such
+            demo_counts = demo.generate(tmp / "demo", demo_cfg, workers=d.workers)  # happywhale layout, read as such
             listing = attach_boxes(read_source("happywhale", tmp / "demo", group_col=d.group_col),
                                    sources.read_boxes(tmp / "demo" / "boxes.csv"), "demo boxes.csv")
             truth = sources.read_truth(tmp / "demo" / "test_truth.csv")

@@ -27,6 +27,14 @@ def test_same_seed_same_bytes_other_seed_other_photos(tmp_path):
     assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
 
 
+def test_the_same_files_whatever_the_number_of_processes(tmp_path):
+    cfg = demo.DemoConfig(**{**TINY.__dict__, "individuals": 30, "width": 96, "height": 72})
+    one = demo.generate(tmp_path / "one", cfg, progress=False)
+    two = demo.generate(tmp_path / "two", cfg, progress=False, workers=2)
+    assert one == two and one["train_images"] + one["test_images"] >= 100  # drawn in several runs
+    assert _digest(tmp_path / "one") == _digest(tmp_path / "two")
+
+
 def test_layout_counts_boxes_and_truth(tmp_path):
     counts = demo.generate(tmp_path, TINY, progress=False)
     listing = sources.read_happywhale(tmp_path)  # the demo is read like real Happywhale data

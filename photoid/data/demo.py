@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,8 +205,36 @@ def _training_counts(rng: np.random.Generator, n: int, mean: float) -> np.ndarra
     return 1 + np.round(rng.exponential(max(mean - 1, 0.1), n)).astype(int)
 
 
-def generate(out_dir: str | os.PathLike, cfg: DemoConfig, progress: bool = True) -> dict:
-    """Write the demo data set to ``out_dir``; return its counts."""
+def _draw(job: tuple) -> tuple[list, list, list]:
+    """Draw and save a run of the plan's photos (``(idx, individual, part, file number)``, each
+    individual's photos together, so one fin is rendered at a time: memory stays flat at
+    Happywhale's 15,000 individuals); return their (rows, boxes, truth)."""
+    out, cfg, species, photos = job
+    rows, boxes, truth = [], [], []
+    fin, fin_of = None, -1
+    for idx, i, part, k in photos:
+        ind = f"demo_{i:04d}"
+        if i != fin_of:
+            fin, fin_of = render_fin(make_fin(np.random.default_rng([cfg.seed, i, 1]), species[i])), i
+        rng = np.random.default_rng([cfg.seed, i, 2, idx])
+        img, box = render_photo(fin, rng, cfg.width, cfg.height)
+        for _ in range(20):  # a wave may hide the whole fin: draw that photo again
+            if box is not None:
+                break
+            img, box = render_photo(fin, rng, cfg.width, cfg.height)
+        name = f"{k:06d}.jpg"
+        img.save(out / f"{part}_images" / name, quality=int(rng.integers(80, 96)))
+        rows.append((part, (name, species[i], ind)))
+        if box is not None:
+            boxes.append((name, *(round(v, 1) for v in box)))
+        if part == "test":
+            truth.append((name, ind))
+    return rows, boxes, truth
+
+
+def generate(out_dir: str | os.PathLike, cfg: DemoConfig, progress: bool = True, workers: int = 1) -> dict:
+    """Write the demo data set to ``out_dir`` (in ``workers`` processes: the same files whatever
+    their number); return its counts."""
     out = Path(out_dir)
     (out / "train_images").mkdir(parents=True, exist_ok=True)
     (out / "test_images").mkdir(parents=True, exist_ok=True)
@@ -222,30 +251,30 @@ def generate(out_dir: str | os.PathLike, cfg: DemoConfig, progress: bool = True)
         plan += [(i, "test")] * cfg.test_per_new
     order = master.permutation(len(plan))  # image numbers say nothing about the individual
     number = np.empty(len(plan), np.int64)
-    number[order] = np.arange(len(plan))  # photo idx of the plan is file number[idx]
+    number[order] = np.arange(len(plan))  # the plan's photo idx is file number[idx]
+    photos = [(idx, i, part, int(number[idx])) for idx, (i, part) in enumerate(plan)]
+    runs = max(1, min(len(photos) // 50, 8 * max(workers, 1)))
+    bounds = np.linspace(0, len(photos), runs + 1).astype(int)
+    jobs = [(out, cfg, species, photos[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
     rows = {"train": [], "test": []}
     boxes, truth = [], []
-    fin, fin_of = None, -1  # one individual's fin at a time (the plan lists each one's photos together):
-    # memory stays flat at Happywhale's 15,000 individuals
-    for idx in tqdm(range(len(plan)), desc="demo: drawing photos", unit="img", disable=not progress):
-        i, part = plan[idx]
-        ind = f"demo_{i:04d}"
-        if i != fin_of:
-            fin, fin_of = render_fin(make_fin(np.random.default_rng([cfg.seed, i, 1]), species[i])), i
-        k = int(number[idx])
-        rng = np.random.default_rng([cfg.seed, i, 2, int(idx)])
-        img, box = render_photo(fin, rng, cfg.width, cfg.height)
-        for _ in range(20):  # a wave may hide the whole fin: draw that photo again
-            if box is not None:
-                break
-            img, box = render_photo(fin, rng, cfg.width, cfg.height)
-        name = f"{k:06d}.jpg"
-        img.save(out / f"{part}_images" / name, quality=int(rng.integers(80, 96)))
-        rows[part].append((name, species[i], ind))
-        if box is not None:
-            boxes.append((name, *(round(v, 1) for v in box)))
-        if part == "test":
-            truth.append((name, ind))
+    bar = tqdm(total=len(photos), desc="demo: drawing photos", unit="img", disable=not progress)
+    if workers > 1 and len(jobs) > 1:
+        pool = ProcessPoolExecutor(max_workers=workers)
+        results = pool.map(_draw, jobs)
+    else:
+        pool, results = None, map(_draw, jobs)
+    try:
+        for job, (r, b, t) in zip(jobs, results):
+            for part, row in r:
+                rows[part].append(row)
+            boxes += b
+            truth += t
+            bar.update(len(job[3]))
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown()
     _write_csv(out / "train.csv", ["image", "species", "individual_id"], sorted(rows["train"]))
     _write_csv(out / "boxes.csv", ["image", "x1", "y1", "x2", "y2"], sorted(boxes))
     _write_csv(out / "test_truth.csv", ["image", "individual_id"], sorted(truth))
