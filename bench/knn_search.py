@@ -1,6 +1,8 @@
-"""Exact top-k cosine search, side by side in one run: faiss IndexFlatIP (what knn-rank uses),
-scikit-learn NearestNeighbors (brute, cosine), numpy matmul + argpartition, and torch matmul + topk;
-faiss on the GPU and torch on CUDA too when there is a GPU (and faiss-gpu is installed).
+"""Top-k cosine search, side by side in one run: faiss IndexFlatIP (what knn-rank uses by default),
+scikit-learn NearestNeighbors (brute, cosine), numpy matmul + argpartition, torch matmul + topk, and
+the approximate faiss IVF index of ``knn.index: ivf`` (photoid.retrieval, its lists trained in the
+timed call) at a few ``knn.ivf_probe`` values; faiss on the GPU and torch on CUDA too when there is a
+GPU (and faiss-gpu is installed).
 
     python bench/knn_search.py --gallery 100000 --queries 10000 --dim 512 --k 100
 
@@ -8,7 +10,8 @@ The vectors are clustered like embeddings of individuals (``--individuals`` cent
 each, noise around them), L2-normalised float32. Each method is timed from raw arrays to (Q×k
 indices, similarities), index building included, and checked against faiss on the CPU: the share of
 queries whose top-k index set is identical and the largest difference of the k-th similarity (sets
-differ only where two gallery vectors tie at the k-th place to float rounding).
+differ only where two gallery vectors tie at the k-th place to float rounding), and recall@5: the
+share of the exact five best found among a method's five best (what an approximate index loses).
 """
 
 from __future__ import annotations
@@ -43,6 +46,13 @@ def faiss_search(gallery, queries, k, gpu=False):
         index = faiss.index_cpu_to_all_gpus(index)
     index.add(gallery)
     sims, idx = index.search(queries, k)
+    return idx, sims
+
+
+def ivf_search(gallery, queries, k, probe):
+    from photoid.retrieval import Search, neighbours
+
+    sims, idx = neighbours(queries, gallery, Search(k, "ivf", ivf_probe=probe))
     return idx, sims
 
 
@@ -92,7 +102,8 @@ def main(
     k: int = typer.Option(100, help="Neighbours per query."),
     individuals: int = typer.Option(15_000, help="Cluster centres the vectors are drawn around."),
     seed: int = typer.Option(0, help="Random seed."),
-    skip: str = typer.Option("", help="Methods to leave out, comma-separated (faiss, sklearn, numpy, torch)."),
+    skip: str = typer.Option("", help="Methods to leave out, comma-separated (faiss, sklearn, numpy, torch, ivf)."),
+    probes: str = typer.Option("8,32,128", help="knn.ivf_probe values to time the IVF index at."),
 ):
     import faiss
     import torch
@@ -105,6 +116,9 @@ def main(
                "sklearn NearestNeighbors brute cosine": lambda: sklearn_search(g, q, k),
                "numpy matmul + argpartition": lambda: numpy_search(g, q, k),
                "torch matmul + topk (cpu)": lambda: torch_search(g, q, k)}
+    lists = int(4 * np.sqrt(gallery))
+    for p in [int(x) for x in probes.split(",") if x.strip()]:
+        methods[f"ivf {lists} lists, probe {p} (photoid)"] = lambda p=p: ivf_search(g, q, k, p)
     if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
         methods["faiss IndexFlatIP (gpu)"] = lambda: faiss_search(g, q, k, gpu=True)
     if torch.cuda.is_available():
@@ -121,10 +135,11 @@ def main(
         if reference is None:
             reference = (idx, sims)
         same = np.mean([set(a) == set(b) for a, b in zip(idx, reference[0])])
+        recall5 = np.mean([len(set(a[:5]) & set(b[:5])) / 5 for a, b in zip(idx, reference[0])])
         kth = float(np.abs(np.asarray(sims)[:, -1] - reference[1][:, -1]).max())
         rows.append((name, seconds, same, kth))
         print(f"  {name:40s} {seconds:8.2f} s  {queries / seconds:9.0f} queries/s  "
-              f"top-k equal {100 * same:6.2f}%  max |k-th sim diff| {kth:.1e}", flush=True)
+              f"top-k equal {100 * same:6.2f}%  recall@5 {recall5:.4f}  max |k-th sim diff| {kth:.1e}", flush=True)
     base = rows[0][1]
     print("time relative to faiss (cpu): " + ", ".join(f"{name} {s / base:.2f}x" for name, s, _, _ in rows[1:]))
 

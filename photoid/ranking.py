@@ -35,6 +35,7 @@ from photoid.io import atomic_path
 from photoid.metrics import NEW_INDIVIDUAL, average_precision_at_n, map_at_k
 from photoid.retrieval import (
     Candidates,
+    Search,
     answered_new_first,
     candidate_photos,
     concat_candidates,
@@ -109,8 +110,8 @@ class Shortlist:
 
 
 def _rank(queries: np.ndarray, query_rows: pd.DataFrame, gallery: np.ndarray, owners: np.ndarray,
-          rows: pd.DataFrame, n_neighbours: int, shortlist: Shortlist = Shortlist()) -> Ranking:
-    sims, idx = neighbours(queries, gallery, n_neighbours)
+          rows: pd.DataFrame, search: "int | Search", shortlist: Shortlist = Shortlist()) -> Ranking:
+    sims, idx = neighbours(queries, gallery, search)
     labels = rows["individual"].to_numpy()[owners]
     species = rows["species"].to_numpy()[owners]
     own = query_rows["species"].to_numpy()
@@ -144,7 +145,7 @@ def rare_query_folds(rows: pd.DataFrame, split: pd.DataFrame) -> pd.Series:
     return pd.Series(out, dtype=np.int64)
 
 
-def cross_validate(sets: list[EmbeddingSet], folds: list[int], split: pd.DataFrame, n_neighbours: int,
+def cross_validate(sets: list[EmbeddingSet], folds: list[int], split: pd.DataFrame, search: "int | Search",
                    flips: Flips = Flips(), shortlist: Shortlist = Shortlist()) -> list[Ranking]:
     """The validation ranking of every fold, each with its own fold's embeddings; the photos of rare
     individuals are queries too (:func:`rare_query_folds`)."""
@@ -163,7 +164,7 @@ def cross_validate(sets: list[EmbeddingSet], folds: list[int], split: pd.DataFra
             raise DataError(f"fold {fold} has {len(q)} validation and {len(g)} gallery images: check split.n_folds and "
                             "filter.min_samples against the data set's size.")
         gallery, owners = s.gallery(g, flips.gallery)
-        r = _rank(s.queries(q, flips.query), rows.iloc[q], gallery, owners, rows, n_neighbours, shortlist)
+        r = _rank(s.queries(q, flips.query), rows.iloc[q], gallery, owners, rows, search, shortlist)
         r.set_truth(rows["individual"].to_numpy()[q])
         r.fold = np.full(len(q), fold)
         r.rare = rows["image_id"].iloc[q].isin(rare).to_numpy()
@@ -184,13 +185,13 @@ def pool(parts: list[Ranking]) -> Ranking:
                    None if any(r.rare is None for r in parts) else np.concatenate([r.rare for r in parts]))
 
 
-def rank_test(sets: list[EmbeddingSet], n_neighbours: int, flips: Flips = Flips(),
+def rank_test(sets: list[EmbeddingSet], search: "int | Search", flips: Flips = Flips(),
               shortlist: Shortlist = Shortlist()) -> Ranking:
     """Test images against every training image, the folds' similarities averaged."""
     rows = sets[0].rows
     q = np.flatnonzero((rows["part"] == TEST).to_numpy())
     queries, gallery, owners = test_vectors(sets, q, flips)
-    return _rank(queries, rows.iloc[q], gallery, owners, rows, n_neighbours, shortlist)
+    return _rank(queries, rows.iloc[q], gallery, owners, rows, search, shortlist)
 
 
 def test_vectors(sets: list[EmbeddingSet], query_index: np.ndarray, flips: Flips = Flips()):
@@ -205,7 +206,7 @@ def test_vectors(sets: list[EmbeddingSet], query_index: np.ndarray, flips: Flips
     return queries, fold_ensemble([vec for vec, _ in galleries]), galleries[0][1]
 
 
-def rank_test_per_fold(sets: list[EmbeddingSet], folds: list[int], split: pd.DataFrame, n_neighbours: int,
+def rank_test_per_fold(sets: list[EmbeddingSet], folds: list[int], split: pd.DataFrame, search: "int | Search",
                        flips: Flips = Flips()) -> list[Ranking]:
     """Test images ranked by each fold's model alone against every training image except that fold's
     validation images: what pseudo-labels for fold k come from, so that no fold trains on a test photo
@@ -219,7 +220,7 @@ def rank_test_per_fold(sets: list[EmbeddingSet], folds: list[int], split: pd.Dat
         if len(g) == 0:
             raise DataError(f"fold {fold} leaves no training image for its gallery: check split.n_folds.")
         gallery, owners = s.gallery(g, flips.gallery)
-        r = _rank(s.queries(q, flips.query), rows.iloc[q], gallery, owners, rows, n_neighbours)
+        r = _rank(s.queries(q, flips.query), rows.iloc[q], gallery, owners, rows, search)
         r.fold = np.full(len(q), fold)
         out.append(r)
     return out
@@ -463,16 +464,16 @@ class RankResult:
         return out
 
 
-def rank_all(embeddings: Path, folds: list[int], split: pd.DataFrame, n_neighbours: int,
+def rank_all(embeddings: Path, folds: list[int], split: pd.DataFrame, search: "int | Search",
              threshold: ThresholdRule = ThresholdRule(), per_species: bool = False, min_species_queries: int = 10,
              test_truth: pd.DataFrame | None = None, flips: Flips = Flips(),
              shortlist: Shortlist = Shortlist()) -> RankResult:
     """Cross-validate the folds' embedding sets under ``embeddings``, rank the test images, choose the threshold(s)."""
-    return rank_sets(load_fold_sets(embeddings, folds), folds, split, n_neighbours, threshold, per_species,
+    return rank_sets(load_fold_sets(embeddings, folds), folds, split, search, threshold, per_species,
                      min_species_queries, test_truth, flips, shortlist)
 
 
-def rank_sets(sets: list[EmbeddingSet], folds: list[int], split: pd.DataFrame, n_neighbours: int,
+def rank_sets(sets: list[EmbeddingSet], folds: list[int], split: pd.DataFrame, search: "int | Search",
               threshold: ThresholdRule = ThresholdRule(), per_species: bool = False, min_species_queries: int = 10,
               test_truth: pd.DataFrame | None = None, flips: Flips = Flips(),
               shortlist: Shortlist = Shortlist()) -> RankResult:
@@ -482,15 +483,15 @@ def rank_sets(sets: list[EmbeddingSet], folds: list[int], split: pd.DataFrame, n
     folds = [parse_fold(f) for f in folds]
     by_fold = dict(zip(folds, sets))
     numbered = cv_folds(folds)
-    parts = cross_validate([by_fold[k] for k in numbered], numbered, split, n_neighbours, flips, shortlist)
+    parts = cross_validate([by_fold[k] for k in numbered], numbered, split, search, flips, shortlist)
     cv = pool(parts)
-    test = attach_truth(rank_test([by_fold[k] for k in test_folds(folds)], n_neighbours, flips, shortlist), test_truth)
+    test = attach_truth(rank_test([by_fold[k] for k in test_folds(folds)], search, flips, shortlist), test_truth)
     thresholds = choose_thresholds(cv, threshold, per_species, min_species_queries, test)
     return RankResult(parts, cv, thresholds, test, sets[0].rows)
 
 
-def cv_figures(embeddings: Path, folds: list[int], split: pd.DataFrame, n_neighbours: int, flips: Flips = Flips(),
+def cv_figures(embeddings: Path, folds: list[int], split: pd.DataFrame, search: "int | Search", flips: Flips = Flips(),
                threshold: ThresholdRule = ThresholdRule(), per_species: bool = False, min_species_queries: int = 10) -> dict:
     """The CV figures of another set of embeddings (e.g. before retraining), ranked and thresholded the same way."""
-    result = rank_all(embeddings, folds, split, n_neighbours, threshold, per_species, min_species_queries, flips=flips)
+    result = rank_all(embeddings, folds, split, search, threshold, per_species, min_species_queries, flips=flips)
     return scores(result.cv, result.thresholds)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from photoid.errors import DataError
 from photoid.metrics import NEW_INDIVIDUAL, map_at_k
 
 
@@ -24,26 +25,84 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def _faiss_index(dim: int):
-    """A flat inner-product index: on the GPU when faiss-gpu is installed and sees one, else on the CPU."""
+INDEXES = ("flat", "ivf")
+
+
+@dataclass(frozen=True)
+class Search:
+    """How a gallery is searched: the ``neighbours`` best entries per query, by an exact scan
+    (``index="flat"``, faiss IndexFlatIP) or approximately (``"ivf"``: faiss IndexIVFFlat, for
+    galleries past a million entries: the gallery is clustered into ``ivf_lists`` lists, 0 = 4·√N,
+    and each query scans the ``ivf_probe`` nearest lists). params.yaml's knn.neighbours, knn.index,
+    knn.ivf_lists and knn.ivf_probe."""
+
+    neighbours: int = 100
+    index: str = "flat"
+    ivf_lists: int = 0
+    ivf_probe: int = 32
+
+    def __post_init__(self):
+        if self.index not in INDEXES:
+            raise DataError(f"knn.index is {self.index!r}: use one of {', '.join(INDEXES)} (params.yaml)")
+
+    @classmethod
+    def of(cls, search: "int | Search") -> "Search":
+        """A neighbour count alone means an exact search for that many."""
+        return search if isinstance(search, Search) else cls(int(search))
+
+
+def _on_gpu(index):
+    """``index`` on the GPU when faiss-gpu is installed and sees one, else as it is (CPU)."""
     import faiss
 
-    index = faiss.IndexFlatIP(dim)
     if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
-        index = faiss.index_cpu_to_all_gpus(index)
+        return faiss.index_cpu_to_all_gpus(index)
     return index
 
 
-def neighbours(queries: np.ndarray, gallery: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` cosine neighbours, exact (faiss ``IndexFlatIP`` on L2-normalised float32 vectors):
-    (similarities Q×k, gallery indices Q×k), best first. ``k`` is capped at the gallery size."""
+def _flat_search(queries: np.ndarray, gallery: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    import faiss
+
+    index = _on_gpu(faiss.IndexFlatIP(gallery.shape[1]))
+    index.add(gallery)
+    return index.search(queries, k)
+
+
+def _ivf_search(queries: np.ndarray, gallery: np.ndarray, k: int, lists: int, probe: int):
+    """IVF search; rows where the probed lists held fewer than ``k`` entries (faiss pads them with
+    -1) are searched again exactly, so every row has ``k`` real neighbours."""
+    import faiss
+
+    n, dim = gallery.shape
+    lists = min(lists or int(4 * np.sqrt(n)), n // 39)  # faiss's k-means wants >= 39 points per list
+    if lists < 2:
+        return _flat_search(queries, gallery, k)
+    quantizer = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
+    index.train(gallery)
+    index.add(gallery)
+    index.nprobe = min(probe, lists)
+    sims, idx = _on_gpu(index).search(queries, k)
+    short = np.flatnonzero((idx < 0).any(axis=1))
+    if len(short):
+        sims[short], idx[short] = _flat_search(np.ascontiguousarray(queries[short]), gallery, k)
+    return sims, idx
+
+
+def neighbours(queries: np.ndarray, gallery: np.ndarray, search: "int | Search") -> tuple[np.ndarray, np.ndarray]:
+    """Top-k cosine neighbours of L2-normalised float32 vectors, k = ``search``'s neighbours (an int:
+    k, searched exactly) capped at the gallery size: (similarities Q×k, gallery indices Q×k), best
+    first. Exact with faiss IndexFlatIP; approximate with the IVF index (:class:`Search`)."""
+    search = Search.of(search)
     queries, gallery = l2_normalise(queries), l2_normalise(gallery)
-    k = min(k, len(gallery))
+    k = min(search.neighbours, len(gallery))
     if len(queries) == 0 or k == 0:
         return np.zeros((len(queries), k), np.float32), np.zeros((len(queries), k), np.int64)
-    index = _faiss_index(gallery.shape[1])
-    index.add(np.ascontiguousarray(gallery))
-    sims, idx = index.search(np.ascontiguousarray(queries), k)
+    queries, gallery = np.ascontiguousarray(queries), np.ascontiguousarray(gallery)
+    if search.index == "ivf":
+        sims, idx = _ivf_search(queries, gallery, k, search.ivf_lists, search.ivf_probe)
+    else:
+        sims, idx = _flat_search(queries, gallery, k)
     return sims, idx.astype(np.int64)
 
 

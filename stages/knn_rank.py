@@ -24,6 +24,7 @@ probability, the observed share of new individuals).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -48,6 +49,7 @@ from photoid.ranking import (
     submission,
 )
 from photoid.rerank import RerankConfig, rerank_result, similarity_new_probability
+from photoid.retrieval import Search
 
 READS = ("knn", "rerank", "ensemble")
 app = stage_app(__doc__, READS)
@@ -75,7 +77,8 @@ def main(
     overrides: list[str] = SET_OPTION,
 ):
     P = load_params(READS, params_file, overrides)
-    neighbours, rule = P.int("knn.neighbours"), ThresholdRule.parse(P.str("knn.threshold"))
+    search, rule = P.build(Search, "knn"), ThresholdRule.parse(P.str("knn.threshold"))
+    neighbours = search.neighbours
     flips = Flips(P.bool("knn.query_flip"), P.bool("knn.gallery_flip"))
     by_species, min_species_queries = P.bool("knn.per_species"), P.int("knn.min_species_queries")
     folds = ensemble_folds(P.get("ensemble.folds", list))
@@ -84,12 +87,13 @@ def main(
     P.check_all_read()
     truth = read_parquet(test_truth) if Path(test_truth).exists() else None
     split_table = read_parquet(split)
-    shortlist, searched = Shortlist(), neighbours
+    shortlist, searched = Shortlist(), search
     if reranking:
         individuals = cfg.candidates or int(split_table["individual"].nunique())
         shortlist = Shortlist(individuals, cfg.photos)
         # enough neighbours for the shortlist's photos (an image and its mirror are two entries)
-        searched = len(split_table) * 2 if not (cfg.candidates and cfg.photos) else max(neighbours, 4 * individuals * cfg.photos)
+        searched = replace(search, neighbours=len(split_table) * 2 if not (cfg.candidates and cfg.photos)
+                           else max(neighbours, 4 * individuals * cfg.photos))
     result = rank_all(embeddings, list(folds), split_table, searched, rule,
                       by_species, min_species_queries, truth, flips, shortlist)
     embedding = result.metrics()
@@ -108,7 +112,7 @@ def main(
     with atomic_path(submission_out) as tmp:
         submission(predictions).to_csv(tmp, index=False)
     figures = {**result.metrics(), "folds": folds, "test_folds": test_folds(folds),
-               "neighbours": neighbours, "rerank": reranking}
+               "neighbours": neighbours, "index": search.index, "rerank": reranking}
     figures.update({f"embedding_{k}": embedding[k] for k in ("cv_map5", "cv_map5_known", "test_map5", "test_map5_known")
                     if k in embedding})
     if reranking:
@@ -132,7 +136,7 @@ def main(
         for name, table in curves.items():
             table.to_csv(tmp / f"{name}.csv", index=False)
     if Path(before_embeddings).is_dir():
-        before = cv_figures(before_embeddings, list(folds), split_table, neighbours, flips, rule,
+        before = cv_figures(before_embeddings, list(folds), split_table, search, flips, rule,
                             by_species, min_species_queries)
         after = embedding["cv_map5"]  # retraining changes the embeddings: compare them as embeddings
         figures.update({"cv_map5_before_retrain": before["map5"],

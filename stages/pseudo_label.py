@@ -34,9 +34,10 @@ from photoid.ranking import (
     rank_sets,
     rank_test_per_fold,
 )
+from photoid.retrieval import Search
 
-READS = ("pseudo", "ensemble", "knn.neighbours", "knn.threshold", "knn.per_species", "knn.min_species_queries",
-         "knn.query_flip", "knn.gallery_flip")
+READS = ("pseudo", "ensemble", "knn.neighbours", "knn.index", "knn.ivf_lists", "knn.ivf_probe", "knn.threshold",
+         "knn.per_species", "knn.min_species_queries", "knn.query_flip", "knn.gallery_flip")
 app = stage_app(__doc__, READS)
 
 
@@ -54,7 +55,7 @@ def main(
     enabled, confidence, threshold = P.bool("pseudo.enabled"), P.str("pseudo.confidence"), P.str("pseudo.threshold")
     precision, min_margin = P.float("pseudo.precision"), P.float("pseudo.min_margin")
     fold_list = cv_folds(ensemble_folds(P.get("ensemble.folds", list)))  # fold all is not retrained: no labels
-    neighbours = P.int("knn.neighbours")
+    search = P.build(Search, "knn")
     rule, by_species = ThresholdRule.parse(P.str("knn.threshold")), P.bool("knn.per_species")
     min_species_queries = P.int("knn.min_species_queries")
     flips = Flips(P.bool("knn.query_flip"), P.bool("knn.gallery_flip"))
@@ -67,7 +68,7 @@ def main(
         return
     split_table = read_parquet(split)
     sets = load_fold_sets(embeddings, fold_list)
-    result = rank_sets(sets, fold_list, split_table, neighbours, rule, by_species, min_species_queries, flips=flips)
+    result = rank_sets(sets, fold_list, split_table, search, rule, by_species, min_species_queries, flips=flips)
     cv_scores, cv_correct = cv_answers(predictions_table(result.cv, result.thresholds), result.cv.truth, confidence)
     if threshold.strip().lower() == "auto":
         cut, cv_precision, cv_count = precision_cut(cv_scores, cv_correct, precision)
@@ -78,7 +79,7 @@ def main(
             raise DataError(f"pseudo.threshold takes auto or a number, got {threshold!r}") from None
         above = cv_scores >= cut
         cv_precision, cv_count = (float(cv_correct[above].mean()) if above.any() else 0.0), int(above.sum())
-    per_fold = rank_test_per_fold(sets, fold_list, split_table, neighbours, flips)
+    per_fold = rank_test_per_fold(sets, fold_list, split_table, search, flips)
     chosen = []
     for k, ranking in zip(fold_list, per_fold):
         # a share of new-first answers is a share of what this fold ranks; a tuned or fixed score is the same for all

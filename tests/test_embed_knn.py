@@ -113,7 +113,7 @@ def _planted(tmp_path, n_folds_embedded=2, noise=0.05, seed=0, rare=0):
 
 def test_planted_clusters_rank_perfectly_and_the_submission_has_the_happywhale_format(tmp_path):
     split, truth = _planted(tmp_path)
-    result = rank_all(tmp_path / "emb", [0, 1], split, n_neighbours=100, test_truth=truth)
+    result = rank_all(tmp_path / "emb", [0, 1], split, search=100, test_truth=truth)
     m = result.metrics()
     assert m["cv_map5"] == pytest.approx(1.0) and m["cv_new_recall"] == 1.0 and m["cv_new_precision"] == 1.0
     assert m["test_map5"] == pytest.approx(1.0) and m["test_new_queries"] == 4 and m["test_top1"] == 1.0

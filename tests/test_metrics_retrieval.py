@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
+from photoid.errors import DataError
 from photoid.metrics import NEW_INDIVIDUAL, average_precision_at_n, map_at_k, map_at_n
-from photoid.retrieval import Candidates, individual_candidates, neighbours, predict, tune_threshold
+from photoid.retrieval import Candidates, Search, individual_candidates, neighbours, predict, tune_threshold
 
 
 def test_map5_hand_computed():
@@ -170,3 +171,29 @@ def test_metrics_files_are_strict_json_with_null_for_a_missing_number(tmp_path):
 
     assert json.loads(path.read_text(), parse_constant=refuse) == {
         "loss": None, "gain": None, "per_fold": [0.5, None], "nested": {"x": 0.25}}
+
+
+def _clustered(n, centres, rng, noise=0.15):
+    x = centres[rng.integers(0, len(centres), n)] + noise * rng.standard_normal((n, centres.shape[1]))
+    return x.astype(np.float32)
+
+
+def test_ivf_search_finds_what_the_exact_search_finds_and_never_leaves_an_empty_slot():
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((200, 32))
+    gallery, queries = _clustered(8000, centres, rng), _clustered(300, centres, rng)
+    exact_s, exact_i = neighbours(queries, gallery, 10)
+    every_list = neighbours(queries, gallery, Search(10, "ivf", ivf_lists=50, ivf_probe=50))  # all scanned: exact
+    assert np.allclose(every_list[0], exact_s, atol=1e-5)
+    s, i = neighbours(queries, gallery, Search(10, "ivf", ivf_lists=50, ivf_probe=3))
+    recall5 = np.mean([len(set(a[:5]) & set(b[:5])) / 5 for a, b in zip(i, exact_i)])
+    assert 0.9 < recall5 <= 1 and (np.diff(s, axis=1) <= 1e-6).all()
+    # more neighbours than the scanned lists hold: faiss pads with -1; those rows are searched exactly
+    s, i = neighbours(queries[:5], gallery, Search(1000, "ivf", ivf_lists=50, ivf_probe=1))
+    assert (i >= 0).all() and i.shape == (5, 1000)
+    assert np.allclose(s, neighbours(queries[:5], gallery, 1000)[0], atol=1e-5)
+
+
+def test_an_unknown_search_index_names_the_param():
+    with pytest.raises(DataError, match="knn.index is 'hnsw': use one of flat, ivf"):
+        Search(10, "hnsw")
