@@ -4,8 +4,10 @@ import hashlib
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from photoid.data import demo, sources
+from photoid.data.ingest import read_source
 
 TINY = demo.DemoConfig(seed=3, individuals=8, new_individuals=3, mean_images=4, test_known_fraction=0.5,
                        test_per_new=2, width=160, height=120)
@@ -82,3 +84,34 @@ def test_notch_cuts_into_the_trailing_edge():
         return demo.render_fin(f).getchannel("A").histogram()[255]
 
     assert area(fin) < area(smooth)
+
+
+def test_encounters_share_sea_light_and_side_and_are_labelled_for_the_split(tmp_path):
+    cfg = demo.DemoConfig(**{**TINY.__dict__, "individuals": 12, "mean_images": 8, "photos_per_encounter": 3.0,
+                             "width": 96, "height": 72})
+    demo.generate(tmp_path / "d", cfg, progress=False)
+    train = pd.read_csv(tmp_path / "d" / "train.csv")
+    assert list(train.columns) == ["image", "species", "individual_id", "encounter"]
+    assert (train.groupby("encounter")["individual_id"].nunique() == 1).all()  # an encounter is one animal's
+    sizes = train.groupby("encounter").size()
+    assert 1.5 < sizes.mean() < 4.5 and sizes.max() > 1
+
+    def colour(name):  # the photo's median colour: mostly the sea's, under the light of the day
+        return np.median(np.asarray(Image.open(tmp_path / "d" / "train_images" / name)).reshape(-1, 3), axis=0)
+
+    train["colour"] = [colour(n) for n in train["image"]]
+    within, between = [], []
+    for _, photos in train.groupby("individual_id"):
+        rows = photos.to_dict("records")
+        for a in range(len(rows)):
+            for b in range(a + 1, len(rows)):
+                d = float(np.abs(rows[a]["colour"] - rows[b]["colour"]).sum())
+                (within if rows[a]["encounter"] == rows[b]["encounter"] else between).append(d)
+    assert within and between and np.mean(within) < 0.5 * np.mean(between)
+    listing = read_source("happywhale", tmp_path / "d", group_col="encounter")
+    assert listing.loc[listing["part"] == "train", "group"].str.contains("_e").all()
+
+
+def test_without_encounters_train_csv_has_no_encounter_column(tmp_path):
+    demo.generate(tmp_path / "d", TINY, progress=False)
+    assert list(pd.read_csv(tmp_path / "d" / "train.csv").columns) == ["image", "species", "individual_id"]

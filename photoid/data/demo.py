@@ -40,6 +40,10 @@ class DemoConfig:
     test_per_new: int  # test photos of each new individual
     width: int
     height: int
+    # mean training photos per encounter: those of one encounter share the sea, the light and the side
+    # of the animal, as burst photos do; train.csv then has an encounter column (data.group_col=encounter
+    # keeps each encounter in one fold). 1: every photo an encounter of its own, no column
+    photos_per_encounter: float = 1.0
 
 
 @dataclass
@@ -133,23 +137,28 @@ def render_fin(fin: Fin) -> Image.Image:
     return img
 
 
-def _sea(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
-    base = np.array([rng.uniform(20, 70), rng.uniform(60, 110), rng.uniform(90, 150)])
+def _sea(rng: np.random.Generator, w: int, h: int, look: np.random.Generator | None = None) -> np.ndarray:
+    look = rng if look is None else look  # the sea's colour and swell: the encounter's
+    base = np.array([look.uniform(20, 70), look.uniform(60, 110), look.uniform(90, 150)])
     y = np.arange(h)[:, None] / h
     x = np.arange(w)[None, :] / w
     waves = np.zeros((h, w))
     for _ in range(4):
-        f, phase, amp = rng.uniform(8, 40), rng.uniform(0, 2 * np.pi), rng.uniform(4, 14)
-        waves += amp * np.sin(2 * np.pi * f * (y + 0.08 * np.sin(2 * np.pi * rng.uniform(1, 4) * x + phase)) + phase)
+        f, phase, amp = look.uniform(8, 40), look.uniform(0, 2 * np.pi), look.uniform(4, 14)
+        waves += amp * np.sin(2 * np.pi * f * (y + 0.08 * np.sin(2 * np.pi * look.uniform(1, 4) * x + phase)) + phase)
     sea = base[None, None, :] * (0.75 + 0.35 * y[..., None]) + waves[..., None] + rng.normal(0, 6, (h, w, 1))
     return sea
 
 
-def render_photo(fin_texture: Image.Image, rng: np.random.Generator, width: int, height: int) -> tuple[Image.Image, tuple]:
-    """One photo of a fin; returns the image and the visible fin's box (x1, y1, x2, y2)."""
-    scene = _sea(rng, width, height)
+def render_photo(fin_texture: Image.Image, rng: np.random.Generator, width: int, height: int,
+                 look: np.random.Generator | None = None) -> tuple[Image.Image, tuple]:
+    """One photo of a fin; returns the image and the visible fin's box (x1, y1, x2, y2). ``look``
+    draws what the photos of one encounter share (the sea, the side of the animal, the light);
+    without it the photo draws them itself."""
+    look = rng if look is None else look
+    scene = _sea(rng, width, height, look)
     fin = fin_texture
-    if rng.random() < 0.5:  # the other side of the animal
+    if look.random() < 0.5:  # the other side of the animal
         fin = fin.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     target_h = rng.uniform(0.3, 0.6) * height
     scale = target_h / fin.height
@@ -183,8 +192,8 @@ def render_photo(fin_texture: Image.Image, rng: np.random.Generator, width: int,
         scene = scene * (1 - foam) + np.array([205, 218, 226]) * foam
         alpha = alpha * (1 - foam[..., 0])
     # light: exposure, contrast and a colour cast
-    scene = (scene - 128) * rng.uniform(0.7, 1.2) + 128 * rng.uniform(0.7, 1.25)
-    scene = scene * rng.uniform(0.9, 1.1, size=3)[None, None, :]
+    scene = (scene - 128) * look.uniform(0.7, 1.2) + 128 * look.uniform(0.7, 1.25)
+    scene = scene * look.uniform(0.9, 1.1, size=3)[None, None, :]
     # spray: bright droplets
     if rng.random() < 0.35:
         n = int(rng.integers(50, 400))
@@ -212,24 +221,50 @@ def _draw(job: tuple) -> tuple[list, list, list]:
     out, cfg, species, photos = job
     rows, boxes, truth = [], [], []
     fin, fin_of = None, -1
-    for idx, i, part, k in photos:
+    for idx, i, part, k, encounter in photos:
         ind = f"demo_{i:04d}"
         if i != fin_of:
             fin, fin_of = render_fin(make_fin(np.random.default_rng([cfg.seed, i, 1]), species[i])), i
         rng = np.random.default_rng([cfg.seed, i, 2, idx])
-        img, box = render_photo(fin, rng, cfg.width, cfg.height)
+
+        def look():  # every photo of the encounter draws the same sea, side and light
+            return None if encounter < 0 else np.random.default_rng([cfg.seed, i, 4, encounter])
+
+        img, box = render_photo(fin, rng, cfg.width, cfg.height, look())
         for _ in range(20):  # a wave may hide the whole fin: draw that photo again
             if box is not None:
                 break
-            img, box = render_photo(fin, rng, cfg.width, cfg.height)
+            img, box = render_photo(fin, rng, cfg.width, cfg.height, look())
         name = f"{k:06d}.jpg"
         img.save(out / f"{part}_images" / name, quality=int(rng.integers(80, 96)))
-        rows.append((part, (name, species[i], ind)))
+        group = (f"{ind}_e{encounter}",) if cfg.photos_per_encounter > 1 else ()
+        rows.append((part, (name, species[i], ind, *group)))
         if box is not None:
             boxes.append((name, *(round(v, 1) for v in box)))
         if part == "test":
             truth.append((name, ind))
     return rows, boxes, truth
+
+
+def _encounters(plan: list[tuple[int, str]], cfg: DemoConfig) -> list[int]:
+    """Each planned photo's encounter number within its individual (-1: a photo of its own): an
+    individual's training photos fall into encounters of 1 + Poisson(photos_per_encounter - 1)
+    photos; a test photo is always an encounter of its own (test photos come from other days)."""
+    out = [-1] * len(plan)
+    if cfg.photos_per_encounter <= 1:
+        return out
+    by_individual: dict[int, list[int]] = {}
+    for idx, (i, part) in enumerate(plan):
+        if part == "train":
+            by_individual.setdefault(i, []).append(idx)
+    for i, idxs in by_individual.items():
+        rng, e, start = np.random.default_rng([cfg.seed, i, 3]), 0, 0
+        while start < len(idxs):
+            size = 1 + int(rng.poisson(cfg.photos_per_encounter - 1))
+            for idx in idxs[start:start + size]:
+                out[idx] = e
+            start, e = start + size, e + 1
+    return out
 
 
 def generate(out_dir: str | os.PathLike, cfg: DemoConfig, progress: bool = True, workers: int = 1) -> dict:
@@ -252,7 +287,7 @@ def generate(out_dir: str | os.PathLike, cfg: DemoConfig, progress: bool = True,
     order = master.permutation(len(plan))  # image numbers say nothing about the individual
     number = np.empty(len(plan), np.int64)
     number[order] = np.arange(len(plan))  # the plan's photo idx is file number[idx]
-    photos = [(idx, i, part, int(number[idx])) for idx, (i, part) in enumerate(plan)]
+    photos = [(idx, i, part, int(number[idx]), e) for idx, ((i, part), e) in enumerate(zip(plan, _encounters(plan, cfg)))]
     runs = max(1, min(len(photos) // 50, 8 * max(workers, 1)))
     bounds = np.linspace(0, len(photos), runs + 1).astype(int)
     jobs = [(out, cfg, species, photos[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
@@ -275,7 +310,8 @@ def generate(out_dir: str | os.PathLike, cfg: DemoConfig, progress: bool = True,
         bar.close()
         if pool is not None:
             pool.shutdown()
-    _write_csv(out / "train.csv", ["image", "species", "individual_id"], sorted(rows["train"]))
+    _write_csv(out / "train.csv", ["image", "species", "individual_id"] + (["encounter"] if cfg.photos_per_encounter > 1 else []),
+               sorted(rows["train"]))
     _write_csv(out / "boxes.csv", ["image", "x1", "y1", "x2", "y2"], sorted(boxes))
     _write_csv(out / "test_truth.csv", ["image", "individual_id"], sorted(truth))
     known_ids = {f"demo_{i:04d}" for i in range(cfg.individuals)}
