@@ -78,6 +78,15 @@ def test_photos_of_one_encounter_never_straddle_folds():
     # an individual seen in one encounter only sits in one fold (in its validation it plays a new animal)
     single = split[~split.is_new].groupby("individual").filter(lambda g: g.group.nunique() == 1)
     assert len(single) and single.groupby("individual").fold.nunique().max() == 1
+    # and the classifier of that fold validates only on the individuals it trains on (it crashed on label -1)
+    from photoid.train.fold import FoldData
+
+    for fold in range(3):
+        data = FoldData.of(split, fold)
+        known = data.known_val()
+        assert (data.labels(known) >= 0).all() and len(known)
+        alone_here = set(single.loc[single.fold == fold, "individual"])
+        assert not alone_here & set(known.individual) and alone_here <= set(data.val.individual)
 
 
 def test_without_groups_the_split_is_the_photo_by_photo_one():

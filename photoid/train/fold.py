@@ -88,6 +88,12 @@ class FoldData:
         train, val = fold_view(split, fold)
         return cls(train.reset_index(drop=True), val.reset_index(drop=True), sorted(train["individual"].unique()))
 
+    def known_val(self) -> pd.DataFrame:
+        """The validation rows of individuals this fold trains on: not the held-out new ones, nor one
+        whose photos all fell into this fold (with data.group_col an individual seen in one encounter
+        sits in one fold whole), which are new individuals to this fold's classifier."""
+        return self.val[self.val["individual"].isin(set(self.classes))]
+
     def labels(self, rows: pd.DataFrame) -> np.ndarray:
         index = {c: i for i, c in enumerate(self.classes)}
         return np.array([index.get(ind, -1) for ind in rows["individual"]], dtype=np.int64)
@@ -174,7 +180,7 @@ def train_backbone(split: pd.DataFrame, fold: int, bp: BackboneParams, p: Classi
     if model.weights_report is not None:
         print(model.weights_report.summary())
     ds = CropDataset(data.train["crop_path"], data.labels(data.train), train_transform(bp.img_size, bp.hflip), cache)
-    known_val = data.val[~data.val["is_new"]]
+    known_val = data.known_val()
     val_x = CropDataset(known_val["crop_path"], data.labels(known_val), eval_transform(bp.img_size), cache)
     val_loader = DataLoader(val_x, batch_size=64)
     if known_val.empty:  # fold all: nothing to validate on, the last epoch is kept
