@@ -138,7 +138,7 @@ def main(fraction: float = typer.Option(1.0, help="Share of Happywhale's size.")
     project, data_root, log = workdir / "project", workdir / "happywhale", workdir / "stages.log"
     project.mkdir(parents=True)
     shape = {k: (round(v * fraction) if k.endswith("individuals") else v) for k, v in HAPPYWHALE.items()}
-    cfg = demo.DemoConfig(seed=0, width=width, height=width * 3 // 4, **shape)
+    cfg = demo.DemoConfig(seed=0, width=width, height=width * 3 // 4, photos_per_encounter=1.0, **shape)
     t0 = time.perf_counter()
     counts = demo.generate(data_root, cfg, progress=False, workers=workers)
     generated = time.perf_counter() - t0

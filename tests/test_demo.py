@@ -10,7 +10,7 @@ from photoid.data import demo, sources
 from photoid.data.ingest import read_source
 
 TINY = demo.DemoConfig(seed=3, individuals=8, new_individuals=3, mean_images=4, test_known_fraction=0.5,
-                       test_per_new=2, width=160, height=120)
+                       test_per_new=2, width=160, height=120, photos_per_encounter=1.0)
 
 
 def _digest(folder):

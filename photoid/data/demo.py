@@ -43,7 +43,7 @@ class DemoConfig:
     # mean training photos per encounter: those of one encounter share the sea, the light and the side
     # of the animal, as burst photos do; train.csv then has an encounter column (data.group_col=encounter
     # keeps each encounter in one fold). 1: every photo an encounter of its own, no column
-    photos_per_encounter: float = 1.0
+    photos_per_encounter: float
 
 
 @dataclass

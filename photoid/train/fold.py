@@ -172,13 +172,13 @@ def train_backbone(split: pd.DataFrame, fold: int, bp: BackboneParams, p: Classi
     """``cache_dir``: where the crops are cached at the training size (photoid.crop_cache); without
     it every epoch decodes the JPEGs."""
     data = FoldData.of(split, fold)
-    cache = crop_cache(split["crop_path"], bp.img_size, cache_dir, cfg.workers)
     config = dict(kind="classifier", backbone=bp.backbone, n_classes=len(data.classes), pretrained=bp.pretrained,
                   drop_rate=p.drop_rate)
     seed_everything(cfg.seed)  # the initial weights too: the same params give the same model
     model = create_model(config)
     if model.weights_report is not None:
         print(model.weights_report.summary())
+    cache = crop_cache(split["crop_path"], bp.img_size, cache_dir, cfg.workers)  # once the weights are known to fit
     ds = CropDataset(data.train["crop_path"], data.labels(data.train), train_transform(bp.img_size, bp.hflip), cache)
     known_val = data.known_val()
     val_x = CropDataset(known_val["crop_path"], data.labels(known_val), eval_transform(bp.img_size), cache)
@@ -252,7 +252,6 @@ def train_dolg(split: pd.DataFrame, fold: int, backbone_ckpt: Path, bp: Backbone
     data = FoldData.of(split, fold)
     if extra_rows is not None and len(extra_rows):
         data = FoldData(pd.concat([data.train, extra_rows], ignore_index=True), data.val, data.classes)
-    cache = crop_cache(pd.concat([split["crop_path"], data.train["crop_path"]]), bp.img_size, cache_dir, cfg.workers)
     backbone_model, _ = load_model(backbone_ckpt)
     counts = data.train["individual"].value_counts().reindex(data.classes).to_numpy()
     margins = adaptive_margins(counts, p.margin_rule, m_min=p.margin_min, m_max=p.margin_max, a=p.margin_a,
@@ -273,6 +272,7 @@ def train_dolg(split: pd.DataFrame, fold: int, backbone_ckpt: Path, bp: Backbone
         state = trained.state_dict()
         state["head.margins"] = model.head.margins
         model.load_state_dict(state)
+    cache = crop_cache(pd.concat([split["crop_path"], data.train["crop_path"]]), bp.img_size, cache_dir, cfg.workers)
     ds = CropDataset(data.train["crop_path"], data.labels(data.train), train_transform(bp.img_size, bp.hflip), cache)
 
     def validate(m, epoch):
