@@ -44,7 +44,8 @@ from photoid import paths  # noqa: E402
 from photoid.data import demo  # noqa: E402
 from photoid.data.schema import FULL_FRAME  # noqa: E402
 from photoid.models import create_model, save_model  # noqa: E402
-from photoid.models.arcface import adaptive_margins  # noqa: E402
+from photoid.params import load_params  # noqa: E402
+from photoid.train.fold import FoldData, dolg_config, dolg_configs  # noqa: E402
 
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
 
@@ -106,22 +107,14 @@ def given_boxes(project: Path) -> int:
 
 def untrained_dolg(project: Path, img_size: int) -> None:
     """models/dolg/fold0 and models/backbone/fold0 as train-dolg and train-backbone would leave them, untrained."""
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    d, t = params["dolg"], params["train"]
-    split = pd.read_parquet(project / paths.SPLIT_TABLE)
-    train = split[(split["fold"] != 0) & ~split["is_new"]]
-    classes = sorted(train["individual"].unique())
-    counts = train["individual"].value_counts().reindex(classes).to_numpy()
-    margins = adaptive_margins(counts, d["margin_rule"], m_min=d["margin_min"], m_max=d["margin_max"], a=d["margin_a"],
-                               p=d["margin_p"], b=d["margin_b"])
-    config = dict(kind="dolg", backbone=t["backbone"], embedding_dim=d["embedding_dim"], local_dim=d["local_dim"],
-                  dilations=[int(x) for x in str(d["dilations"]).split(",")], n_classes=len(classes),
-                  margins=margins.tolist(), scale=d["scale"], subcenters=d["subcenters"])
-    model = create_model({**config, "pretrained": t["pretrained"]})
-    save_model(project / "models/dolg/fold0/model.pt", model, config, {"classes": classes, "img_size": img_size, "fold": 0})
-    backbone = dict(kind="classifier", backbone=t["backbone"], n_classes=len(classes))
-    save_model(project / "models/backbone/fold0/model.pt", create_model({**backbone, "pretrained": t["pretrained"]}),
-               backbone, {"classes": classes, "img_size": img_size, "fold": 0, "pretrained": t["pretrained"]})
+    bp, p, _ = dolg_configs(load_params(("train", "dolg"), project / "params.yaml", []))
+    data = FoldData.of(pd.read_parquet(project / paths.SPLIT_TABLE), 0)
+    config = dolg_config(bp, p, data)
+    extra = {"classes": data.classes, "img_size": img_size, "fold": 0}
+    save_model(project / "models/dolg/fold0/model.pt", create_model({**config, "pretrained": bp.pretrained}), config, extra)
+    backbone = dict(kind="classifier", backbone=bp.backbone, n_classes=len(data.classes))
+    save_model(project / "models/backbone/fold0/model.pt", create_model({**backbone, "pretrained": bp.pretrained}),
+               backbone, {**extra, "pretrained": bp.pretrained})
     (project / "metrics/curves/dolg/fold0").mkdir(parents=True, exist_ok=True)
 
 

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -126,12 +127,12 @@ def run_path(path: str, crops: list[str], backbone: str, img_size: int, batch_si
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with meter or _nothing():
+        with meter or nullcontext():
             for x, y in loader:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 if path != "naive":
                     x = x.contiguous(memory_format=torch.channels_last)
-                with autocast(device) if path != "naive" else _nothing():
+                with autocast(device) if path != "naive" else nullcontext():
                     loss = F.cross_entropy(net(x), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -148,14 +149,6 @@ def run_path(path: str, crops: list[str], backbone: str, img_size: int, batch_si
             "img_per_s": images / epoch_s, "first_epoch_s": first_s, "cache_build_s": build_s,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None, "gpu_util_pct": util}
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 @app.command()

@@ -36,10 +36,10 @@ class Search:
     and each query scans the ``ivf_probe`` nearest lists). params.yaml's knn.neighbours, knn.index,
     knn.ivf_lists and knn.ivf_probe."""
 
-    neighbours: int = 100
-    index: str = "flat"
-    ivf_lists: int = 0
-    ivf_probe: int = 32
+    neighbours: int
+    index: str
+    ivf_lists: int
+    ivf_probe: int
 
     def __post_init__(self):
         if self.index not in INDEXES:
@@ -48,7 +48,7 @@ class Search:
     @classmethod
     def of(cls, search: "int | Search") -> "Search":
         """A neighbour count alone means an exact search for that many."""
-        return search if isinstance(search, Search) else cls(int(search))
+        return search if isinstance(search, Search) else cls(int(search), "flat", 0, 0)
 
 
 def _on_gpu(index):

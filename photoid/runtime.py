@@ -68,11 +68,11 @@ def torch_device(name: str = ""):
         return torch.device(name)
     if pick_device() == "cuda":
         if "LOCAL_RANK" not in os.environ and os.environ.get(GPU_CLAIM_ENV) == "claim":
+            new = "index" not in _claimed
             index = claim_gpu(torch.cuda.device_count())
             torch.cuda.set_device(index)  # what else runs on "cuda" in this process runs there too
-            if _claimed.get("said") is None:
+            if new:
                 print(f"claimed GPU {index} of {torch.cuda.device_count()} ({GPU_CLAIM_ENV}=claim)", flush=True)
-                _claimed["said"] = True
             return torch.device("cuda", index)
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")

@@ -183,17 +183,17 @@ def test_ivf_search_finds_what_the_exact_search_finds_and_never_leaves_an_empty_
     centres = rng.standard_normal((200, 32))
     gallery, queries = _clustered(8000, centres, rng), _clustered(300, centres, rng)
     exact_s, exact_i = neighbours(queries, gallery, 10)
-    every_list = neighbours(queries, gallery, Search(10, "ivf", ivf_lists=50, ivf_probe=50))  # all scanned: exact
+    every_list = neighbours(queries, gallery, Search(10, "ivf", 50, 50))  # all scanned: exact
     assert np.allclose(every_list[0], exact_s, atol=1e-5)
-    s, i = neighbours(queries, gallery, Search(10, "ivf", ivf_lists=50, ivf_probe=3))
+    s, i = neighbours(queries, gallery, Search(10, "ivf", 50, 3))
     recall5 = np.mean([len(set(a[:5]) & set(b[:5])) / 5 for a, b in zip(i, exact_i)])
     assert 0.9 < recall5 <= 1 and (np.diff(s, axis=1) <= 1e-6).all()
     # more neighbours than the scanned lists hold: faiss pads with -1; those rows are searched exactly
-    s, i = neighbours(queries[:5], gallery, Search(1000, "ivf", ivf_lists=50, ivf_probe=1))
+    s, i = neighbours(queries[:5], gallery, Search(1000, "ivf", 50, 1))
     assert (i >= 0).all() and i.shape == (5, 1000)
     assert np.allclose(s, neighbours(queries[:5], gallery, 1000)[0], atol=1e-5)
 
 
 def test_an_unknown_search_index_names_the_param():
     with pytest.raises(DataError, match="knn.index is 'hnsw': use one of flat, ivf"):
-        Search(10, "hnsw")
+        Search(10, "hnsw", 0, 0)

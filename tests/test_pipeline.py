@@ -406,21 +406,21 @@ def test_two_machines_rendezvous_under_torchrun_and_train_one_model(project, tmp
     assert json.loads((tmp_path / "out/metrics/backbone/fold0.json").read_text())["train_images"] > 0
 
 
-def test_queued_experiments_run_at_once_in_a_dvc_queue(project, tmp_path):
+def test_queued_experiments_run_at_once_in_a_dvc_queue(project, tmp_path, monkeypatch):
     """Several experiments at once, as the README says: `dvc exp run --queue` each, then `dvc queue start
     --jobs 2` (with PHOTOID_GPU=claim each stage process would take a GPU of its own on a GPU box, and
     PHOTOID_CACHE lets them share one crop cache). Both run to the end and show in `dvc exp show`
     with their own params and metrics; the workspace is left as it was."""
     import csv
     import io
-    import os
     import time
 
     root, _ = project
     before = (root / "metrics/knn.json").read_text()
     for share in ("0.3", "0.7"):
         dvc(root, "exp", "run", "--queue", "-S", f"knn.threshold=new_share:{share}")
-    os.environ["PHOTOID_GPU"], os.environ["PHOTOID_CACHE"] = "claim", str(tmp_path / "shared-cache")
+    monkeypatch.setenv("PHOTOID_GPU", "claim")  # the workers pass the environment of `dvc queue start` on
+    monkeypatch.setenv("PHOTOID_CACHE", str(tmp_path / "shared-cache"))
     try:
         dvc(root, "queue", "start", "--jobs", "2")
         deadline = time.monotonic() + 600
@@ -430,7 +430,6 @@ def test_queued_experiments_run_at_once_in_a_dvc_queue(project, tmp_path):
                 break
             time.sleep(3)
     finally:
-        del os.environ["PHOTOID_GPU"], os.environ["PHOTOID_CACHE"]
         dvc(root, "queue", "stop")
     assert status.count("Success") == 2, status
     rows = list(csv.DictReader(io.StringIO(dvc(root, "exp", "show", "--csv"))))

@@ -17,6 +17,7 @@ from photoid.errors import DataError
 from photoid.local_features import KeypointConfig, MatchConfig
 from photoid.params import load_params
 from photoid.rerank import RerankConfig
+from photoid.retrieval import Search
 from photoid.train.fold import BackboneParams, ClassifierParams, DolgParams
 from photoid.train.loop import TrainConfig
 from tests.structure import PARAMS, REPO, covered_modules, dvc_stages, load_stage, photoid_imports, script_of
@@ -116,7 +117,8 @@ def test_the_options_check_fails_on_a_parameter_given_an_option_of_its_own(tmp_p
 
 CONFIGS = [(DemoConfig, ("data.demo",)), (DetectConfig, ("detect",)), (KeypointConfig, ("local",)),
            (MatchConfig, ("rerank",)), (RerankConfig, ("rerank",)), (BackboneParams, ("train",)),
-           (ClassifierParams, ("backbone",)), (DolgParams, ("dolg",)), (TrainConfig, ("train", "backbone", "dolg"))]
+           (ClassifierParams, ("backbone",)), (DolgParams, ("dolg",)), (TrainConfig, ("train", "backbone", "dolg")),
+           (Search, ("knn",))]
 
 
 @pytest.mark.parametrize("cls,sections", CONFIGS, ids=[c.__name__ for c, _ in CONFIGS])

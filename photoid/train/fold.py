@@ -239,6 +239,17 @@ def dolg_configs(params: Params) -> tuple[BackboneParams, DolgParams, TrainConfi
     return params.build(BackboneParams, "train"), params.build(DolgParams, "dolg"), train_config(params, "dolg", "val_map5")
 
 
+def dolg_config(bp: BackboneParams, p: DolgParams, data: FoldData) -> dict:
+    """The DOLG + ArcFace model train-dolg builds for a fold: its dims from params, one class per
+    training individual, each with the adaptive margin of its photo count."""
+    counts = data.train["individual"].value_counts().reindex(data.classes).to_numpy()
+    margins = adaptive_margins(counts, p.margin_rule, m_min=p.margin_min, m_max=p.margin_max, a=p.margin_a,
+                               p=p.margin_p, b=p.margin_b)
+    return dict(kind="dolg", backbone=bp.backbone, embedding_dim=p.embedding_dim, local_dim=p.local_dim,
+                dilations=list(p.dilations), n_classes=len(data.classes), margins=margins.tolist(), scale=p.scale,
+                subcenters=p.subcenters, drop_rate=p.drop_rate)
+
+
 def train_dolg(split: pd.DataFrame, fold: int, backbone_ckpt: Path, bp: BackboneParams, p: DolgParams,
                cfg: TrainConfig, out: Path, state_dir: Path | None, log=None, stop_after=None,
                extra_rows: pd.DataFrame | None = None, init_ckpt: Path | None = None, baselines: bool = True,
@@ -253,12 +264,8 @@ def train_dolg(split: pd.DataFrame, fold: int, backbone_ckpt: Path, bp: Backbone
     if extra_rows is not None and len(extra_rows):
         data = FoldData(pd.concat([data.train, extra_rows], ignore_index=True), data.val, data.classes)
     backbone_model, _ = load_model(backbone_ckpt)
-    counts = data.train["individual"].value_counts().reindex(data.classes).to_numpy()
-    margins = adaptive_margins(counts, p.margin_rule, m_min=p.margin_min, m_max=p.margin_max, a=p.margin_a,
-                               p=p.margin_p, b=p.margin_b)
-    config = dict(kind="dolg", backbone=bp.backbone, embedding_dim=p.embedding_dim, local_dim=p.local_dim,
-                  dilations=list(p.dilations), n_classes=len(data.classes), margins=margins.tolist(), scale=p.scale,
-                  subcenters=p.subcenters, drop_rate=p.drop_rate)
+    config = dolg_config(bp, p, data)
+    margins = config["margins"]
     seed_everything(cfg.seed)
     if init_ckpt is None:
         model = create_model(config)
@@ -267,7 +274,7 @@ def train_dolg(split: pd.DataFrame, fold: int, backbone_ckpt: Path, bp: Backbone
         trained, ckpt = load_model(init_ckpt)
         if ckpt.get("classes") != data.classes:
             raise ValueError(f"{init_ckpt} was trained on other classes than fold {fold} has: re-run train-dolg")
-        config = dict(ckpt["config"], margins=margins.tolist())
+        config = dict(ckpt["config"], margins=margins)
         model = create_model(config)
         state = trained.state_dict()
         state["head.margins"] = model.head.margins

@@ -133,10 +133,8 @@ class SeededItems(Dataset):
             return self.dataset[i]
 
 
-def _seed_epoch(seed: int, epoch: int) -> int:
-    s = seed * 100_003 + epoch
-    seed_everything(s)
-    return s
+def _seed_epoch(seed: int, epoch: int) -> None:
+    seed_everything(seed * 100_003 + epoch)
 
 
 def build_optimizer(model: nn.Module, lrs: dict[str, float], weight_decay: float) -> torch.optim.Optimizer:
