@@ -31,7 +31,8 @@ def main(
     fold: str = FOLD_OPTION,
     split: Path = typer.Option(paths.SPLIT_TABLE, help="The split table."),
     pseudo: Path = typer.Option(paths.PSEUDO_TABLE, help="The pseudo-label table."),
-    crops: Path = typer.Option(paths.CROPS_TABLE, help="The crop table (what to embed)."),
+    crops: Path = typer.Option(paths.CROPS_TABLE, help="The crop table (what to embed; its training photos "
+                                                            "validate each epoch as knn-rank's cross-validation does)."),
     inputs: Path = typer.Option(Path("."), help="The folder whose models/, metrics/curves/ and data/processed/embeddings/ "
                                 "hold train-backbone's, train-dolg's and embed's outputs for this fold (the project's "
                                 "layout) [default: the project itself]."),
@@ -51,7 +52,7 @@ def main(
     fold, out = run.out.fold, run.out
     dolg, backbone = paths.FoldOutputs("dolg", fold, inputs), paths.FoldOutputs("backbone", fold, inputs)
 
-    split_table = read_parquet(split)
+    split_table, crop_table = read_parquet(split), read_parquet(crops)
     pseudo_table = read_parquet(pseudo)
     rows = pseudo_rows_for_fold(pseudo_table, split_table, fold) if fold != ALL else pseudo_table.iloc[:0]
     if not enabled or rows.empty:
@@ -72,7 +73,7 @@ def main(
 
     if init == "dolg":
         cfg.freeze_epochs, cfg.select_initial = 0, cfg.select != ""  # already adapted: no linear probe
-    result = train_dolg(split_table, fold, backbone.model_dir / "model.pt", bp, p, cfg, out.model_dir / "model.pt",
+    result = train_dolg(split_table, crop_table, fold, backbone.model_dir / "model.pt", bp, p, cfg, out.model_dir / "model.pt",
                         out.state_dir, log=run.log, extra_rows=rows,
                         init_ckpt=dolg.model_dir / "model.pt" if init == "dolg" else None,
                         baselines=False,  # train-dolg's metrics have them for this fold
@@ -80,7 +81,7 @@ def main(
     if not run.writes:
         return
     run.close()
-    info = embed_checkpoint(out.model_dir / "model.pt", read_parquet(crops), out.embeddings, flip_tta,
+    info = embed_checkpoint(out.model_dir / "model.pt", crop_table, out.embeddings, flip_tta,
                             embed_batch_size, embed_workers)
     write_json({**result, "retrained": True, "pseudo_rows": len(rows), "embed_img_per_s": info["img_per_s"]}, out.metrics)
     print(f"retrain fold {fold}: {len(rows)} pseudo-labelled images added; val MAP@5 {result['val_map5']:.3f} "

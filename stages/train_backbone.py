@@ -27,6 +27,8 @@ app = stage_app(__doc__, READS)
 def main(
     fold: str = FOLD_OPTION,
     split: Path = typer.Option(paths.SPLIT_TABLE, help="The split table."),
+    crops: Path = typer.Option(paths.CROPS_TABLE, help="The crop table (its training photos are cached at the training "
+                               "size, for this stage and train-dolg)."),
     outputs: Path = OUTPUTS_OPTION,
     params_file: Path = PARAMS_OPTION,
     overrides: list[str] = SET_OPTION,
@@ -35,7 +37,7 @@ def main(
     bp, p, cfg = backbone_configs(P)
     P.check_all_read()
     run = FoldRun("backbone", parse_fold(fold), outputs)
-    result = train_backbone(read_parquet(split), run.out.fold, bp, p, cfg, run.out.model_dir / "model.pt",
+    result = train_backbone(read_parquet(split), read_parquet(crops), run.out.fold, bp, p, cfg, run.out.model_dir / "model.pt",
                             run.out.state_dir, log=run.log, cache_dir=run.out.crop_cache)
     if run.writes:
         run.finish(result)

@@ -1,6 +1,7 @@
 """train-dolg: DOLG on the fold's trained backbone, ArcFace with adaptive margins, discriminative
-learning rates. Validation MAP@5 of the fold's validation images (known + held-out new) against
-its training images; the plain backbone's pooled features are scored the same way for comparison.
+learning rates. Validation: the fold's embedding CV MAP@5 as knn-rank computes it (its validation photos, known,
+held-out and rare, against every other training photo); the plain backbone's pooled features and the
+untrained pretrained ones are scored the same way for comparison.
 Resumable like train-backbone.
 """
 
@@ -26,6 +27,8 @@ def main(
     fold: str = FOLD_OPTION,
     backbone_dir: Path = fold_path_option("model_dir", "backbone", "train-backbone's output"),
     split: Path = typer.Option(paths.SPLIT_TABLE, help="The split table."),
+    crops: Path = typer.Option(paths.CROPS_TABLE, help="The crop table (its training photos validate each epoch as "
+                               "knn-rank's cross-validation does)."),
     outputs: Path = OUTPUTS_OPTION,
     params_file: Path = PARAMS_OPTION,
     overrides: list[str] = SET_OPTION,
@@ -35,7 +38,7 @@ def main(
     P.check_all_read()
     run = FoldRun("dolg", parse_fold(fold), outputs)
     backbone_dir = backbone_dir or paths.FoldOutputs("backbone", run.out.fold).model_dir
-    result = train_dolg(read_parquet(split), run.out.fold, Path(backbone_dir) / "model.pt", bp, p, cfg,
+    result = train_dolg(read_parquet(split), read_parquet(crops), run.out.fold, Path(backbone_dir) / "model.pt", bp, p, cfg,
                         run.out.model_dir / "model.pt", run.out.state_dir, log=run.log,
                         cache_dir=run.out.crop_cache)
     if run.writes:

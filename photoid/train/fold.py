@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from photoid.crop_cache import CropCache
+from photoid.data.schema import TRAIN
 from photoid.data.split import ALL, fold_view
 from photoid.datasets import CropDataset, eval_transform, train_transform
-from photoid.embed import embed_paths, iter_embeddings
+from photoid.embed import EmbeddingSet, iter_embeddings
 from photoid.errors import DataError
 from photoid.io import write_json
 from photoid.models import create_model, load_model, save_model
@@ -32,7 +33,7 @@ from photoid.models.arcface import adaptive_margins
 from photoid.models.weights import is_random, normalise_spec
 from photoid.params import Params
 from photoid.paths import FoldOutputs
-from photoid.retrieval import evaluate
+from photoid.ranking import choose_thresholds, cross_validate, pool, scores
 from photoid.runtime import seed_everything
 from photoid.train.live import EpochLog
 from photoid.train.loop import TrainConfig, config_key, distributed, finished, fit, selected
@@ -102,18 +103,34 @@ class FoldData:
         return [self.train["image_id"].tolist(), self.train["individual"].tolist(), self.val["image_id"].tolist()]
 
 
-def fold_retrieval_metrics(model_embed, data: FoldData, img_size: int, device=None,
-                           cache: CropCache | None = None) -> dict:
-    """MAP@5 of the fold's validation images against its training images, ranked as knn-rank ranks
-    by default: flip-TTA queries, every gallery image also entered as its mirror image. ``cache``:
-    the crops read from it (at ``img_size``: the same pixels as decoding and resizing them)."""
-    pairs = list(iter_embeddings(model_embed, data.train["crop_path"], img_size, flip=True, device=device,
-                                 desc="gallery", cache=cache))
-    gallery = np.concatenate([e for e, _ in pairs] + [f for _, f in pairs])
-    labels = data.train["individual"].to_numpy()
-    queries = embed_paths(model_embed, data.val["crop_path"], img_size, flip=True, device=device, desc="queries",
-                          cache=cache)
-    return evaluate(queries, data.val["individual"].to_numpy(), gallery, np.concatenate([labels, labels]))
+VALIDATION_NEIGHBOURS = 100  # gallery entries searched per validation query (knn.neighbours' default)
+
+
+def training_crops(crops: pd.DataFrame) -> pd.DataFrame:
+    """The crop table's training photos: those of rare individuals too (not in the split, never
+    trained on), which knn-rank's cross-validation queries and keeps in its galleries."""
+    return crops[crops["part"] == TRAIN].reset_index(drop=True)
+
+
+def fold_retrieval_metrics(model_embed, crops: pd.DataFrame, split: pd.DataFrame, fold: int, img_size: int,
+                           device=None, cache: CropCache | None = None) -> dict:
+    """The fold's CV figures exactly as knn-rank computes them from embeddings
+    (photoid.ranking.cross_validate, scores): the fold's validation photos and its rare individuals'
+    photos as queries against every other training photo of a known individual, flip-TTA queries,
+    every gallery photo also entered as its mirror image, the new_individual threshold tuned for
+    MAP@5 on these queries. So the epoch kept for the best ``val_map5`` (and retrain's choice between
+    its starting weights and its epochs) is the best by the embedding CV MAP@5 knn-rank reports for
+    this fold. ``crops``: the training crops (:func:`training_crops`); ``cache``: the crops read from
+    it (at ``img_size``: the same pixels as decoding and resizing them)."""
+    rows = training_crops(crops)
+    pairs = list(iter_embeddings(model_embed, rows["crop_path"], img_size, flip=True, device=device,
+                                 desc="validation", cache=cache))
+    vectors = EmbeddingSet(rows, np.concatenate([e for e, _ in pairs]), np.concatenate([f for _, f in pairs]), {})
+    cv = pool(cross_validate([vectors], [fold], split, VALIDATION_NEIGHBOURS))
+    thresholds = choose_thresholds(cv)
+    figures = scores(cv, thresholds)
+    return {"threshold": thresholds.overall,
+            **{k: figures[k] for k in ("map5", "top1", "map5_without_new", "map5_known")}}
 
 
 @dataclass
@@ -167,9 +184,11 @@ def crop_cache(paths, img_size: int, cache_dir: Path | None, workers: int = 0) -
     return cache if rank == 0 else CropCache.open(paths, img_size, cache_dir, workers)
 
 
-def train_backbone(split: pd.DataFrame, fold: int, bp: BackboneParams, p: ClassifierParams, cfg: TrainConfig, out: Path,
-                   state_dir: Path | None, log=None, stop_after=None, cache_dir: Path | None = None) -> dict:
-    """``cache_dir``: where the crops are cached at the training size (photoid.crop_cache); without
+def train_backbone(split: pd.DataFrame, crops: pd.DataFrame, fold: int, bp: BackboneParams, p: ClassifierParams,
+                   cfg: TrainConfig, out: Path, state_dir: Path | None, log=None, stop_after=None,
+                   cache_dir: Path | None = None) -> dict:
+    """``crops``: the crop table (its training photos are cached, the set train-dolg validates with);
+    ``cache_dir``: where the crops are cached at the training size (photoid.crop_cache); without
     it every epoch decodes the JPEGs."""
     data = FoldData.of(split, fold)
     config = dict(kind="classifier", backbone=bp.backbone, n_classes=len(data.classes), pretrained=bp.pretrained,
@@ -178,7 +197,7 @@ def train_backbone(split: pd.DataFrame, fold: int, bp: BackboneParams, p: Classi
     model = create_model(config)
     if model.weights_report is not None:
         print(model.weights_report.summary())
-    cache = crop_cache(split["crop_path"], bp.img_size, cache_dir, cfg.workers)  # once the weights are known to fit
+    cache = crop_cache(training_crops(crops)["crop_path"], bp.img_size, cache_dir, cfg.workers)  # weights fit: now
     ds = CropDataset(data.train["crop_path"], data.labels(data.train), train_transform(bp.img_size, bp.hflip), cache)
     known_val = data.known_val()
     val_x = CropDataset(known_val["crop_path"], data.labels(known_val), eval_transform(bp.img_size), cache)
@@ -250,11 +269,13 @@ def dolg_config(bp: BackboneParams, p: DolgParams, data: FoldData) -> dict:
                 subcenters=p.subcenters, drop_rate=p.drop_rate)
 
 
-def train_dolg(split: pd.DataFrame, fold: int, backbone_ckpt: Path, bp: BackboneParams, p: DolgParams,
-               cfg: TrainConfig, out: Path, state_dir: Path | None, log=None, stop_after=None,
+def train_dolg(split: pd.DataFrame, crops: pd.DataFrame, fold: int, backbone_ckpt: Path, bp: BackboneParams,
+               p: DolgParams, cfg: TrainConfig, out: Path, state_dir: Path | None, log=None, stop_after=None,
                extra_rows: pd.DataFrame | None = None, init_ckpt: Path | None = None, baselines: bool = True,
                cache_dir: Path | None = None) -> dict:
-    """``extra_rows`` (retrain): more labelled training rows (pseudo-labels) for this fold.
+    """``crops``: the crop table, whose training photos validate each epoch as knn-rank's CV does
+    (:func:`fold_retrieval_metrics`; pseudo-labelled test photos are trained on, never a gallery there).
+    ``extra_rows`` (retrain): more labelled training rows (pseudo-labels) for this fold.
     ``init_ckpt`` (retrain): start from that trained DOLG model of the same fold (its ArcFace head
     too; the margins follow the new class counts) instead of from the backbone alone.
     ``baselines``: also score the plain backbone's features and the untrained pretrained ones on the
@@ -279,11 +300,12 @@ def train_dolg(split: pd.DataFrame, fold: int, backbone_ckpt: Path, bp: Backbone
         state = trained.state_dict()
         state["head.margins"] = model.head.margins
         model.load_state_dict(state)
-    cache = crop_cache(pd.concat([split["crop_path"], data.train["crop_path"]]), bp.img_size, cache_dir, cfg.workers)
+    cache = crop_cache(pd.concat([training_crops(crops)["crop_path"], data.train["crop_path"]]), bp.img_size,
+                       cache_dir, cfg.workers)
     ds = CropDataset(data.train["crop_path"], data.labels(data.train), train_transform(bp.img_size, bp.hflip), cache)
 
     def validate(m, epoch):
-        return {f"val_{k}": v for k, v in fold_retrieval_metrics(m.embed, data, bp.img_size,
+        return {f"val_{k}": v for k, v in fold_retrieval_metrics(m.embed, crops, split, fold, bp.img_size,
                                                                  next(m.parameters()).device, cache).items()}
 
     validating = not data.val.empty
@@ -292,6 +314,7 @@ def train_dolg(split: pd.DataFrame, fold: int, backbone_ckpt: Path, bp: Backbone
 
     cfg.lrs = {"backbone": p.lr_backbone, "dolg": p.lr_dolg, "neck": p.lr_neck, "head": p.lr_head}
     key = config_key("dolg", asdict(bp), asdict(p), asdict(cfg), config, data.digest(), file_digest(backbone_ckpt),
+                     training_crops(crops)["image_id"].tolist(),  # the validation's queries and galleries
                      extra_rows["image_id"].tolist() if extra_rows is not None else [],
                      file_digest(init_ckpt) if init_ckpt is not None else "")
     history = fit(model, lambda m, x, y: F.cross_entropy(m(x, y), y), ds, cfg, state_dir, key,
@@ -304,20 +327,18 @@ def train_dolg(split: pd.DataFrame, fold: int, backbone_ckpt: Path, bp: Backbone
            "train_loss": kept["train_loss"], "img_per_s": kept["img_per_s"]}
     if not validating:
         return out
-    out.update({"val_map5": kept["val_map5"], "val_top1": kept["val_top1"],
-                "val_map5_without_new": kept["val_map5_without_new"], "val_threshold": kept["val_threshold"]})
+    out.update({f"val_{k}": kept[f"val_{k}"] for k in ("map5", "top1", "map5_without_new", "map5_known", "threshold")})
     if not baselines:
         return out
     device = next(model.parameters()).device  # score the plain backbone where DOLG was trained
     backbone_model.to(device).eval()
-    plain = fold_retrieval_metrics(backbone_model.embed, data, bp.img_size, device, cache)
-    out.update({"backbone_val_map5": plain["map5"], "backbone_val_top1": plain["top1"],
-                "backbone_val_map5_without_new": plain["map5_without_new"]})
+    plain = fold_retrieval_metrics(backbone_model.embed, crops, split, fold, bp.img_size, device, cache)
+    out.update({f"backbone_val_{k}": plain[k] for k in ("map5", "top1", "map5_without_new", "map5_known")})
     if not is_random(bp.pretrained):  # what fine-tuning must beat: the same pretrained features, untrained
         untrained = create_model(dict(kind="classifier", backbone=bp.backbone, n_classes=1, pretrained=bp.pretrained))
-        base = fold_retrieval_metrics(untrained.to(device).eval().embed, data, bp.img_size, device, cache)
-        out.update({"untrained_val_map5": base["map5"], "untrained_val_top1": base["top1"],
-                    "untrained_val_map5_without_new": base["map5_without_new"]})
+        base = fold_retrieval_metrics(untrained.to(device).eval().embed, crops, split, fold, bp.img_size, device,
+                                      cache)
+        out.update({f"untrained_val_{k}": base[k] for k in ("map5", "top1", "map5_without_new", "map5_known")})
     return out
 
 
