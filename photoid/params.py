@@ -171,8 +171,8 @@ def load_params(reads: tuple[str, ...], path: Path = PARAMS_FILE, overrides: lis
         if key not in values:
             near = sorted(k for k in values if k.rsplit(".", 1)[0] == key.rsplit(".", 1)[0])
             raise DataError(f"--set {key}: {path} has no such parameter" + (f" (there are {', '.join(near)})." if near else "."))
-        try:
-            values[key] = yaml.safe_load(text)
+        try:  # `key=` is the empty string, as dvc exp run -S reads it (YAML would read null)
+            values[key] = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError:
             values[key] = text
     return Params(values, tuple(reads), str(path))

@@ -415,7 +415,8 @@ def test_the_stage_reports_copies_and_warnings_and_check_data_lists_what_dvc_can
     write(ds.test("t9.jpg"), ds.train("a.jpg").read_bytes())  # a leak
     [p.unlink() for p in (ds.root / "test_images").glob("t[12].jpg")]
     pd.DataFrame(ds.rows, columns=["image", "species", "individual_id"]).to_csv(ds.root / "train.csv", index=False)
-    given = ["--params", str(REPO / "params.yaml"), "--set", "data.source=happywhale", "--set", f"data.root={ds.root}"]
+    given = ["--params", str(REPO / "params.yaml"), "--set", "data.source=happywhale", "--set", f"data.root={ds.root}",
+             "--set", "data.group_col="]
     done = _run("stages/ingest.py", *given, "--out-dir", str(tmp_path / "out"), "--metrics", str(tmp_path / "m.json"),
                 cwd=REPO)
     assert done.returncode == 0, done.stderr

@@ -379,8 +379,9 @@ def test_marine_sample_runs_through_every_stage(tmp_path, marine_sample):
     """Real photos with messy labels and no test part: every stage runs, CV metrics come out, the
     submission is an empty table with its header, and nothing is lost."""
     root = make_project(tmp_path / "marine", {
-        "data.source": "csv", "data.root": str(marine_sample), "data.labels": "dolphin.csv,seal.csv,whale.csv",
-        "data.image_col": "Image", "data.individual_col": "UniqueID,ID", "filter.min_samples": 3})
+        "data.source": "csv", "data.group_col": "", "data.root": str(marine_sample),
+        "data.labels": "dolphin.csv,seal.csv,whale.csv", "data.image_col": "Image", "data.individual_col": "UniqueID,ID",
+        "filter.min_samples": 3})
     out = dvc(root, "repro")
     assert stages_run(out) == ALL_STAGES
     images = pd.read_parquet(root / "data/interim/ingest/images.parquet")

@@ -36,8 +36,9 @@ def test_ingest_bad_labels_exit_2_with_a_clear_message(tmp_path, photo):
     photo("set/whale/a.jpg")
     pd.DataFrame({"Image": ["a.jpg", "b.jpg"], "ID": ["W1", "W2"]}).to_csv(tmp_path / "set" / "whale.csv", index=False)
     result = CliRunner().invoke(_app("ingest"), [
-        *_params("data.source=csv", f"data.root={tmp_path / 'set'}", "data.labels=whale.csv", "data.image_col=Image",
-                 "data.individual_col=ID"), "--out-dir", str(tmp_path / "out"), "--metrics", str(tmp_path / "m.json")])
+        *_params("data.group_col=", "data.source=csv", f"data.root={tmp_path / 'set'}", "data.labels=whale.csv",
+                 "data.image_col=Image", "data.individual_col=ID"),
+        "--out-dir", str(tmp_path / "out"), "--metrics", str(tmp_path / "m.json")])
     assert result.exit_code == 2
     assert "b.jpg" in result.output and "whale.csv line 3" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()  # nothing half-written
@@ -48,8 +49,8 @@ def test_ingest_writes_tables_and_counts(tmp_path, photo):
         photo(f"set/ind{n % 2}/{n}.jpg")
     (tmp_path / "set" / "ind0" / "broken.jpg").write_bytes(b"")
     out = tmp_path / "out"
-    result = CliRunner().invoke(_app("ingest"), [*_params("data.source=folders", f"data.root={tmp_path / 'set'}"),
-                                                 "--out-dir", str(out), "--metrics", str(tmp_path / "m.json")])
+    given = _params("data.group_col=", "data.source=folders", f"data.root={tmp_path / 'set'}")
+    result = CliRunner().invoke(_app("ingest"), [*given, "--out-dir", str(out), "--metrics", str(tmp_path / "m.json")])
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert (metrics["images"], metrics["rejected"], metrics["rejected_by_reason"]) == (3, 1, {"empty file": 1})
@@ -62,7 +63,7 @@ def test_ingest_trains_on_confirmed_test_photos_and_counts_them(tmp_path, photo)
         photo(f"set/ind{n}/{n}.jpg")
     photo("set/survey/t.jpg")
     out, m = tmp_path / "out", tmp_path / "m.json"
-    base = _params("data.source=folders", f"data.root={tmp_path / 'set'}", "data.test_dir=survey")
+    base = _params("data.group_col=", "data.source=folders", f"data.root={tmp_path / 'set'}", "data.test_dir=survey")
     assert CliRunner().invoke(_app("ingest"), [*base, "--out-dir", str(out), "--metrics", str(m)]).exit_code == 0
     test_id = pd.read_parquet(out / "images.parquet").query("part == 'test'")["image_id"].item()
     (tmp_path / "set" / "confirmed.csv").write_text(f"image,individual_id\n{test_id},ind1\n")

@@ -150,6 +150,8 @@ def test_a_stage_stops_on_a_key_it_does_not_use_a_misspelt_set_or_a_wrong_type(t
         load_params(("dolg",), PARAMS, ["knn.threshold=0.5"])
     with pytest.raises(DataError, match="dolg.epochs takes int, got 'many'"):
         load_params(("dolg",), PARAMS, ["dolg.epochs=many"]).int("dolg.epochs")
+    # `key=` is the empty string, as dvc exp run -S reads it (e.g. data.group_col= for photos without encounters)
+    assert load_params(("data",), PARAMS, ["data.group_col="]).str("data.group_col") == ""
     with pytest.raises(DataError, match="not found"):
         load_params(("dolg",), tmp_path / "missing.yaml")
     # --set reads its value as YAML, as `dvc exp run -S` does

@@ -134,7 +134,9 @@ def read_label_file(path: Path, wanted: dict[str, list[str]], optional: set[str]
         if found is None and role not in optional:
             raise DataError(
                 f"{path}: no {role} column; looked for {candidates}, the file has {list(df.columns)}. "
-                f"Name the right column in params.yaml (data.{role}_col; several candidates may be given comma-separated)."
+                f"Name the right column in params.yaml (data.{role}_col; several candidates may be given comma-separated)"
+                + (", or set data.group_col to '' where photos have no such column (each photo is then a group of its "
+                   "own: the demo has one with data.demo.photos_per_encounter above 1)." if role == "group" else ".")
             )
         if found is not None:
             used[role] = found
