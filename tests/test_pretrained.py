@@ -71,11 +71,13 @@ def test_a_stage_reports_wrong_weights_without_a_traceback(tmp_path):
     split = tmp_path / "split.parquet"
     import pandas as pd
 
-    pd.DataFrame({"image_id": ["a", "b"], "individual": ["x", "y"], "species": ["s", "s"],
-                  "crop_path": ["a.jpg", "b.jpg"], "fold": [0, 1], "is_new": [False, False]}).to_parquet(split)
+    crops = pd.DataFrame({"image_id": ["a", "b"], "part": ["train", "train"], "individual": ["x", "y"],
+                          "species": ["s", "s"], "crop_path": ["a.jpg", "b.jpg"]})
+    crops.to_parquet(tmp_path / "crops.parquet")
+    crops.assign(fold=[0, 1], is_new=[False, False]).drop(columns="part").to_parquet(split)
     run = subprocess.run([sys.executable, "stages/train_backbone.py", "--fold", "0", "--set", "train.backbone=resnet18",
                           "--set", f"train.pretrained={tmp_path / 'wrong.pth'}", "--split", str(split),
-                          "--outputs", str(tmp_path / "out")],
+                          "--crops", str(tmp_path / "crops.parquet"), "--outputs", str(tmp_path / "out")],
                          cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 2, run.stderr
     assert "do not fit the model" in run.stderr and "Traceback" not in run.stderr
