@@ -72,38 +72,49 @@ def test_repro_runs_every_data_stage_and_writes_the_tables(project):
     assert report["queries"] == len(test_ids) and (root / "reports/review.html").stat().st_size == report["bytes"]
 
 
+def _retrain_by_hand(root, outputs: str, last: bool, select_best: bool) -> dict:
+    """retrain run by hand (outputs under ``outputs``) on two test photos pseudo-labelled as one
+    individual fold 0 trains (the first or ``last`` of them, on the first or last two test photos),
+    with the project's (tiny) params and pseudo-labelling on (an earlier test turned it off); its
+    metrics."""
+    import subprocess
+    import sys
+
+    from tests.pipeline import env
+
+    split = pd.read_parquet(root / "data/processed/split.parquet")
+    crops = pd.read_parquet(root / "data/processed/crops/crops.parquet")
+    trained = split[(~split.is_new) & (split.fold != 0)]["individual"].iloc[-1 if last else 0]
+    test = crops[crops.part == "test"]
+    test = test.tail(2) if last else test.head(2)
+    pseudo = test[["image_id", "part", "crop_path"]].assign(individual=trained, species="x", confidence=0.9, margin=0.1,
+                                                             fold=0)
+    pseudo.to_parquet(root / f"pseudo_{outputs}.parquet", index=False)
+    args = [sys.executable, "stages/retrain.py", "--fold", "0", "-S", "pseudo.enabled=true", "-S", "retrain.epochs=1",
+            "-S", "retrain.init=dolg", "-S", f"dolg.select_best={str(select_best).lower()}",
+            "--pseudo", f"pseudo_{outputs}.parquet", "--outputs", outputs]
+    done = subprocess.run(args, cwd=root, env=env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return json.loads((root / outputs / "metrics/retrain/fold0.json").read_text())
+
+
 def test_training_validates_each_epoch_exactly_as_knn_rank_cross_validates(project):
     """The epoch train-dolg keeps, and retrain's choice between its starting weights and its epochs,
     are chosen by the very figure knn-rank reports: the fold's embedding CV MAP@5 (rare individuals'
     photos among the queries, pseudo-labelled test photos never in the gallery). So retraining cannot
     lower it."""
-    import subprocess
-    import sys
-
     from photoid.ranking import cv_figures
     from photoid.train.fold import VALIDATION_NEIGHBOURS
-    from tests.pipeline import env
 
     root, _ = project
     split = pd.read_parquet(root / "data/processed/split.parquet")
-    crops = pd.read_parquet(root / "data/processed/crops/crops.parquet")
     emb = root / "data/processed/embeddings"
     dolg = json.loads((root / "metrics/dolg/fold0.json").read_text())
     before = cv_figures(emb / "dolg", [0], split, VALIDATION_NEIGHBOURS)
     assert dolg["val_map5"] == pytest.approx(before["map5"], abs=1e-9)
     assert dolg["val_map5_known"] == pytest.approx(before["map5_known"], abs=1e-9)
     # retrain on two (wrong or right) pseudo-labels, its starting weights competing with its epoch
-    trained = split[(~split.is_new) & (split.fold != 0)]["individual"].iloc[-1]
-    test = crops[crops.part == "test"].tail(2)
-    pseudo = test[["image_id", "part", "crop_path"]].assign(individual=trained, species="x", confidence=0.9, margin=0.1,
-                                                             fold=0)
-    pseudo.to_parquet(root / "pseudo_validate.parquet", index=False)
-    args = [sys.executable, "stages/retrain.py", "--fold", "0", "-S", "pseudo.enabled=true", "-S", "retrain.epochs=1",
-            "-S", "retrain.init=dolg", "-S", "dolg.select_best=true", "--pseudo", "pseudo_validate.parquet",
-            "--outputs", "validate"]
-    done = subprocess.run(args, cwd=root, env=env(), capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    m = json.loads((root / "validate/metrics/retrain/fold0.json").read_text())
+    m = _retrain_by_hand(root, "validate", last=True, select_best=True)
     after = cv_figures(root / "validate" / emb.relative_to(root) / "retrain", [0], split, VALIDATION_NEIGHBOURS)
     assert m["retrained"] and m["val_map5"] == pytest.approx(after["map5"], abs=1e-9)
     assert after["map5"] >= before["map5"] - 1e-9
@@ -279,29 +290,13 @@ def test_pseudo_labelling_off_passes_the_models_through(project):
 
 
 def test_retrain_trains_on_pseudo_labels_and_embeds_with_the_new_model(project):
-    import subprocess
-    import sys
-
     import numpy as np
-
-    from tests.pipeline import env
 
     root, _ = project
     split = pd.read_parquet(root / "data/processed/split.parquet")
     crops = pd.read_parquet(root / "data/processed/crops/crops.parquet")
-    trained = split[(~split.is_new) & (split.fold != 0)]["individual"].iloc[0]
-    test = crops[crops.part == "test"].head(2)
-    pseudo = test[["image_id", "part", "crop_path"]].assign(individual=trained, species="x", confidence=0.9, margin=0.1,
-                                                             fold=0)
-    pseudo.to_parquet(root / "pseudo_test.parquet", index=False)
-    # the project's params (tiny), with pseudo-labelling on (an earlier test turned it off): fine-tunes
-    # train-dolg's model (retrain.init dolg) for one epoch and keeps that epoch
-    args = [sys.executable, "stages/retrain.py", "--fold", "0", "-S", "pseudo.enabled=true", "-S", "retrain.epochs=1",
-            "-S", "retrain.init=dolg", "-S", "dolg.select_best=false", "--pseudo", "pseudo_test.parquet",
-            "--outputs", "rt"]
-    done = subprocess.run(args, cwd=root, env=env(), capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    m = json.loads((root / "rt/metrics/retrain/fold0.json").read_text())
+    # fine-tunes train-dolg's model (retrain.init dolg) for one epoch and keeps that epoch
+    m = _retrain_by_hand(root, "rt", last=False, select_best=False)
     assert m["retrained"] and m["pseudo_rows"] == 2 and m["train_images"] == m["pseudo_rows"] + len(
         split[(~split.is_new) & (split.fold != 0)])
     new = np.load(root / "rt/data/processed/embeddings/retrain/fold0/embeddings.npy")

@@ -104,6 +104,7 @@ class FoldData:
 
 
 VALIDATION_NEIGHBOURS = 100  # gallery entries searched per validation query (knn.neighbours' default)
+VALIDATION_FIGURES = ("map5", "top1", "map5_without_new", "map5_known")  # of photoid.ranking.scores
 
 
 def training_crops(crops: pd.DataFrame) -> pd.DataFrame:
@@ -129,8 +130,7 @@ def fold_retrieval_metrics(model_embed, crops: pd.DataFrame, split: pd.DataFrame
     cv = pool(cross_validate([vectors], [fold], split, VALIDATION_NEIGHBOURS))
     thresholds = choose_thresholds(cv)
     figures = scores(cv, thresholds)
-    return {"threshold": thresholds.overall,
-            **{k: figures[k] for k in ("map5", "top1", "map5_without_new", "map5_known")}}
+    return {"threshold": thresholds.overall, **{k: figures[k] for k in VALIDATION_FIGURES}}
 
 
 @dataclass
@@ -327,18 +327,18 @@ def train_dolg(split: pd.DataFrame, crops: pd.DataFrame, fold: int, backbone_ckp
            "train_loss": kept["train_loss"], "img_per_s": kept["img_per_s"]}
     if not validating:
         return out
-    out.update({f"val_{k}": kept[f"val_{k}"] for k in ("map5", "top1", "map5_without_new", "map5_known", "threshold")})
+    out.update({f"val_{k}": kept[f"val_{k}"] for k in (*VALIDATION_FIGURES, "threshold")})
     if not baselines:
         return out
     device = next(model.parameters()).device  # score the plain backbone where DOLG was trained
     backbone_model.to(device).eval()
     plain = fold_retrieval_metrics(backbone_model.embed, crops, split, fold, bp.img_size, device, cache)
-    out.update({f"backbone_val_{k}": plain[k] for k in ("map5", "top1", "map5_without_new", "map5_known")})
+    out.update({f"backbone_val_{k}": plain[k] for k in VALIDATION_FIGURES})
     if not is_random(bp.pretrained):  # what fine-tuning must beat: the same pretrained features, untrained
         untrained = create_model(dict(kind="classifier", backbone=bp.backbone, n_classes=1, pretrained=bp.pretrained))
         base = fold_retrieval_metrics(untrained.to(device).eval().embed, crops, split, fold, bp.img_size, device,
                                       cache)
-        out.update({f"untrained_val_{k}": base[k] for k in ("map5", "top1", "map5_without_new", "map5_known")})
+        out.update({f"untrained_val_{k}": base[k] for k in VALIDATION_FIGURES})
     return out
 
 
