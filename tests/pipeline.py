@@ -23,6 +23,7 @@ TINY_PARAMS = {
     "train.backbone": "resnet18", "train.pretrained": "false", "train.img_size": 48, "train.batch_size": 8,
     "train.frozen_stages": 0, "backbone.freeze_epochs": 0, "dolg.freeze_epochs": 0,
     "backbone.epochs": 1, "dolg.epochs": 1, "dolg.embedding_dim": 32, "dolg.local_dim": 32, "retrain.epochs": 1,
+    "ensemble.folds": [0],  # one model per run (the default's fold all has a test of its own)
 }
 
 
