@@ -1,21 +1,21 @@
 """Pseudo-labels: confident test predictions become extra training labels.
 
-A test image's prediction has two confidences: the fold-ensemble similarity of its best known
-individual (``top_score``) and that score's lead over the second individual (``margin``). An
-image becomes a pseudo-label for its best individual when
+A test image's prediction has two confidences: the score of its best known individual
+(``top_score``) and that score's lead over the second individual (``margin``). The scores are those
+the ranking answers with: with re-ranking on (knn-rank's default), the fused P(same individual) of
+the shortlist verified by local features; otherwise the fold-ensemble similarity. An image becomes
+a pseudo-label for its best individual when
 
 - its first prediction is that individual (not ``new_individual``: the tuned threshold is passed),
 - its confidence (``margin`` by default, or ``top_score``) reaches the cut, and
 - ``margin >= min_margin`` (two individuals almost tied is not a confident answer).
 
-The cut comes from the model's own scale, not a fixed similarity: by default it is the lowest
+The cut comes from the model's own scale, not a fixed number: by default it is the lowest
 confidence at which the CV queries (the split's validation images, ranked exactly as test images
 are) that are answered with a known individual first are right at least ``precision`` of the time
-(:func:`precision_cut`). The margin is the default confidence because it ranks right answers
-better: on the demo the 10 CV answers with the largest margins are all right, while the 10 with
-the highest similarity are right 7 times (a look-alike of a new individual scores high too, but
-rarely far above the runner-up). A fixed number can still be given (Happywhale's 1st place kept
-similarity > 0.6, the 2nd > 0.8, on their models' scales).
+(:func:`precision_cut`). The margin is the default confidence because a look-alike of a new
+individual can score high too, but rarely far above the runner-up. A fixed number can still be
+given (Happywhale's 1st place kept similarity > 0.6, the 2nd > 0.8, on their models' scales).
 """
 
 from __future__ import annotations

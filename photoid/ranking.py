@@ -207,7 +207,7 @@ def test_vectors(sets: list[EmbeddingSet], query_index: np.ndarray, flips: Flips
 
 
 def rank_test_per_fold(sets: list[EmbeddingSet], folds: list[int], split: pd.DataFrame, search: "int | Search",
-                       flips: Flips = Flips()) -> list[Ranking]:
+                       flips: Flips = Flips(), shortlist: Shortlist = Shortlist()) -> list[Ranking]:
     """Test images ranked by each fold's model alone against every training image except that fold's
     validation images: what pseudo-labels for fold k come from, so that no fold trains on a test photo
     labelled by an image it validates on (often a near-duplicate of one encounter)."""
@@ -220,7 +220,7 @@ def rank_test_per_fold(sets: list[EmbeddingSet], folds: list[int], split: pd.Dat
         if len(g) == 0:
             raise DataError(f"fold {fold} leaves no training image for its gallery: check split.n_folds.")
         gallery, owners = s.gallery(g, flips.gallery)
-        r = _rank(s.queries(q, flips.query), rows.iloc[q], gallery, owners, rows, search)
+        r = _rank(s.queries(q, flips.query), rows.iloc[q], gallery, owners, rows, search, shortlist)
         r.fold = np.full(len(q), fold)
         out.append(r)
     return out

@@ -66,6 +66,21 @@ class RerankConfig:
             raise DataError(f"rerank.calibration_folds must be at least 2, got {self.calibration_folds}")
 
 
+def shortlisted_search(cfg: RerankConfig, search, split):
+    """(Shortlist, Search) of a ranking to be re-ranked, as knn-rank and pseudo-label rank: each query
+    keeps ``cfg.candidates`` individuals (0: every individual of the split table ``split``) with their best
+    ``cfg.photos`` gallery photos (0: all), and the search finds enough neighbours for them (an image and
+    its mirror are two entries; with all candidates or all photos, the whole gallery)."""
+    from dataclasses import replace
+
+    from photoid.ranking import Shortlist
+
+    width = cfg.candidates or int(split["individual"].nunique())
+    if not (cfg.candidates and cfg.photos):
+        return Shortlist(width, cfg.photos), replace(search, neighbours=len(split) * 2)
+    return Shortlist(width, cfg.photos), replace(search, neighbours=max(search.neighbours, 4 * width * cfg.photos))
+
+
 # ------------------------------------------------------------------------------------------- pairs
 
 _STORE = None

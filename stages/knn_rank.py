@@ -24,7 +24,6 @@ probability, the observed share of new individuals).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -48,7 +47,7 @@ from photoid.ranking import (
     save_ranker,
     submission,
 )
-from photoid.rerank import RerankConfig, rerank_result, similarity_new_probability
+from photoid.rerank import RerankConfig, rerank_result, shortlisted_search, similarity_new_probability
 from photoid.retrieval import Search
 
 READS = ("knn", "rerank", "ensemble")
@@ -87,13 +86,7 @@ def main(
     P.check_all_read()
     truth = read_parquet(test_truth) if Path(test_truth).exists() else None
     split_table = read_parquet(split)
-    shortlist, searched = Shortlist(), search
-    if reranking:
-        individuals = cfg.candidates or int(split_table["individual"].nunique())
-        shortlist = Shortlist(individuals, cfg.photos)
-        # enough neighbours for the shortlist's photos (an image and its mirror are two entries)
-        searched = replace(search, neighbours=len(split_table) * 2 if not (cfg.candidates and cfg.photos)
-                           else max(neighbours, 4 * individuals * cfg.photos))
+    shortlist, searched = shortlisted_search(cfg, search, split_table) if reranking else (Shortlist(), search)
     result = rank_all(embeddings, list(folds), split_table, searched, rule,
                       by_species, min_species_queries, truth, flips, shortlist)
     embedding = result.metrics()

@@ -7,7 +7,10 @@ per-species thresholds), from the embed stage's embeddings. A prediction is kept
 individual is its first answer, its confidence (--confidence: its lead over the second individual,
 or its similarity) reaches the cut, and it leads the second by --min-margin (see photoid.pseudo).
 The cut (--threshold auto) is the lowest confidence at which the CV queries' first answers reach
---precision. --enabled false writes an empty table: retrain then passes the models through.
+--precision. With re-ranking on (rerank.enabled, as knn-rank answers), CV and test shortlists are
+verified by local features and ranked by the fused P(same individual) (its CV probabilities cross-
+fitted, as knn-rank's), and the confidences are on that scale. --enabled false writes an empty
+table: retrain then passes the models through.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ from photoid.cli import PARAMS_OPTION, SET_OPTION, stage_app
 from photoid.data.split import cv_folds, ensemble_folds
 from photoid.errors import DataError
 from photoid.io import read_parquet, write_json, write_parquet
+from photoid.local_features import MatchConfig
 from photoid.params import load_params
 from photoid.pseudo import PSEUDO_COLUMNS, cv_answers, precision_cut, pseudo_label_figures, select_pseudo_labels
 from photoid.ranking import (
     Flips,
+    Shortlist,
     ThresholdRule,
     choose_thresholds,
     load_fold_sets,
@@ -34,10 +39,11 @@ from photoid.ranking import (
     rank_sets,
     rank_test_per_fold,
 )
+from photoid.rerank import RerankConfig, rerank_queries, rerank_result, shortlisted_search
 from photoid.retrieval import Search
 
 READS = ("pseudo", "ensemble", "knn.neighbours", "knn.index", "knn.ivf_lists", "knn.ivf_probe", "knn.threshold",
-         "knn.per_species", "knn.min_species_queries", "knn.query_flip", "knn.gallery_flip")
+         "knn.per_species", "knn.min_species_queries", "knn.query_flip", "knn.gallery_flip", "rerank")
 app = stage_app(__doc__, READS)
 
 
@@ -45,6 +51,8 @@ app = stage_app(__doc__, READS)
 def main(
     embeddings: Path = typer.Option(paths.EMBEDDINGS / "dolg", help="Folder of the folds' embedding sets."),
     split: Path = typer.Option(paths.SPLIT_TABLE, help="The split table (for the threshold of new_individual)."),
+    local_features: Path = typer.Option(paths.LOCAL_FEATURES, help="The local-features stage's keypoint store "
+                                        "(re-ranking)."),
     test_truth: Path = typer.Option(paths.TEST_TRUTH_TABLE, help="Test truth, where the data set has it (for accuracy only)."),
     out: Path = typer.Option(paths.PSEUDO_TABLE, help="Output table."),
     metrics: Path = typer.Option(paths.METRICS / "pseudo.json", help="Metrics file."),
@@ -59,6 +67,8 @@ def main(
     rule, by_species = ThresholdRule.parse(P.str("knn.threshold")), P.bool("knn.per_species")
     min_species_queries = P.int("knn.min_species_queries")
     flips = Flips(P.bool("knn.query_flip"), P.bool("knn.gallery_flip"))
+    cfg = P.build(RerankConfig, "rerank", match=P.build(MatchConfig, "rerank"))
+    reranking = P.bool("rerank.enabled")
     P.check_all_read()
     truth = read_parquet(test_truth) if Path(test_truth).exists() else None
     if not enabled:
@@ -68,7 +78,13 @@ def main(
         return
     split_table = read_parquet(split)
     sets = load_fold_sets(embeddings, fold_list)
-    result = rank_sets(sets, fold_list, split_table, search, rule, by_species, min_species_queries, flips=flips)
+    shortlist, searched = shortlisted_search(cfg, search, split_table) if reranking else (Shortlist(), search)
+    result = rank_sets(sets, fold_list, split_table, searched, rule, by_species, min_species_queries, flips=flips,
+                       shortlist=shortlist)
+    embedding_cv_map5 = result.metrics()["cv_map5"]
+    if reranking:  # CV answered as knn-rank answers: the cut is on the scale of the fused probability
+        outcome = rerank_result(result, local_features, cfg, rule, by_species, min_species_queries)
+        result = outcome.result
     cv_scores, cv_correct = cv_answers(predictions_table(result.cv, result.thresholds), result.cv.truth, confidence)
     if threshold.strip().lower() == "auto":
         cut, cv_precision, cv_count = precision_cut(cv_scores, cv_correct, precision)
@@ -79,7 +95,10 @@ def main(
             raise DataError(f"pseudo.threshold takes auto or a number, got {threshold!r}") from None
         above = cv_scores >= cut
         cv_precision, cv_count = (float(cv_correct[above].mean()) if above.any() else 0.0), int(above.sum())
-    per_fold = rank_test_per_fold(sets, fold_list, split_table, search, flips)
+    per_fold = rank_test_per_fold(sets, fold_list, split_table, searched, flips, shortlist)
+    if reranking:
+        ids = result.rows["image_id"].to_numpy()
+        per_fold = [rerank_queries(r, ids, [local_features], outcome.reranker)[0] for r in per_fold]
     chosen = []
     for k, ranking in zip(fold_list, per_fold):
         # a share of new-first answers is a share of what this fold ranks; a tuned or fixed score is the same for all
@@ -94,7 +113,8 @@ def main(
                     "precision_target": precision, "cv_precision_above_threshold": cv_precision,
                     "cv_answers_above_threshold": cv_count, "min_margin": min_margin,
                     "new_individual_threshold": result.thresholds.overall,
-                    "cv_map5_before_retrain": result.metrics()["cv_map5"]})
+                    "rerank": reranking, "cv_map5_as_ranked": result.metrics()["cv_map5"],  # the cut's ranking
+                    "cv_map5_before_retrain": embedding_cv_map5})  # the embeddings' (knn-rank: retrain_gain)
     write_json(figures, metrics)
     acc = f", accuracy {figures['accuracy']:.2f}" if "accuracy" in figures else ""
     print(f"pseudo-label: {len(pseudo)} of {figures['test_images']} test images labelled{acc}")

@@ -249,7 +249,8 @@ def test_pseudo_label_stage_cuts_where_cv_reaches_its_precision_and_labels_confi
     common = ["--embeddings", str(tmp_path / "emb"), "--split", str(tmp_path / "split.parquet"),
               "--test-truth", str(tmp_path / "truth.parquet"), "--out", str(tmp_path / "p.parquet"),
               "--metrics", str(tmp_path / "p.json")]
-    result = CliRunner().invoke(_stage("pseudo_label"), [*common, *_params("ensemble.folds=[0,1]", "pseudo.precision=0.95")])
+    folds = ("ensemble.folds=[0,1]", "rerank.enabled=false")  # planted vectors: no crops to verify
+    result = CliRunner().invoke(_stage("pseudo_label"), [*common, *_params(*folds, "pseudo.precision=0.95")])
     assert result.exit_code == 0, result.output
     m = json.loads((tmp_path / "p.json").read_text())
     # planted clusters: every CV answer is right, so the cut is the least confident one and every
@@ -261,12 +262,12 @@ def test_pseudo_label_stage_cuts_where_cv_reaches_its_precision_and_labels_confi
     pseudo = pd.read_parquet(tmp_path / "p.parquet")
     assert sorted(set(pseudo["image_id"])) == ["te_known0", "te_known3", "te_known5", "te_known6"]
     # the new_individual threshold rule is knn-rank's: a share of 1 answers every test photo new first
-    result = CliRunner().invoke(_stage("pseudo_label"), [*common, *_params("ensemble.folds=[0,1]", "knn.threshold=new_share:1")])
+    result = CliRunner().invoke(_stage("pseudo_label"), [*common, *_params(*folds, "knn.threshold=new_share:1")])
     assert result.exit_code == 0 and json.loads((tmp_path / "p.json").read_text())["pseudo_labels"] == 0
     # a fixed cut above every margin labels nothing
-    result = CliRunner().invoke(_stage("pseudo_label"), [*common, *_params("ensemble.folds=[0,1]", "pseudo.threshold=5")])
+    result = CliRunner().invoke(_stage("pseudo_label"), [*common, *_params(*folds, "pseudo.threshold=5")])
     assert result.exit_code == 0 and json.loads((tmp_path / "p.json").read_text())["pseudo_labels"] == 0
-    result = CliRunner().invoke(_stage("pseudo_label"), [*common, *_params("ensemble.folds=[0,1]", "pseudo.threshold=high")])
+    result = CliRunner().invoke(_stage("pseudo_label"), [*common, *_params(*folds, "pseudo.threshold=high")])
     assert result.exit_code == 2 and "auto or a number" in result.output
 
 

@@ -264,17 +264,50 @@ def test_exp_run_knn_threshold_reruns_the_rankings_not_training_and_the_metrics_
     assert "cv_map5" in shown and "knn.threshold" in shown
 
 
-def test_exp_run_rerank_param_reruns_knn_rank_alone_not_the_keypoint_cache(project):
+RANKINGS = {"pseudo-label", "retrain@0", "knn-rank", "report"}  # retrain (and report) follow only if their inputs changed
+
+
+def test_exp_run_rerank_param_reruns_the_rankings_not_the_keypoint_cache_nor_training(project):
     root, _ = project
     out = dvc(root, "exp", "run", "-S", "rerank.candidates=10")
-    assert stages_run(out) in (["knn-rank"], ["knn-rank", "report"])  # the review page follows if the answers changed
-    assert "local-features" in stages_skipped(out)
+    assert {"pseudo-label", "knn-rank"} <= set(stages_run(out)) <= RANKINGS
+    assert "local-features" in stages_skipped(out) and "train-dolg@0" in stages_skipped(out)
     knn = json.loads((root / "metrics/knn.json").read_text())
     assert knn["rerank_figures"]["candidates"] == 10
     out = dvc(root, "exp", "run", "-S", "rerank.enabled=false")
-    assert stages_run(out) in (["knn-rank"], ["knn-rank", "report"])
+    assert {"pseudo-label", "knn-rank"} <= set(stages_run(out)) <= RANKINGS
     knn = json.loads((root / "metrics/knn.json").read_text())
     assert not knn["rerank"] and knn["cv_map5"] == knn["embedding_cv_map5"]
+    assert not json.loads((root / "metrics/pseudo.json").read_text())["rerank"]
+
+
+def test_pseudo_labels_are_cut_on_the_ranking_knn_rank_answers_with(project, tmp_path):
+    """With re-ranking on, pseudo-label ranks the CV queries exactly as knn-rank does (shortlists
+    verified by local features, fused P(same), the threshold tuned on it), so the cut that reaches
+    pseudo.precision on CV is on the scale of the answers users get: knn-rank run on the same
+    (train-dolg's) embeddings reports the same CV MAP@5 and new_individual threshold."""
+    import subprocess
+    import sys
+
+    from tests.pipeline import env
+
+    root, _ = project
+    common = ["-S", "rerank.enabled=true"]  # (an earlier test may have turned either off)
+    pseudo = subprocess.run([sys.executable, "stages/pseudo_label.py", *common, "-S", "pseudo.enabled=true",
+                             "--out", str(tmp_path / "p.parquet"), "--metrics", str(tmp_path / "p.json")],
+                            cwd=root, env=env(), capture_output=True, text=True)
+    assert pseudo.returncode == 0, pseudo.stderr
+    knn = subprocess.run([sys.executable, "stages/knn_rank.py", *common, "--embeddings", "data/processed/embeddings/dolg",
+                          *[a for name in ("submission-out", "predictions-out", "metrics", "plots", "reliability",
+                                           "ranker-out")
+                            for a in (f"--{name}", str(tmp_path / name))]],
+                         cwd=root, env=env(), capture_output=True, text=True)
+    assert knn.returncode == 0, knn.stderr
+    p, k = json.loads((tmp_path / "p.json").read_text()), json.loads((tmp_path / "metrics").read_text())
+    assert p["rerank"] and k["rerank"]
+    assert p["cv_map5_as_ranked"] == k["cv_map5"] and p["new_individual_threshold"] == k["threshold"]
+    assert p["cv_map5_before_retrain"] == k["embedding_cv_map5"]
+    assert p["threshold"] is None or 0 <= p["threshold"] <= 1  # a margin of probabilities
 
 
 def test_pseudo_labelling_off_passes_the_models_through(project):
