@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from photoid.datasets import CropDataset, eval_transform
+from photoid.errors import MissingInput
 from photoid.io import atomic_path, read_parquet, write_json, write_parquet
 from photoid.retrieval import l2_normalise
 from photoid.runtime import autocast, torch_device
@@ -118,7 +119,7 @@ class EmbeddingSet:
     def load(cls, folder: str | Path) -> "EmbeddingSet":
         folder = Path(folder)
         if not (folder / "embeddings.npy").exists():
-            raise FileNotFoundError(f"{folder} holds no embeddings.npy: run the stage that embeds (`dvc repro`).")
+            raise MissingInput(f"{folder} holds no embeddings.npy: run the stage that embeds (`dvc repro`).")
         flipped = folder / "flipped.npy"
         return cls(read_parquet(folder / "rows.parquet"), np.load(folder / "embeddings.npy", mmap_mode="r"),
                    np.load(flipped, mmap_mode="r") if flipped.exists() else None,

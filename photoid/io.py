@@ -17,6 +17,8 @@ from typing import Iterator
 
 import pandas as pd
 
+from photoid.errors import MissingInput
+
 
 def _tmp_sibling(path: Path) -> Path:
     return path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
@@ -56,9 +58,7 @@ def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> None:
 def read_parquet(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(
-            f"{path} does not exist: run the stage that writes it first (`dvc repro`)."
-        )
+        raise MissingInput(f"{path} does not exist: run the stage that writes it first (`dvc repro`).")
     return pd.read_parquet(path, engine="pyarrow")
 
 
@@ -94,7 +94,7 @@ def copy_artifact(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """Copy a file or folder to ``dst`` atomically (a pass-through output)."""
     src = Path(src)
     if not src.exists():
-        raise FileNotFoundError(f"{src} does not exist: run the stage that writes it first (`dvc repro`).")
+        raise MissingInput(f"{src} does not exist: run the stage that writes it first (`dvc repro`).")
     with atomic_path(dst) as tmp:
         if src.is_dir():
             shutil.copytree(src, tmp)

@@ -435,3 +435,17 @@ def test_the_stage_reports_copies_and_warnings_and_check_data_lists_what_dvc_can
     (ds.root / "train.csv").write_text("image,species,individual_id\na.jpg,beluga,\n")
     refused = _run("-m", "photoid.console", "check-data", *given, cwd=tmp_path)
     assert refused.returncode == 2 and "line 2: empty 'individual_id'" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_a_stage_whose_input_table_is_missing_says_which_and_writes_nothing(tmp_path):
+    """Run out of order (or with a wrong path), a stage stops with a message that names the missing
+    file and what to run, exit status 2, no traceback, and no output."""
+    from tests.conftest import REPO
+
+    missing = tmp_path / "filtered.parquet"
+    done = _run("stages/split.py", "--params", str(REPO / "params.yaml"), "--filtered", str(missing),
+                "--out", str(tmp_path / "split.parquet"), "--metrics", str(tmp_path / "split.json"), cwd=REPO)
+    assert done.returncode == 2, done.stderr
+    assert f"error: {missing} does not exist" in done.stderr and "dvc repro" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "split.parquet").exists() and not (tmp_path / "split.json").exists()

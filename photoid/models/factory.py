@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from photoid.errors import MissingInput
 from photoid.io import atomic_path
 from photoid.models.arcface import ArcFaceHead
 from photoid.models.dolg import DOLG, Classifier
@@ -60,7 +61,7 @@ def load_model(path: str | os.PathLike, map_location="cpu") -> tuple[nn.Module, 
     """The model saved at ``path`` and its checkpoint dict (config and anything saved with it)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: run the stage that trains it (`dvc repro`).")
+        raise MissingInput(f"{path} does not exist: run the stage that trains it (`dvc repro`).")
     ckpt = torch.load(path, map_location=map_location, weights_only=False)
     config = dict(ckpt["config"], pretrained="false")  # the weights are in the checkpoint
     model = create_model(config)
