@@ -9,10 +9,12 @@ For each query (CV and test alike):
    each of those photos (:func:`photoid.local_features.count_inliers`); a candidate's evidence is its
    largest inlier count. Keypoints come from the local-features stage's store, computed once per
    crop; the pairs run in parallel across ``workers`` processes.
-3. **Fusion.** A logistic model turns (embedding similarity, log inlier count, and each one's rank
-   among the query's candidates as 1/rank) into P(same individual). Its coefficients are bounded
-   at zero or above (:class:`MonotoneLogistic`), so the probability never falls when the similarity
-   or the inlier count grows. It is fitted on the CV queries only, never on test.
+3. **Fusion.** A logistic model turns the embedding similarity and its rank among the query's
+   candidates (as 1/rank), and the inlier count read against the query's own shortlist (inliers above
+   its median; the most-matched candidate's lead over the next), into P(same individual). Its
+   coefficients are bounded at zero or above (:class:`MonotoneLogistic`), so a candidate's
+   probability never falls when its similarity or inlier count grows. It is fitted on the CV
+   queries only, never on test.
 4. **New individual.** The ``new_individual`` threshold is tuned on the fused probabilities, and
    isotonic regression gives P(new individual) from the best candidate's probability (the lower
    it is, the likelier new).
@@ -154,15 +156,29 @@ def _ranks(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def pair_features(similarity: np.ndarray, inliers: np.ndarray, valid: np.ndarray, score: str = "fused") -> np.ndarray:
-    """Q×C×F features of each (query, candidate), each one growing with the evidence of a match:
-    fused: similarity, log(1 + inliers), 1/similarity rank, 1/inlier rank; inliers: the last two of
-    the inlier kind."""
-    log_inliers = np.log1p(inliers)
-    by_inliers = 1.0 / _ranks(inliers, valid)
+    """Q×C×F features of each (query, candidate), none of them falling when that candidate's own evidence
+    grows. fused: similarity, log(1 + inliers above the median of the query's shortlist), 1/similarity
+    rank, and log(1 + the lead in inliers of the candidate with the most over the next one; 0 for the
+    others); inliers (the SIFT-only ranking): log(1 + inliers), 1/inlier rank.
+
+    The fused kind reads inlier counts against the query's own shortlist: random matches give every
+    candidate a few inliers, more for a richly textured query, so neither a raw count nor its rank tells
+    a match from that floor (a count of 5 against 1 ranks first, though both are noise). An amount
+    added to every candidate of a query changes none of its features."""
     if score == "inliers":
-        return np.stack([log_inliers, by_inliers], axis=-1)
+        return np.stack([np.log1p(inliers), 1.0 / _ranks(inliers, valid)], axis=-1)
     sim = np.where(valid, similarity, 0.0)
-    return np.stack([sim, log_inliers, 1.0 / _ranks(sim, valid), by_inliers], axis=-1)
+    counts = np.where(valid, inliers, np.nan)
+    with np.errstate(all="ignore"):  # a query without candidates has no median
+        floor = np.nan_to_num(np.nanmedian(counts, axis=1, keepdims=True)) if counts.shape[1] else counts
+    excess = np.where(valid, np.maximum(inliers - floor, 0.0), 0.0)
+    ordered = -np.sort(-np.where(valid, inliers, -np.inf), axis=1)
+    if counts.shape[1] > 1:
+        best, second = ordered[:, :1], np.where(np.isfinite(ordered[:, 1:2]), ordered[:, 1:2], 0.0)
+        lead = np.where(valid & (inliers == best), np.maximum(inliers - second, 0.0), 0.0)
+    else:  # one candidate: nothing to lead
+        lead = np.zeros_like(sim)
+    return np.stack([sim, np.log1p(excess), 1.0 / _ranks(sim, valid), np.log1p(lead)], axis=-1)
 
 
 class MonotoneLogistic:
@@ -322,7 +338,7 @@ def rerank_candidates(cv: Candidates, cv_inliers: np.ndarray, cv_truth: list[str
     p_test, p_new_test = full.apply(test_x, test_valid)
     tie_rng = _tie_rng(cfg)
     names = (["log_inliers", "inv_inlier_rank"] if cfg.score == "inliers"
-             else ["similarity", "log_inliers", "inv_similarity_rank", "inv_inlier_rank"])
+             else ["similarity", "log_excess_inliers", "inv_similarity_rank", "log_inlier_lead"])
     return Reranked(_sorted(cv_labels, p_cv, tie_rng), _sorted(test_labels, p_test, tie_rng), p_new_cv, p_new_test,
                     full, names)
 

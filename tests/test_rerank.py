@@ -157,6 +157,39 @@ def test_fused_probability_never_falls_when_similarity_or_inliers_grow():
     assert table[-1, -1] > table[0, 0] + 0.3
 
 
+def test_inliers_that_every_candidate_of_a_query_gets_change_none_of_its_features():
+    """Random matches give every candidate of a richly textured query a few inliers more: that floor is
+    not evidence for any of them, so the fused features (and P(same)) must not move with it."""
+    sims = np.array([[0.9, 0.7, 0.6, 0.5, 0.4, 0.0]])
+    inliers = np.array([[1.0, 5.0, 2.0, 3.0, 4.0, 0.0]])
+    valid = np.array([[True] * 5 + [False]])
+    plain = pair_features(sims, inliers, valid)
+    textured = pair_features(sims, inliers + 20.0, valid)
+    np.testing.assert_allclose(plain, textured)
+    # only the most-matched candidate has a lead (5 over 4), and below the median nothing is in excess
+    lead, excess = plain[0, :, 3], plain[0, :, 1]
+    assert lead[1] == pytest.approx(np.log1p(1.0)) and (np.delete(lead, 1) == 0).all()
+    assert excess[0] == 0 and excess[2] == 0 and excess[1] == pytest.approx(np.log1p(2.0))
+    assert (plain[0, 5, [1, 3]] == 0).all()  # no candidate: no inlier evidence
+    assert np.isfinite(pair_features(sims[:, :1], inliers[:, :1], valid[:, :1])).all()  # one candidate leads no one
+
+
+def test_a_noise_floor_that_varies_from_query_to_query_does_not_outrank_the_embedding():
+    """Half the queries match anything with about 8 inliers: raw counts would crown a random candidate;
+    read against each query's shortlist, the inliers still lift the true individual."""
+    cands, inliers, truth = _synthetic_cv(seed=5)
+    rng = np.random.default_rng(5)
+    textured = rng.random(len(truth)) < 0.5
+    inliers = inliers + np.where(textured[:, None], rng.poisson(8, inliers.shape), 0).astype(np.float32)
+    result = rerank_candidates(cands, inliers, truth, cands, inliers, _rerank(calibration_folds=5))
+    known = np.array([t != NEW_INDIVIDUAL for t in truth])
+    for group in (textured & known, ~textured & known):
+        rows = np.flatnonzero(group)
+        before = np.mean([cands.labels[i, 0] == truth[i] for i in rows])
+        after = np.mean([result.cv.labels[i, 0] == truth[i] for i in rows])
+        assert after > before + 0.2
+
+
 def test_a_feature_that_speaks_against_a_match_gets_no_weight():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 2))
