@@ -28,6 +28,7 @@ random, not by the embedding).
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -168,16 +169,14 @@ def pair_features(similarity: np.ndarray, inliers: np.ndarray, valid: np.ndarray
     if score == "inliers":
         return np.stack([np.log1p(inliers), 1.0 / _ranks(inliers, valid)], axis=-1)
     sim = np.where(valid, similarity, 0.0)
-    counts = np.where(valid, inliers, np.nan)
-    with np.errstate(all="ignore"):  # a query without candidates has no median
-        floor = np.nan_to_num(np.nanmedian(counts, axis=1, keepdims=True)) if counts.shape[1] else counts
+    with warnings.catch_warnings():  # a query without candidates has no median (its floor: 0)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        floor = np.nan_to_num(np.nanmedian(np.where(valid, inliers, np.nan), axis=1, keepdims=True))
     excess = np.where(valid, np.maximum(inliers - floor, 0.0), 0.0)
-    ordered = -np.sort(-np.where(valid, inliers, -np.inf), axis=1)
-    if counts.shape[1] > 1:
-        best, second = ordered[:, :1], np.where(np.isfinite(ordered[:, 1:2]), ordered[:, 1:2], 0.0)
-        lead = np.where(valid & (inliers == best), np.maximum(inliers - second, 0.0), 0.0)
-    else:  # one candidate: nothing to lead
-        lead = np.zeros_like(sim)
+    # counts are >= 0: a missing candidate counts 0; a shortlist of one leads no one
+    ordered = -np.sort(-np.pad(np.where(valid, inliers, 0.0), ((0, 0), (0, 1))), axis=1)
+    lead = (np.where(valid & (inliers == ordered[:, :1]), inliers - ordered[:, 1:2], 0.0) if inliers.shape[1] > 1
+            else np.zeros_like(sim))
     return np.stack([sim, np.log1p(excess), 1.0 / _ranks(sim, valid), np.log1p(lead)], axis=-1)
 
 

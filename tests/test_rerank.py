@@ -175,8 +175,8 @@ def test_inliers_that_every_candidate_of_a_query_gets_change_none_of_its_feature
 
 
 def test_a_noise_floor_that_varies_from_query_to_query_does_not_outrank_the_embedding():
-    """Half the queries match anything with about 8 inliers: raw counts would crown a random candidate;
-    read against each query's shortlist, the inliers still lift the true individual."""
+    """Half the queries match anything with about 8 inliers more: read against each query's shortlist,
+    the inliers lift the true individual in both halves, textured or not."""
     cands, inliers, truth = _synthetic_cv(seed=5)
     rng = np.random.default_rng(5)
     textured = rng.random(len(truth)) < 0.5
