@@ -51,6 +51,8 @@ ROWS: list[tuple[str, str, list[str]]] = [
     ("no-gallery-flip", "gallery without mirror-image entries", ["knn.gallery_flip=false"]),
     ("no-flips", "no flip TTA at all (queries and gallery)", ["knn.query_flip=false", "knn.gallery_flip=false"]),
     ("train-hflip", "random mirror images in training", ["train.hflip=true"]),
+    ("frozen-3", "the backbone's first 3 feature stages frozen instead of 2 (stride 8 kept as ImageNet has it)",
+     ["train.frozen_stages=3"]),
     ("fold-0-answers", "fold 0's model answers the test photos (no model on every labelled photo)", ["ensemble.folds=[0]"]),
     ("3-folds", "3-fold ensemble cross-validates and answers the test photos (no model on every labelled photo)",
      ["ensemble.folds=[0,1,2]"]),

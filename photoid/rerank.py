@@ -109,11 +109,16 @@ def _verify(pair: tuple[str, str]) -> int:
 
 
 def verify_pairs(pairs: list[tuple[str, str]], store_dir: Path | list[Path], match: MatchConfig, workers: int = 1,
-                 progress: bool = True) -> dict[tuple[str, str], int]:
+                 progress: bool = True, verified: dict[tuple[str, str], int] | None = None) -> dict[tuple[str, str], int]:
     """Inlier count of each (query image_id, gallery image_id) pair: the better of the query crop and its
-    mirror image against the gallery crop. ``store_dir``: a keypoint store, or several read as one."""
+    mirror image against the gallery crop. ``store_dir``: a keypoint store, or several read as one.
+    ``verified``: counts of pairs verified before (with the same stores and ``match``), taken as they are."""
+    verified = verified or {}
+    known = {p: verified[p] for p in pairs if p in verified}
+    unique = [p for p in dict.fromkeys(pairs) if p not in known]
+    if not unique:
+        return known
     store_dirs = [str(d) for d in ([store_dir] if isinstance(store_dir, (str, Path)) else store_dir)]
-    unique = list(dict.fromkeys(pairs))
     bar = dict(total=len(unique), desc="re-rank: verifying pairs", unit="pair", disable=not progress, mininterval=2)
     if workers > 1 and len(unique) > POOL_MIN_PAIRS:
         from multiprocessing import get_context
@@ -123,7 +128,7 @@ def verify_pairs(pairs: list[tuple[str, str]], store_dir: Path | list[Path], mat
     else:
         _init_worker(store_dirs, match)
         counts = [_verify(p) for p in tqdm(unique, **bar)]
-    return dict(zip(unique, counts))
+    return {**known, **dict(zip(unique, counts))}
 
 
 def shortlist_pairs(query_ids, labels: np.ndarray, photos: list[list[list[int]]], gallery_ids: np.ndarray,
@@ -377,20 +382,22 @@ class RerankOutcome:
     test_p_new: np.ndarray
     figures: dict
     reranker: FittedReranker
+    verified: dict[tuple[str, str], int]  # inlier counts of the CV and test shortlists' pairs (rerank_queries reuses them)
 
 
 def rerank_queries(ranking, gallery_ids: np.ndarray, store_dirs: list[Path], reranker: FittedReranker,
-                   progress: bool = True):
+                   progress: bool = True, verified: dict[tuple[str, str], int] | None = None):
     """A :class:`photoid.ranking.Ranking` of new queries (with its shortlists' photos) re-ranked by the
     fusion knn-rank fitted, as knn-rank re-ranks its test ranking; ``gallery_ids``: the image_id of
-    each row the ranking's photos point to. Returns (the re-ranked ranking, P(new) of each query)."""
+    each row the ranking's photos point to; ``verified``: pair counts verified before (an outcome's),
+    not verified again. Returns (the re-ranked ranking, P(new) of each query)."""
     from dataclasses import replace
 
     cfg, width = reranker.cfg, reranker.width
     if ranking.photos is None or ranking.candidates.labels.shape[1] < width:
         raise ValueError(f"the ranking must keep its shortlists' photos, {width} candidates wide")
     pairs = shortlist_pairs(ranking.image_ids, ranking.candidates.labels, ranking.photos, gallery_ids, width, cfg.photos)
-    counts = verify_pairs([(q, g) for _, _, q, g in pairs], store_dirs, cfg.match, cfg.workers, progress)
+    counts = verify_pairs([(q, g) for _, _, q, g in pairs], store_dirs, cfg.match, cfg.workers, progress, verified)
     inliers = inlier_matrix(pairs, (len(ranking.image_ids), width), counts)
     labels, valid, x = shortlist_features(ranking.candidates, inliers, cfg.score)
     p, p_new = reranker.calibration.apply(x, valid)
@@ -427,7 +434,7 @@ def rerank_result(result, store_dir: Path, cfg: RerankConfig, threshold=None,
     thresholds = choose_thresholds(cv, threshold or ThresholdRule(), per_species, min_species_queries, test)
     figures_ = {**figures(fused), "candidates": width, "photos": cfg.photos, "score": cfg.score, **timing}
     return RerankOutcome(RankResult(folds, cv, thresholds, test, result.rows), fused.cv_p_new, fused.test_p_new, figures_,
-                         FittedReranker(fused.calibration, cfg, width))
+                         FittedReranker(fused.calibration, cfg, width), counts)
 
 
 def similarity_new_probability(cv: Candidates, cv_truth: list[str], test: Candidates, folds: int = 5,

@@ -98,7 +98,8 @@ def main(
     per_fold = rank_test_per_fold(sets, fold_list, split_table, searched, flips, shortlist)
     if reranking:
         ids = result.rows["image_id"].to_numpy()
-        per_fold = [rerank_queries(r, ids, [local_features], outcome.reranker)[0] for r in per_fold]
+        per_fold = [rerank_queries(r, ids, [local_features], outcome.reranker, verified=outcome.verified)[0]
+                    for r in per_fold]  # the pairs rerank_result verified are not verified again
     chosen = []
     for k, ranking in zip(fold_list, per_fold):
         # a share of new-first answers is a share of what this fold ranks; a tuned or fixed score is the same for all

@@ -109,6 +109,24 @@ def test_a_flat_colour_crop_has_no_keypoints_and_matches_nothing(tmp_path):
         store.get("missing")
 
 
+def test_pairs_verified_before_are_taken_as_they_are_and_only_the_rest_are_verified(tmp_path):
+    paths = []
+    for name, grey in [("a", _fin_crop(3, 0)), ("b", _fin_crop(3, 1))]:
+        Image.fromarray(grey).save(tmp_path / f"{name}.png")
+        paths.append(str(tmp_path / f"{name}.png"))
+    write_store(pd.DataFrame({"image_id": ["a", "b"], "crop_path": paths}), tmp_path / "store",
+                project_config(KeypointConfig, "local"), workers=1, progress=False)
+    counts = verify_pairs([("a", "b"), ("a", "a")], tmp_path / "store", _match(), workers=1, progress=False)
+    # every pair known: no store is opened (this one does not exist), the counts come back as they were
+    assert verify_pairs([("a", "a"), ("a", "b")], tmp_path / "no-store", _match(), workers=1, progress=False,
+                        verified=counts) == counts
+    # a known count is used as it is (a deliberately wrong one shows it is not verified again); the rest are verified
+    mixed = verify_pairs([("a", "b"), ("b", "b")], tmp_path / "store", _match(), workers=1, progress=False,
+                         verified={("a", "b"): 999})
+    assert mixed[("a", "b")] == 999 and mixed[("b", "b")] > 30 and counts[("a", "b")] != 999
+    assert set(mixed) == {("a", "b"), ("b", "b")}
+
+
 def test_root_sift_descriptors_are_unit_vectors():
     kp = detect(_fin_crop(3, 0))
     norms = np.linalg.norm(kp.descriptors.astype(np.float32) / 255.0, axis=1)
