@@ -83,22 +83,25 @@ def test_scale_beyond_the_limit_is_no_match():
     assert count_inliers(detect(a), detect(small), _match(max_scale=2.0)) == 0
 
 
+def _crop_store(folder, crops: dict[str, np.ndarray]):
+    """Save grey crops as PNGs under ``folder`` and write their keypoint store to ``folder``/store, as
+    the local-features stage does. Returns (the crop table, the store's figures)."""
+    for name, grey in crops.items():
+        Image.fromarray(grey).save(folder / f"{name}.png")
+    table = pd.DataFrame({"image_id": list(crops), "crop_path": [str(folder / f"{n}.png") for n in crops]})
+    return table, write_store(table, folder / "store", project_config(KeypointConfig, "local"), workers=1, progress=False)
+
+
 def test_a_flat_colour_crop_has_no_keypoints_and_matches_nothing(tmp_path):
     flat = np.full((160, 160), 128, np.uint8)
     kp = detect(flat)
     assert len(kp.frames) == 0 and kp.descriptors.shape == (0, 128)
     assert count_inliers(kp, detect(_fin_crop(3, 0)), _match()) == 0 and count_inliers(detect(_fin_crop(3, 0)), kp, _match()) == 0
     # through the store and the pair verification, as the stages use them
-    paths = []
-    for name, grey in [("flat", flat), ("fin", _fin_crop(3, 0))]:
-        Image.fromarray(grey).save(tmp_path / f"{name}.png")
-        paths.append(str(tmp_path / f"{name}.png"))
-    figures = write_store(pd.DataFrame({"image_id": ["flat", "fin"], "crop_path": paths}), tmp_path / "store",
-                          project_config(KeypointConfig, "local"), workers=1, progress=False)
+    crops, figures = _crop_store(tmp_path, {"flat": flat, "fin": _fin_crop(3, 0)})
     assert figures["crops"] == 2 and figures["crops_without_keypoints"] == 1
     # the same crops give the same bytes (DVC finds the store in its cache instead of computing it again)
-    write_store(pd.DataFrame({"image_id": ["flat", "fin"], "crop_path": paths}), tmp_path / "again",
-                project_config(KeypointConfig, "local"), workers=1, progress=False)
+    write_store(crops, tmp_path / "again", project_config(KeypointConfig, "local"), workers=1, progress=False)
     for name in ("frames.npy", "descriptors.npy", "index.parquet", "meta.json"):
         assert (tmp_path / "store" / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
     store = KeypointStore(tmp_path / "store")
@@ -110,12 +113,7 @@ def test_a_flat_colour_crop_has_no_keypoints_and_matches_nothing(tmp_path):
 
 
 def test_pairs_verified_before_are_taken_as_they_are_and_only_the_rest_are_verified(tmp_path):
-    paths = []
-    for name, grey in [("a", _fin_crop(3, 0)), ("b", _fin_crop(3, 1))]:
-        Image.fromarray(grey).save(tmp_path / f"{name}.png")
-        paths.append(str(tmp_path / f"{name}.png"))
-    write_store(pd.DataFrame({"image_id": ["a", "b"], "crop_path": paths}), tmp_path / "store",
-                project_config(KeypointConfig, "local"), workers=1, progress=False)
+    _crop_store(tmp_path, {"a": _fin_crop(3, 0), "b": _fin_crop(3, 1)})
     counts = verify_pairs([("a", "b"), ("a", "a")], tmp_path / "store", _match(), workers=1, progress=False)
     # every pair known: no store is opened (this one does not exist), the counts come back as they were
     assert verify_pairs([("a", "a"), ("a", "b")], tmp_path / "no-store", _match(), workers=1, progress=False,
