@@ -4,12 +4,17 @@ and written into the README's Results section (never typed by hand).
     python bench/ablation.py --data demo                     # the built-in demo (about 50 min on 2 cores)
     python bench/ablation.py --data marine                   # ../shared/data/marine_sample (no test truth: CV only)
     python bench/ablation.py --data demo --rows baseline,untrained --no-readme   # a few rows, print only
+    python bench/ablation.py --data demo --rows baseline,backbone,untrained --seeds 0,1,2   # spread over seeds
 
 Each row is one experiment named ``abl-<data>-<row>``: the workspace's params.yaml with the row's
 ``-S`` overrides (and, for the marine sample, the data params that point at it). Unchanged stages
 are restored from DVC's run cache, so rows that only touch embed or knn-rank cost seconds. The
 workspace (params.yaml, dvc.lock, metrics and outputs) is restored to HEAD after every row, so each
 row re-runs only what it changes.
+With ``--seeds``, each row runs once per training seed (``abl-<data>-<row>-seed<s>``, ``-S
+train.seed=<s>``) and the table written is the spread over them (mean ± standard deviation, lowest
+to highest), between the README's ``ablation:<data>:seeds`` markers: what one run's figure is worth,
+and whether two rows differ by more than their seeds do.
 Run it on a committed tree: `dvc exp run` records the experiments against HEAD. `dvc exp run`
 detaches HEAD while it runs; if you stop the script mid-row, put your branch back with
 `git checkout -B main HEAD` (or your branch's name) before committing.
@@ -138,17 +143,65 @@ def fmt(value: str | None, count: bool = False) -> str:
     return f"{int(f)}" if count else f"{f:.3f}"
 
 
+def exp_name(data: str, row: str, seed: int | None = None) -> str:
+    """The experiment of a row (and, with ``--seeds``, of one training seed of it)."""
+    return f"abl-{data}-{row}" if seed is None else f"abl-{data}-{row}-seed{seed}"
+
+
+def spread(values: list[float]) -> tuple[float, float, float, float]:
+    """(mean, sample standard deviation, lowest, highest) of one metric over seeds; sd 0 for one value."""
+    n = len(values)
+    mean = sum(values) / n
+    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
+    return mean, sd, min(values), max(values)
+
+
+def spread_cell(values: list[float], count: bool = False) -> str:
+    if not values:
+        return "–"
+    mean, sd, lo, hi = spread(values)
+    if count:
+        return f"{mean:.1f} ± {sd:.1f} ({lo:.0f}–{hi:.0f})"
+    return f"{mean:.3f} ± {sd:.3f} ({lo:.3f}–{hi:.3f})"
+
+
+def spread_markdown(data: str, rows: list[tuple[str, str, list[str]]], seeds: list[int],
+                    table: dict[str, dict[str, str]]) -> str:
+    """One line per row: each metric's mean ± sd (lowest–highest) over the seeds that ran."""
+    runs = {name: [table[exp_name(data, name, s)] for s in seeds if exp_name(data, name, s) in table]
+            for name, _, _ in rows}
+    cols = [c for c in COLUMNS if any(cell(r, c[0]) is not None for rs in runs.values() for r in rs)]
+    commits = baselines()
+    lines = ["| row | `-S` | seeds | " + " | ".join(h for _, h in cols) + " | run on |",
+             "|---|---|---|" + "---|" * len(cols) + "---|"]
+    for name, _, overrides in rows:
+        found = [s for s in seeds if exp_name(data, name, s) in table]
+        cells = []
+        for c, h in cols:
+            values = [float(v) for r in runs[name] if (v := cell(r, c)) is not None]
+            cells.append(spread_cell(values, count=h == "pseudo-labels"))
+        ran_on = sorted({commits.get(exp_name(data, name, s), "–") for s in found}) or ["–"]
+        lines.append(f"| {name} | {' '.join(f'`{o}`' for o in overrides) or '–'} | "
+                     f"{','.join(map(str, found)) or '–'} | " + " | ".join(cells) + f" | {', '.join(ran_on)} |")
+    lines.append("")
+    lines.append(f"Written by `python bench/ablation.py --data {data} --rows {','.join(n for n, _, _ in rows)} "
+                 f"--seeds {','.join(map(str, seeds))}` from `dvc exp show --csv` ({time.strftime('%Y-%m-%d')}, a 2-core "
+                 "CPU). Each cell: mean ± sample standard deviation over the training seeds (`train.seed`) that ran, "
+                 "then the lowest and highest run. Columns as in the table above.")
+    return "\n".join(lines)
+
+
 def markdown(data: str, rows: list[tuple[str, str, list[str]]], table: dict[str, dict[str, str]]) -> str:
-    cols = [c for c in COLUMNS if any(cell(table.get(f"abl-{data}-{name}", {}), c[0]) is not None
+    cols = [c for c in COLUMNS if any(cell(table.get(exp_name(data, name), {}), c[0]) is not None
                                       for name, _, _ in rows)]
     commits = baselines()
     lines = ["| row | what | `-S` | " + " | ".join(h for _, h in cols) + " | run on |",
              "|---|---|---|" + "---|" * len(cols) + "---|"]
     for name, what, overrides in rows:
-        r = table.get(f"abl-{data}-{name}", {})
+        r = table.get(exp_name(data, name), {})
         lines.append(f"| {name} | {what} | {' '.join(f'`{o}`' for o in overrides) or '–'} | "
                      + " | ".join(fmt(cell(r, c), count=h == "pseudo-labels") for c, h in cols)
-                     + f" | {commits.get(f'abl-{data}-{name}', '–')} |")
+                     + f" | {commits.get(exp_name(data, name), '–')} |")
     lines.append("")
     lines.append(f"Written by `python bench/ablation.py --data {data}` from `dvc exp show --csv` "
                  f"({time.strftime('%Y-%m-%d')}, a 2-core CPU). "
@@ -161,8 +214,8 @@ def markdown(data: str, rows: list[tuple[str, str, list[str]]], table: dict[str,
     return "\n".join(lines)
 
 
-def write_readme(data: str, text: str, readme: Path) -> None:
-    start, end = f"<!-- ablation:{data}:start -->", f"<!-- ablation:{data}:end -->"
+def write_readme(marker: str, text: str, readme: Path) -> None:
+    start, end = f"<!-- ablation:{marker}:start -->", f"<!-- ablation:{marker}:end -->"
     content = readme.read_text()
     if start not in content or end not in content:
         raise SystemExit(f"{readme} lacks the markers {start} ... {end} in its Results section")
@@ -177,6 +230,8 @@ def main(
     marine_root: Path = typer.Option(REPO.parent / "shared" / "data" / "marine_sample", help="The marine sample."),
     readme: bool = typer.Option(True, help="Write the table into README.md (else print it only)."),
     run_experiments: bool = typer.Option(True, help="false: only rebuild the table from experiments already run."),
+    seeds: str = typer.Option("", help="Comma-separated training seeds: each row runs once per seed and the table is "
+                                       "the spread over them (README markers ablation:<data>:seeds)."),
 ):
     chosen = ROWS if rows == "all" else [r for r in ROWS if r[0] in rows.split(",")]
     if not chosen:
@@ -184,13 +239,19 @@ def main(
     base = [] if data == "demo" else [*MARINE, f"data.root={os.path.relpath(marine_root.resolve(), REPO)}"]
     if data == "marine" and not marine_root.is_dir():
         raise SystemExit(f"{marine_root} not found: the shared folder belongs beside the checkout")
+    try:
+        seed_list = [int(x) for x in seeds.split(",")] if seeds else []
+    except ValueError:
+        raise SystemExit(f"--seeds takes comma-separated integers (e.g. 0,1,2), not {seeds!r}") from None
+    runs = [(name, overrides, seed) for name, _, overrides in chosen for seed in (seed_list or [None])]
     start = time.perf_counter()
     if run_experiments:
         try:
-            for name, _, overrides in chosen:
-                exp = f"abl-{data}-{name}"
+            for name, overrides, seed in runs:
+                exp = exp_name(data, name, seed)
                 subprocess.run(["dvc", "exp", "remove", exp], cwd=REPO, capture_output=True)
-                args = [a for o in [*base, *overrides] for a in ("-S", quoted(o))]
+                seeded = [] if seed is None else [f"train.seed={seed}"]
+                args = [a for o in [*base, *overrides, *seeded] for a in ("-S", quoted(o))]
                 t0 = time.perf_counter()
                 result = run(["dvc", "exp", "run", "--name", exp, *args], check=False)
                 print(f"ablation {exp}: exit {result.returncode} in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -198,12 +259,15 @@ def main(
         finally:
             restore()
     table = exp_table()  # every row run so far for this data set, also by earlier invocations
-    text = markdown(data, [r for r in ROWS if f"abl-{data}-{r[0]}" in table], table)
+    if seed_list:
+        text = spread_markdown(data, chosen, seed_list, table)
+    else:
+        text = markdown(data, [r for r in ROWS if exp_name(data, r[0]) in table], table)
     if run_experiments:
-        print(f"ablation: {len(chosen)} rows in {(time.perf_counter() - start) / 60:.0f} min")
+        print(f"ablation: {len(runs)} runs in {(time.perf_counter() - start) / 60:.0f} min")
     print(text)
     if readme:
-        write_readme(data, text, REPO / "README.md")
+        write_readme(f"{data}:seeds" if seed_list else data, text, REPO / "README.md")
 
 
 if __name__ == "__main__":
