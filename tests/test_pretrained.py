@@ -111,10 +111,26 @@ def test_position_mapping_checks_kind_and_shape():
 
 
 def test_timm_weights_never_reach_for_the_network(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import socket
+
+    import huggingface_hub.constants as hub
+
+    # as in a stage: huggingface_hub already imported (by timm) with no HF_HUB_OFFLINE in the environment
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_HOME", "/nonexistent-photoid-cache")
+    connections = []
+
+    def refuse(*args, **kwargs):
+        connections.append(args)
+        raise OSError("photoid reached for the network")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
     with pytest.raises(WeightsError, match="not in the local Hugging Face cache"):
         create_backbone("resnet18", "true")
+    assert connections == []
+    assert hub.HF_HUB_OFFLINE is False  # the process's own setting is left as it was
 
 
 @pytest.mark.parametrize("value,expected", [("false", "false"), ("", "false"), ("True", "true"),

