@@ -168,21 +168,19 @@ def spread_cell(values: list[float], count: bool = False) -> str:
 def spread_markdown(data: str, rows: list[tuple[str, str, list[str]]], seeds: list[int],
                     table: dict[str, dict[str, str]]) -> str:
     """One line per row: each metric's mean ± sd (lowest–highest) over the seeds that ran."""
-    runs = {name: [table[exp_name(data, name, s)] for s in seeds if exp_name(data, name, s) in table]
-            for name, _, _ in rows}
-    cols = [c for c in COLUMNS if any(cell(r, c[0]) is not None for rs in runs.values() for r in rs)]
+    found = {name: [s for s in seeds if exp_name(data, name, s) in table] for name, _, _ in rows}
+    cols = [c for c in COLUMNS if any(cell(table[exp_name(data, name, s)], c[0]) is not None
+                                      for name, ss in found.items() for s in ss)]
     commits = baselines()
     lines = ["| row | `-S` | seeds | " + " | ".join(h for _, h in cols) + " | run on |",
              "|---|---|---|" + "---|" * len(cols) + "---|"]
     for name, _, overrides in rows:
-        found = [s for s in seeds if exp_name(data, name, s) in table]
-        cells = []
-        for c, h in cols:
-            values = [float(v) for r in runs[name] if (v := cell(r, c)) is not None]
-            cells.append(spread_cell(values, count=h == "pseudo-labels"))
-        ran_on = sorted({commits.get(exp_name(data, name, s), "–") for s in found}) or ["–"]
+        runs = [table[exp_name(data, name, s)] for s in found[name]]
+        cells = [spread_cell([float(v) for r in runs if (v := cell(r, c)) is not None], count=h == "pseudo-labels")
+                 for c, h in cols]
+        ran_on = sorted({commits.get(exp_name(data, name, s), "–") for s in found[name]}) or ["–"]
         lines.append(f"| {name} | {' '.join(f'`{o}`' for o in overrides) or '–'} | "
-                     f"{','.join(map(str, found)) or '–'} | " + " | ".join(cells) + f" | {', '.join(ran_on)} |")
+                     f"{','.join(map(str, found[name])) or '–'} | " + " | ".join(cells) + f" | {', '.join(ran_on)} |")
     lines.append("")
     lines.append(f"Written by `python bench/ablation.py --data {data} --rows {','.join(n for n, _, _ in rows)} "
                  f"--seeds {','.join(map(str, seeds))}` from `dvc exp show --csv` ({time.strftime('%Y-%m-%d')}, a 2-core "
