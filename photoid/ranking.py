@@ -32,7 +32,7 @@ from photoid.data.split import cv_folds, fold_view, parse_fold, test_folds
 from photoid.embed import EmbeddingSet
 from photoid.errors import DataError
 from photoid.io import atomic_path
-from photoid.metrics import NEW_INDIVIDUAL, average_precision_at_n, map_at_k
+from photoid.metrics import NEW_INDIVIDUAL, average_precision_at_k, average_precision_at_n, map_at_k
 from photoid.retrieval import (
     Candidates,
     Search,
@@ -335,6 +335,14 @@ def scores(r: Ranking, t: Thresholds) -> dict:
         "map5_without_new": map_at_k(ranked, r.truth, K),
         # over the queries of known individuals only: how well photoid finds a known animal
         "map5_known": map_at_k([ranked[i] for i in known], [r.truth[i] for i in known], K),
+        # where MAP@5 is lost: with each query told whether its animal is new (new ones score 1, known ones
+        # their rank among the known individuals), the ranking's ceiling; and with the one threshold that
+        # is best in hindsight on this set's own truth, the ceiling of any single new_individual threshold
+        "map5_new_told": (sum(y == NEW_INDIVIDUAL for y in r.truth)
+                          + sum(average_precision_at_k(ranked[i], r.truth[i], K) for i in known)) / len(r.truth)
+        if r.truth else 0.0,
+        "map5_hindsight_threshold": float(map_for_thresholds(r.candidates, r.truth, threshold_grid(r.candidates),
+                                                             K).max()) if r.truth else 0.0,
         "new_precision": precision,
         "new_recall": recall,
         "new_first_share": float(answered_new_first(preds).mean()) if preds else 0.0,

@@ -197,3 +197,23 @@ def test_ivf_search_finds_what_the_exact_search_finds_and_never_leaves_an_empty_
 def test_an_unknown_search_index_names_the_param():
     with pytest.raises(DataError, match="knn.index is 'hnsw': use one of flat, ivf"):
         Search(10, "hnsw", 0, 0)
+
+
+def test_map5_loss_is_split_between_the_ranking_and_the_new_individual_threshold():
+    from photoid.ranking import Ranking, Thresholds, scores
+
+    new = NEW_INDIVIDUAL
+    # q0 A found first; q1 new, but A scores 0.6; q2 B only second, under A's 0.7; q3 new, weak scores
+    cands = Candidates(np.array([["A", "B"], ["A", "B"], ["A", "B"], ["B", "A"]], dtype=object),
+                       np.array([[0.9, 0.5], [0.6, 0.2], [0.7, 0.3], [0.4, 0.1]], np.float32))
+    r = Ranking(np.array(["q0", "q1", "q2", "q3"]), cands, np.array(["s"] * 4), [["A"], ["A"], ["A"], ["B"]],
+                {"A": 1, "B": 1}).set_truth(["A", "q1_animal", "B", "q3_animal"])
+    assert r.truth == ["A", new, "B", new]
+    out = scores(r, Thresholds(0.55))
+    # at 0.55: q0 A first (1), q1 A then new (1/2), q2 A, new, B (1/3), q3 new first (1)
+    assert out["map5"] == pytest.approx((1 + 1 / 2 + 1 / 3 + 1) / 4)
+    # told which are new: q1, q3 score 1; q0 finds A first (1), q2 finds B second (1/2)
+    assert out["map5_new_told"] == pytest.approx((1 + 1 + 1 + 1 / 2) / 4)
+    # the best single threshold lies in (0.6, 0.9]: q0 1, q1 1, q2 1/3 (new before B), q3 1
+    assert out["map5_hindsight_threshold"] == pytest.approx((1 + 1 + 1 / 3 + 1) / 4)
+    assert out["map5"] <= out["map5_hindsight_threshold"] <= out["map5_new_told"]
