@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import v2
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -35,7 +35,10 @@ def eval_transform(img_size: int) -> v2.Compose:
 
 
 def decode(path: str) -> torch.Tensor:
-    return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+    """A crop as a 3×H×W uint8 RGB tensor. Decoded by PIL: torchvision's image decoding is deprecated
+    since torchvision 0.29 (a warning on every call) and gives the same pixels for these JPEG crops."""
+    with Image.open(path) as img:
+        return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).contiguous()
 
 
 class CropDataset(Dataset):

@@ -121,3 +121,18 @@ def test_the_cache_lives_in_the_project_unless_photoid_cache_points_elsewhere(tm
     assert FoldOutputs("dolg", 0, tmp_path / "proj").crop_cache == tmp_path / "proj/cache/crops"
     monkeypatch.setenv("PHOTOID_CACHE", str(tmp_path / "fast"))
     assert FoldOutputs("retrain", 1, tmp_path / "proj").crop_cache == tmp_path / "fast/crops"
+
+
+def test_decode_gives_the_files_rgb_pixels_channels_first_without_a_deprecation_warning(tmp_path):
+    import warnings
+
+    colour = _crops(tmp_path / "c", n=1, size=24)[0]
+    grey = tmp_path / "grey.jpg"
+    Image.fromarray(np.arange(24 * 30, dtype=np.uint8).reshape(24, 30) % 251).save(grey, quality=95)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torchvision's decoders warn on every call since 0.29
+        got, got_grey = decode(colour), decode(str(grey))
+    assert got.dtype == torch.uint8 and got.shape == (3, 24, 24)
+    assert np.array_equal(got.numpy(), np.asarray(Image.open(colour).convert("RGB")).transpose(2, 0, 1))
+    assert got_grey.shape == (3, 24, 30)  # a one-channel file comes back as RGB, its three channels equal
+    assert torch.equal(got_grey[0], got_grey[1]) and torch.equal(got_grey[1], got_grey[2])
