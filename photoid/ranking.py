@@ -32,7 +32,7 @@ from photoid.data.split import cv_folds, fold_view, parse_fold, test_folds
 from photoid.embed import EmbeddingSet
 from photoid.errors import DataError
 from photoid.io import atomic_path
-from photoid.metrics import NEW_INDIVIDUAL, average_precision_at_k, average_precision_at_n, map_at_k
+from photoid.metrics import NEW_INDIVIDUAL, average_precision_at_n, map_at_k
 from photoid.retrieval import (
     Candidates,
     Search,
@@ -328,19 +328,18 @@ def scores(r: Ranking, t: Thresholds) -> dict:
     species = np.asarray(r.species)
     known = [i for i, y in enumerate(r.truth) if y != NEW_INDIVIDUAL]
     ranked = predict(r.candidates, -np.inf, K)  # known individuals only, new_individual last
+    map5_known = map_at_k([ranked[i] for i in known], [r.truth[i] for i in known], K)
     out = {
         "map5": map_at_k(preds, r.truth, K),
         "top1": float(np.mean([p[0] == y for p, y in zip(preds, r.truth)])) if r.truth else 0.0,
         # over every query (new ones score 0): bounded by the share of queries of known individuals
         "map5_without_new": map_at_k(ranked, r.truth, K),
         # over the queries of known individuals only: how well photoid finds a known animal
-        "map5_known": map_at_k([ranked[i] for i in known], [r.truth[i] for i in known], K),
+        "map5_known": map5_known,
         # where MAP@5 is lost: with each query told whether its animal is new (new ones score 1, known ones
-        # their rank among the known individuals), the ranking's ceiling; and with the one threshold that
-        # is best in hindsight on this set's own truth, the ceiling of any single new_individual threshold
-        "map5_new_told": (sum(y == NEW_INDIVIDUAL for y in r.truth)
-                          + sum(average_precision_at_k(ranked[i], r.truth[i], K) for i in known)) / len(r.truth)
-        if r.truth else 0.0,
+        # their rank among the known individuals: map5_known), the ranking's ceiling; and with the one
+        # threshold that is best in hindsight on this set's own truth, the ceiling of any single threshold
+        "map5_new_told": (len(r.truth) - len(known) + map5_known * len(known)) / len(r.truth) if r.truth else 0.0,
         "map5_hindsight_threshold": float(map_for_thresholds(r.candidates, r.truth, threshold_grid(r.candidates),
                                                              K).max()) if r.truth else 0.0,
         "new_precision": precision,
