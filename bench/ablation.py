@@ -53,7 +53,9 @@ ROWS: list[tuple[str, str, list[str]]] = [
     ("fixed-margin", "fixed ArcFace margin (margin_max for every class) instead of adaptive", ["dolg.margin_rule=fixed"]),
     ("one-subcentre", "1 sub-centre per class instead of 2", ["dolg.subcenters=1"]),
     ("no-query-flip", "queries without flip TTA (the crop alone)", ["knn.query_flip=false"]),
-    ("no-gallery-flip", "gallery without mirror-image entries", ["knn.gallery_flip=false"]),
+    ("gallery-entries", "gallery images entered as the crop and its mirror image, two entries (the default before "
+     "the flip-TTA mean)", ["knn.gallery_flip=entries"]),
+    ("no-gallery-flip", "gallery images as the crop alone (no mirror image)", ["knn.gallery_flip=false"]),
     ("no-flips", "no flip TTA at all (queries and gallery)", ["knn.query_flip=false", "knn.gallery_flip=false"]),
     ("train-hflip", "random mirror images in training", ["train.hflip=true"]),
     ("frozen-3", "the backbone's first 3 feature stages frozen instead of 2 (stride 8 kept as ImageNet has it)",

@@ -11,7 +11,8 @@ An embedding set is a folder:
 Arrays are written batch by batch into memory-mapped .npy files, so memory stays bounded by one
 batch of images whatever the size of the data set. Readers derive what they need:
 :meth:`EmbeddingSet.queries` (the flip-TTA mean of the two, L2-normalised) and
-:meth:`EmbeddingSet.gallery` (the originals and, as more entries, the flipped ones).
+:meth:`EmbeddingSet.gallery` (the flip-TTA means, or the originals and, as more entries, the flipped
+ones, or the originals alone).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from photoid.retrieval import l2_normalise
 from photoid.runtime import autocast, torch_device
 
 ROW_COLUMNS = ["image_id", "part", "individual", "species", "crop_path"]
+# how gallery images use their mirror images (knn.gallery_flip): the flip-TTA mean, a second entry, or not at all
+GALLERY_FLIPS = ("mean", "entries", "none")
 
 
 @torch.no_grad()
@@ -129,15 +132,21 @@ class EmbeddingSet:
         """Query vectors of rows ``index``: the flip-TTA mean when ``flip`` and flips are there, else the originals."""
         return flip_tta(self.original[index], self.flipped[index] if flip and self.flipped is not None else None)
 
-    def gallery(self, index: np.ndarray, flip: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Gallery vectors of rows ``index`` and, for each vector, the row it belongs to: every original
-        and, when ``flip`` and flips are there, every flipped embedding as one more entry of the same image."""
-        vectors = [l2_normalise(self.original[index])]
-        owners = [np.asarray(index)]
-        if flip and self.flipped is not None:
-            vectors.append(l2_normalise(self.flipped[index]))
-            owners.append(np.asarray(index))
-        return np.concatenate(vectors), np.concatenate(owners)
+    def gallery(self, index: np.ndarray, flip: str = "entries") -> tuple[np.ndarray, np.ndarray]:
+        """Gallery vectors of rows ``index`` and, for each vector, the row it belongs to. ``flip`` (one of
+        :data:`GALLERY_FLIPS`, knn.gallery_flip), when flips are there: ``"mean"``, each image's flip-TTA
+        mean, as a query is (so a similarity is the same whichever side of the animal either photo shows);
+        ``"entries"``, every original and every flipped embedding as one more entry of the same image;
+        ``"none"``, the originals. Without flips, the originals."""
+        if flip not in GALLERY_FLIPS:
+            raise ValueError(f"gallery flip {flip!r}: use one of {', '.join(GALLERY_FLIPS)}")
+        index = np.asarray(index)
+        if self.flipped is None or flip == "none":
+            return l2_normalise(self.original[index]), index
+        if flip == "mean":
+            return self.queries(index, flip=True), index
+        return (np.concatenate([l2_normalise(self.original[index]), l2_normalise(self.flipped[index])]),
+                np.concatenate([index, index]))
 
 
 def embed_checkpoint(model_path: Path, crops: pd.DataFrame, out_dir: Path, flip: bool, batch_size: int = 64,

@@ -14,8 +14,9 @@ What knn-rank and pseudo-label share.
 - **Test.** The queries are the test images, the gallery every training image; the folds are
   ensembled by averaging their similarities (:func:`photoid.retrieval.fold_ensemble`).
 - Flips (:class:`Flips`, each a param): a query is the flip-TTA mean of the crop and its mirror
-  image (``query``), or the crop alone; the gallery holds each image and, with ``gallery``, its
-  mirror image as a second entry; an individual scores its best entry.
+  image (``query``), or the crop alone; a gallery image is that mean too (``gallery="mean"``), or
+  the crop with its mirror image as a second entry (``"entries"``), or the crop alone (``"none"``);
+  an individual scores its best entry.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import pandas as pd
 
 from photoid.data.schema import TEST, TRAIN, UNKNOWN_SPECIES
 from photoid.data.split import cv_folds, fold_view, parse_fold, test_folds
-from photoid.embed import EmbeddingSet
+from photoid.embed import GALLERY_FLIPS, EmbeddingSet
 from photoid.errors import DataError
 from photoid.io import atomic_path
 from photoid.metrics import NEW_INDIVIDUAL, average_precision_at_n, map_at_k
@@ -61,7 +62,20 @@ class Flips:
     """How mirror images are used in ranking (both need embeddings made with flips)."""
 
     query: bool = True  # a query is the mean of its crop's and its mirror image's embeddings
-    gallery: bool = True  # every gallery image is also entered as its mirror image
+    # mean: a gallery image is that mean too | entries: it is also entered as its mirror image | none: neither
+    gallery: str = "mean"
+
+    def __post_init__(self):
+        if self.gallery not in GALLERY_FLIPS:
+            raise DataError(f"knn.gallery_flip is {self.gallery!r}: use one of {', '.join(GALLERY_FLIPS)} "
+                            "(params.yaml; true means entries, false none)")
+
+    @classmethod
+    def parse(cls, query: bool, gallery) -> "Flips":
+        """From knn.query_flip and knn.gallery_flip (``true`` and ``false``, the values before ``mean``
+        existed, mean ``entries`` and ``none``)."""
+        g = str(gallery).strip().lower()
+        return cls(bool(query), {"true": "entries", "false": "none"}.get(g, g))
 
 
 def load_fold_sets(root: Path, folds: list[int]) -> list[EmbeddingSet]:

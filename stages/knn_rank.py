@@ -78,7 +78,7 @@ def main(
     P = load_params(READS, params_file, overrides)
     search, rule = P.build(Search, "knn"), ThresholdRule.parse(P.str("knn.threshold"))
     neighbours = search.neighbours
-    flips = Flips(P.bool("knn.query_flip"), P.bool("knn.gallery_flip"))
+    flips = Flips.parse(P.bool("knn.query_flip"), P.str("knn.gallery_flip"))
     by_species, min_species_queries = P.bool("knn.per_species"), P.int("knn.min_species_queries")
     folds = ensemble_folds(P.get("ensemble.folds", list))
     cfg = P.build(RerankConfig, "rerank", match=P.build(MatchConfig, "rerank"))

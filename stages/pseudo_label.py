@@ -66,7 +66,7 @@ def main(
     search = P.build(Search, "knn")
     rule, by_species = ThresholdRule.parse(P.str("knn.threshold")), P.bool("knn.per_species")
     min_species_queries = P.int("knn.min_species_queries")
-    flips = Flips(P.bool("knn.query_flip"), P.bool("knn.gallery_flip"))
+    flips = Flips.parse(P.bool("knn.query_flip"), P.str("knn.gallery_flip"))
     cfg = P.build(RerankConfig, "rerank", match=P.build(MatchConfig, "rerank"))
     reranking = P.bool("rerank.enabled")
     P.check_all_read()

@@ -38,7 +38,7 @@ def main(
     P = load_params(READS, params_file, overrides)
     size, page_size = P.int("report.thumbnail"), P.int("report.page_size")
     folds = test_folds(ensemble_folds(P.get("ensemble.folds", list)))  # the models that ranked the test photos
-    flips = Flips(P.bool("knn.query_flip"), P.bool("knn.gallery_flip"))
+    flips = Flips.parse(P.bool("knn.query_flip"), P.str("knn.gallery_flip"))
     P.check_all_read()
     table = read_parquet(predictions)
     sets = load_fold_sets(embeddings, folds)

@@ -44,8 +44,12 @@ def test_flip_tta_leaves_a_mirror_symmetric_crop_unchanged_and_changes_others(tm
     assert np.allclose(q[0], s.original[0], atol=1e-5)
     mean = (s.original[1] + s.flipped[1]) / np.linalg.norm(s.original[1] + s.flipped[1])
     assert np.allclose(q[1], mean, atol=1e-5) and np.allclose(np.linalg.norm(q, axis=1), 1, atol=1e-5)
-    vectors, owners = s.gallery(np.arange(2))
+    vectors, owners = s.gallery(np.arange(2), "entries")
     assert vectors.shape == (4, 16) and owners.tolist() == [0, 1, 0, 1]  # each image and its mirror
+    vectors, owners = s.gallery(np.arange(2), "mean")  # each image once, as its query is
+    assert np.allclose(vectors, q, atol=1e-6) and owners.tolist() == [0, 1]
+    vectors, owners = s.gallery(np.arange(2), "none")
+    assert np.allclose(vectors, s.original[:2] / np.linalg.norm(s.original[:2], axis=1, keepdims=True), atol=1e-6)
     # the in-memory path used by validation agrees with what the stage writes
     assert np.allclose(embed_paths(model.embed, [sym, asym], 32, flip=True), q, atol=1e-5)
 
@@ -216,13 +220,33 @@ def test_flip_params_change_what_ranks(tmp_path):
 
     split, truth = _planted(tmp_path)
     both = rank_all(tmp_path / "emb", [0, 1], split, 100, test_truth=truth)
-    neither = rank_all(tmp_path / "emb", [0, 1], split, 100, test_truth=truth, flips=Flips(query=False, gallery=False))
+    neither = rank_all(tmp_path / "emb", [0, 1], split, 100, test_truth=truth, flips=Flips(query=False, gallery="none"))
     s = EmbeddingSet.load(tmp_path / "emb" / "fold0")
     g = np.flatnonzero((s.rows["part"] == "train").to_numpy())
-    assert len(s.gallery(g, flip=True)[0]) == 2 * len(s.gallery(g, flip=False)[0])
+    assert len(s.gallery(g, "entries")[0]) == 2 * len(s.gallery(g, "none")[0]) == 2 * len(s.gallery(g, "mean")[0])
     assert np.allclose(s.queries(g, flip=False), s.original[g] / np.linalg.norm(s.original[g], axis=1, keepdims=True),
                        atol=1e-6)
     assert not np.allclose(both.test.candidates.scores, neither.test.candidates.scores)
+
+
+def test_mean_gallery_scores_two_photos_alike_whichever_is_the_query(tmp_path):
+    """knn.gallery_flip=mean treats a gallery photo as a query is (the flip-TTA mean), so a pair of photos
+    scores the same whichever of the two is the query; two mirror entries per gallery photo do not."""
+    _planted(tmp_path)
+    s = EmbeddingSet.load(tmp_path / "emb" / "fold0")
+    idx = np.arange(len(s.rows))
+    q = s.queries(idx)
+    g, owners = s.gallery(idx, "mean")
+    assert owners.tolist() == idx.tolist() and np.allclose(q @ g.T, (q @ g.T).T, atol=1e-6)
+    g, owners = s.gallery(idx, "entries")
+    best = np.full((len(idx), len(idx)), -np.inf)
+    for col, owner in enumerate(owners):
+        best[:, owner] = np.maximum(best[:, owner], q @ g[col])
+    assert not np.allclose(best, best.T, atol=1e-3)
+    assert Flips.parse(True, "true").gallery == "entries" and Flips.parse(True, "False").gallery == "none"
+    assert Flips.parse(False, " MEAN ") == Flips(query=False, gallery="mean")
+    with pytest.raises(DataError, match="knn.gallery_flip is 'sideways'"):
+        Flips.parse(True, "sideways")
 
 
 def _stage(name):
@@ -396,7 +420,7 @@ def test_no_fold_pseudo_labels_a_test_photo_by_one_of_its_own_validation_images(
         shutil.rmtree(folder)
         _write_set(folder, rows, np.vstack([orig, orig[src]]), np.vstack([flipped, flipped[src]]))
     sets = [EmbeddingSet.load(tmp_path / "emb" / f"fold{k}") for k in (0, 1)]
-    per_fold = rank_test_per_fold(sets, [0, 1], split, 100, Flips(query=False))  # the copy is the original's entry
+    per_fold = rank_test_per_fold(sets, [0, 1], split, 100, Flips())  # the copy's flip-TTA mean is the original's
     i0, i1 = (int(np.flatnonzero(r.image_ids == "te_copy")[0]) for r in per_fold)
     assert per_fold[1].candidates.scores[i1, 0] == pytest.approx(1.0, abs=1e-5)  # fold 1 trains on the original
     assert per_fold[0].candidates.scores[i0, 0] < 0.99  # fold 0 validates on it: not in its gallery

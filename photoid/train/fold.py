@@ -117,8 +117,8 @@ def fold_retrieval_metrics(model_embed, crops: pd.DataFrame, split: pd.DataFrame
                            device=None, cache: CropCache | None = None) -> dict:
     """The fold's CV figures exactly as knn-rank computes them from embeddings
     (photoid.ranking.cross_validate, scores): the fold's validation photos and its rare individuals'
-    photos as queries against every other training photo of a known individual, flip-TTA queries,
-    every gallery photo also entered as its mirror image, the new_individual threshold tuned for
+    photos as queries against every other training photo of a known individual, flip-TTA queries and
+    gallery photos (knn-rank's default flips, :class:`photoid.ranking.Flips`), the new_individual threshold tuned for
     MAP@5 on these queries. So the epoch kept for the best ``val_map5`` (and retrain's choice between
     its starting weights and its epochs) is the best by the embedding CV MAP@5 knn-rank reports for
     this fold. ``crops``: the training crops (:func:`training_crops`); ``cache``: the crops read from
