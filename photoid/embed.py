@@ -132,7 +132,7 @@ class EmbeddingSet:
         """Query vectors of rows ``index``: the flip-TTA mean when ``flip`` and flips are there, else the originals."""
         return flip_tta(self.original[index], self.flipped[index] if flip and self.flipped is not None else None)
 
-    def gallery(self, index: np.ndarray, flip: str = "entries") -> tuple[np.ndarray, np.ndarray]:
+    def gallery(self, index: np.ndarray, flip: str) -> tuple[np.ndarray, np.ndarray]:
         """Gallery vectors of rows ``index`` and, for each vector, the row it belongs to. ``flip`` (one of
         :data:`GALLERY_FLIPS`, knn.gallery_flip), when flips are there: ``"mean"``, each image's flip-TTA
         mean, as a query is (so a similarity is the same whichever side of the animal either photo shows);
