@@ -14,6 +14,7 @@ a parameter that is silently ignored is worse than none.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from pathlib import Path
 
@@ -58,6 +59,14 @@ def coerce(key: str, value, kind):
             raise bad
         return value
     if origin is float:
+        if isinstance(value, str):  # YAML 1.1 reads 3e-05 (no dot: as `dvc exp run -S x=0.00003` writes it) as text
+            try:
+                number = float(value)
+            except ValueError:
+                raise bad from None
+            if not math.isfinite(number):
+                raise bad
+            return number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
         return float(value)

@@ -157,6 +157,14 @@ def test_a_stage_stops_on_a_key_it_does_not_use_a_misspelt_set_or_a_wrong_type(t
     # --set reads its value as YAML, as `dvc exp run -S` does
     p = load_params(("dolg", "ensemble"), PARAMS, ["dolg.epochs=3", "ensemble.folds=[0,2]", "dolg.select_best=false"])
     assert (p.int("dolg.epochs"), p.get("ensemble.folds", tuple), p.bool("dolg.select_best")) == (3, (0, 2), False)
+    # a float in exponent form without a dot is text to YAML 1.1, and `dvc exp run -S dolg.lr_backbone=0.00003`
+    # writes exactly that (3e-05) into params.yaml: it is the number
+    params.write_text(PARAMS.read_text().replace("  lr_backbone: 0.0001", "  lr_backbone: 3e-05"))
+    assert load_params(("dolg",), params).float("dolg.lr_backbone") == 3e-05
+    assert load_params(("dolg",), PARAMS, ["dolg.lr_backbone=1e-4"]).float("dolg.lr_backbone") == 1e-4
+    for text in ("fast", "nan", "inf"):
+        with pytest.raises(DataError, match=f"dolg.lr_backbone takes float, got '{text}'"):
+            load_params(("dolg",), PARAMS, [f"dolg.lr_backbone={text}"]).float("dolg.lr_backbone")
 
 
 def test_a_stage_run_by_hand_reports_a_bad_set_without_a_traceback(tmp_path):
