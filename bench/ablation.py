@@ -2,7 +2,8 @@
 and written into the README's Results section (never typed by hand).
 
     python bench/ablation.py --data demo                     # the built-in demo (about 50 min on 2 cores)
-    python bench/ablation.py --data marine                   # ../shared/data/marine_sample (no test truth: CV only)
+    python bench/ablation.py --data marine                   # ../shared/data/marine_sample (no test truth: CV only;
+                                                             # CV over all 3 folds, about 35 min on 2 cores)
     python bench/ablation.py --data demo --rows baseline,untrained --no-readme   # a few rows, print only
     python bench/ablation.py --data demo --rows baseline,backbone,untrained --seeds 0,1,2   # spread over seeds
 
@@ -64,15 +65,23 @@ ROWS: list[tuple[str, str, list[str]]] = [
     ("3-folds", "3-fold ensemble cross-validates and answers the test photos (no model on every labelled photo)",
      ["ensemble.folds=[0,1,2]"]),
     ("224px", "crops and training at 224 px instead of 160 (twice the compute)", ["train.img_size=224", "crop.size=224"]),
+    ("untrained-224px", "untrained ImageNet features + KNN at 224 px (the baseline of the 224px row)",
+     ["embed.features=untrained", "pseudo.enabled=false", "train.img_size=224", "crop.size=224"]),
     ("scratch", "EfficientNet-Lite0 from scratch (random init, nothing frozen)",
      ["train.pretrained=false", "train.frozen_stages=0", "backbone.freeze_epochs=0", "dolg.freeze_epochs=0"]),
 ]
 
 MARINE = ["data.source=csv", "data.labels=dolphin.csv,seal.csv,whale.csv", "data.image_col=Image",
           "data.individual_col=UniqueID,ID", "data.group_col=",  # its label files say nothing of encounters
-          "ensemble.folds=[0]"]  # no test part: a model on every labelled photo would answer nothing
+          # no test part, so no model on every labelled photo (it would answer nothing); every fold's model
+          # cross-validates its own fold, so CV covers every photo: 74 queries, not fold 0's 25
+          "ensemble.folds=[0,1,2]"]
+
+# rows that mean nothing on the marine sample: it has no test part, no encounters, and its CV already runs every fold
+DEMO_ONLY = {"new-share", "photo-folds", "fold-0-answers", "3-folds"}
 
 COLUMNS = [  # (csv column suffix, header)
+    ("metrics/knn.json:cv_queries", "CV queries"),
     ("metrics/knn.json:cv_map5", "CV MAP@5"),
     ("metrics/knn.json:cv_map5_known", "CV MAP@5 known"),
     ("metrics/knn.json:cv_map5_rare", "CV MAP@5 rare"),
@@ -84,6 +93,7 @@ COLUMNS = [  # (csv column suffix, header)
     ("metrics/pseudo.json:pseudo_labels", "pseudo-labels"),
     ("metrics/pseudo.json:accuracy", "their precision"),
 ]
+COUNTS = {"CV queries", "pseudo-labels"}  # headers whose cells are counts, not fractions
 
 
 def run(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess:
@@ -178,7 +188,7 @@ def spread_markdown(data: str, rows: list[tuple[str, str, list[str]]], seeds: li
              "|---|---|---|" + "---|" * len(cols) + "---|"]
     for name, _, overrides in rows:
         runs = [table[exp_name(data, name, s)] for s in found[name]]
-        cells = [spread_cell([float(v) for r in runs if (v := cell(r, c)) is not None], count=h == "pseudo-labels")
+        cells = [spread_cell([float(v) for r in runs if (v := cell(r, c)) is not None], count=h in COUNTS)
                  for c, h in cols]
         ran_on = sorted({commits.get(exp_name(data, name, s), "–") for s in found[name]}) or ["–"]
         lines.append(f"| {name} | {' '.join(f'`{o}`' for o in overrides) or '–'} | "
@@ -200,7 +210,7 @@ def markdown(data: str, rows: list[tuple[str, str, list[str]]], table: dict[str,
     for name, what, overrides in rows:
         r = table.get(exp_name(data, name), {})
         lines.append(f"| {name} | {what} | {' '.join(f'`{o}`' for o in overrides) or '–'} | "
-                     + " | ".join(fmt(cell(r, c), count=h == "pseudo-labels") for c, h in cols)
+                     + " | ".join(fmt(cell(r, c), count=h in COUNTS) for c, h in cols)
                      + f" | {commits.get(exp_name(data, name), '–')} |")
     lines.append("")
     lines.append(f"Written by `python bench/ablation.py --data {data}` from `dvc exp show --csv` "
@@ -233,7 +243,8 @@ def main(
     seeds: str = typer.Option("", help="Comma-separated training seeds: each row runs once per seed and the table is "
                                        "the spread over them (README markers ablation:<data>:seeds)."),
 ):
-    chosen = ROWS if rows == "all" else [r for r in ROWS if r[0] in rows.split(",")]
+    every = [r for r in ROWS if data == "demo" or r[0] not in DEMO_ONLY]
+    chosen = every if rows == "all" else [r for r in ROWS if r[0] in rows.split(",")]
     if not chosen:
         raise SystemExit(f"no such rows: {rows}; have {', '.join(r[0] for r in ROWS)}")
     base = [] if data == "demo" else [*MARINE, f"data.root={os.path.relpath(marine_root.resolve(), REPO)}"]
@@ -262,7 +273,7 @@ def main(
     if seed_list:
         text = spread_markdown(data, chosen, seed_list, table)
     else:
-        text = markdown(data, [r for r in ROWS if exp_name(data, r[0]) in table], table)
+        text = markdown(data, [r for r in every if exp_name(data, r[0]) in table], table)
     if run_experiments:
         print(f"ablation: {len(runs)} runs in {(time.perf_counter() - start) / 60:.0f} min")
     print(text)

@@ -48,21 +48,22 @@ def test_the_seed_spread_table_gives_mean_sd_and_range_over_the_seeds_that_ran(m
                                                         "abl-demo-baseline-seed2": "bbbbbbb",
                                                         "abl-demo-untrained-seed0": "aaaaaaa"})
     table = {  # as `dvc exp show --csv` names them: bare keys, one `file:key` where a key is ambiguous
-        "abl-demo-baseline-seed0": {"cv_map5": "0.70", "metrics/pseudo.json:pseudo_labels": "4"},
-        "abl-demo-baseline-seed1": {"cv_map5": "0.80", "metrics/pseudo.json:pseudo_labels": "6"},
-        "abl-demo-baseline-seed2": {"cv_map5": "0.90", "metrics/pseudo.json:pseudo_labels": "8"},
+        "abl-demo-baseline-seed0": {"cv_queries": "74", "cv_map5": "0.70", "metrics/pseudo.json:pseudo_labels": "4"},
+        "abl-demo-baseline-seed1": {"cv_queries": "74", "cv_map5": "0.80", "metrics/pseudo.json:pseudo_labels": "6"},
+        "abl-demo-baseline-seed2": {"cv_queries": "74", "cv_map5": "0.90", "metrics/pseudo.json:pseudo_labels": "8"},
         "abl-demo-untrained-seed0": {"cv_map5": "0.65", "metrics/pseudo.json:pseudo_labels": "-"},
         "abl-demo-baseline": {"cv_map5": "0.10"},  # the plain row is not a seed of it
     }
     rows = [r for r in ablation.ROWS if r[0] in ("baseline", "untrained")]
     lines = ablation.spread_markdown("demo", rows, [0, 1, 2], table).splitlines()
-    assert lines[0].split(" | ")[3:5] == ["CV MAP@5", "pseudo-labels"]  # only columns some run has
+    assert lines[0].split(" | ")[3:6] == ["CV queries", "CV MAP@5", "pseudo-labels"]  # only columns some run has
     baseline = [c.strip() for c in lines[2].split("|")]
     # mean 0.8, sample sd sqrt(((-.1)^2 + 0 + .1^2) / 2) = 0.1
-    assert baseline[1:] == ["baseline", "–", "0,1,2", "0.800 ± 0.100 (0.700–0.900)", "6.0 ± 2.0 (4–8)",
+    assert baseline[1:] == ["baseline", "–", "0,1,2", "74.0 ± 0.0 (74–74)", "0.800 ± 0.100 (0.700–0.900)",
+                            "6.0 ± 2.0 (4–8)",
                             "aaaaaaa, bbbbbbb", ""]
     untrained = [c.strip() for c in lines[3].split("|")]
-    assert untrained[3:7] == ["0", "0.650 ± 0.000 (0.650–0.650)", "–", "aaaaaaa"]
+    assert untrained[3:8] == ["0", "–", "0.650 ± 0.000 (0.650–0.650)", "–", "aaaaaaa"]
     assert "--seeds 0,1,2" in lines[-1]
 
 
