@@ -58,18 +58,16 @@ def coerce(key: str, value, kind):
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad
         return value
-    if origin is float:
-        if isinstance(value, str):  # YAML 1.1 reads 3e-05 (no dot: as `dvc exp run -S x=0.00003` writes it) as text
-            try:
-                number = float(value)
-            except ValueError:
-                raise bad from None
-            if not math.isfinite(number):
-                raise bad
-            return number
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if origin is float:  # text too: YAML 1.1 reads 3e-05 (no dot, as `dvc exp run -S x=0.00003` writes it) as a string
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise bad
-        return float(value)
+        try:
+            number = float(value)
+        except ValueError:
+            raise bad from None
+        if not math.isfinite(number):
+            raise bad
+        return number
     if origin is str:
         if isinstance(value, (dict, list)) or value is None:
             raise bad
