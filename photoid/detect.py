@@ -3,7 +3,9 @@
 Both winning solutions crop the animal first. :func:`train_detector` trains a one-class YOLO
 from a model yaml (or fine-tunes weights the user names) on the boxes a data set has, and reports
 box mAP50 on the images held back. :func:`predict_boxes` gives every image one box: the most
-confident detection, or the full frame when nothing passes the threshold.
+confident detection, however weak down to ``detect.conf`` (a photo-ID photo shows its animal, so a
+low-confidence box around it still beats the whole frame; its confidence goes with the crop as
+``box_confidence``), or the full frame when nothing reaches it.
 
 Ultralytics is told to stay offline (``YOLO_OFFLINE``), gets a throw-away settings folder with
 every logging integration off (its DVC callback would otherwise write dvclive files and edit
