@@ -2,8 +2,8 @@
 predict one box for every image.
 
 Every image keeps its most confident detection, down to --conf; none that high: the image keeps its
-full frame (counted). A data set with no boxes
-and no --weights: full frame for every image, and the metrics say so.
+full frame (counted). A data set with no boxes and no --weights: full frame for every image, and the
+metrics say so.
 """
 
 from __future__ import annotations
