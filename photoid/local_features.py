@@ -1,15 +1,18 @@
 """Local features of crops and their geometric verification: the evidence that two photos show the
 same nick, scar or patch in the same place.
 
-- **Keypoints**: OpenCV SIFT on the grey crop (contrast-limited histogram equalisation first, so that
-  faint patches on a dark fin give keypoints), inside the crop's picture (the black letterbox bars
-  are masked), at most ``max_keypoints`` per crop; descriptors as RootSIFT (L1-normalised, square
-  root: the Hellinger kernel as a dot product), stored as uint8. Each crop is described twice: as it
-  is and mirrored, because a photo may show the other side of a fin.
+- **Keypoints at the photo's own resolution**: the crop's box region is read from the original
+  photo (upright, as the crop stage reads it) and scaled so that its longer side is ``size`` pixels
+  (small photos enlarged, large ones shrunk), independent of the training crops' size: the nicks,
+  spots and scars a matcher needs are gone at 160 px. OpenCV SIFT on it in grey
+  (contrast-limited histogram equalisation first, so that faint patches on a dark fin give
+  keypoints), at most ``max_keypoints``; descriptors as RootSIFT (L1-normalised, square root: the
+  Hellinger kernel as a dot product), stored as uint8. Each region is described twice: as it is and
+  mirrored, because a photo may show the other side of a fin.
 - **Store** (a folder, a DVC output of the local-features stage): ``frames.npy`` (M×4 float32: x, y,
-  size, angle of every keypoint, in crop pixels), ``descriptors.npy`` (M×128 uint8), ``index.parquet``
-  (image_id, flipped, start, count: the rows of each crop in the arrays). Read by memory map, so
-  matching workers share it without copies.
+  size, angle of every keypoint, in the described region's pixels), ``descriptors.npy`` (M×128
+  uint8), ``index.parquet`` (image_id, flipped, start, count, side: the rows of each photo in the
+  arrays). Read by memory map, so matching workers share it without copies.
 - **Verification** (:func:`count_inliers`): mutual nearest neighbours that pass Lowe's ratio test,
   then RANSAC with a similarity model (``cv2.estimateAffinePartial2D``: rotation, scale, shift). A
   transform whose scale is beyond ``max_scale`` is no match (crops are scaled to the animal, so a
@@ -38,9 +41,16 @@ DESCRIPTOR_DIM = 128
 class KeypointConfig:
     """params.yaml's local section, but its workers (the values live there)."""
 
+    size: int  # the box region's longer side, in pixels, when it is described
     max_keypoints: int  # strongest keypoints kept per crop
     contrast_threshold: float  # SIFT's: lower finds fainter keypoints
     clahe: bool  # equalise contrast locally before detection
+
+    def __post_init__(self):
+        if self.size < 32:
+            raise DataError(f"local.size must be at least 32 pixels, got {self.size}")
+        if self.max_keypoints < 1:
+            raise DataError(f"local.max_keypoints must be at least 1, got {self.max_keypoints}")
 
 
 @dataclass(frozen=True)
@@ -91,13 +101,30 @@ def detect(grey: np.ndarray, cfg: KeypointConfig, sift=None) -> Keypoints:
     return Keypoints(frames, root_sift(desc), side)
 
 
-def read_grey(path: str | Path) -> np.ndarray:
-    import cv2
+BOX_COLUMNS = ["crop_x1", "crop_y1", "crop_x2", "crop_y2"]  # the crop table's box (upright photo pixels, margin added)
 
-    grey = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if grey is None:
-        raise DataError(f"{path}: the crop cannot be read; re-run the crop stage (`dvc repro crop`).")
-    return grey
+
+def read_region(path: str | Path, width: int, box: tuple[float, float, float, float], size: int) -> np.ndarray:
+    """The ``box`` region of the photo at ``path`` (upright pixels of a photo ``width`` pixels wide, as
+    ingest measured it), in grey, scaled so that its longer side is ``size``: bicubic up, area-averaged
+    down. A JPEG is decoded at the smallest scale that still gives ``size`` pixels across the box."""
+    from PIL import Image
+
+    from photoid.images import load_rgb, reduce_factor
+
+    x1, y1, x2, y2 = box
+    try:
+        img = load_rgb(path, reduce=reduce_factor(x2 - x1, y2 - y1, size))
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: the photo cannot be read for its local features ({e}); re-run ingest "
+                        "(`dvc repro ingest`).") from None
+    s = img.width / width
+    left, top = int(np.floor(x1 * s)), int(np.floor(y1 * s))
+    region = img.crop((left, top, max(int(np.ceil(x2 * s)), left + 1), max(int(np.ceil(y2 * s)), top + 1))).convert("L")
+    scale = size / max(region.size)
+    w, h = max(1, round(region.width * scale)), max(1, round(region.height * scale))
+    resample = Image.Resampling.BICUBIC if scale > 1 else Image.Resampling.BOX
+    return np.asarray(region.resize((w, h), resample), dtype=np.uint8)
 
 
 def _tentative_matches(a: Keypoints, b: Keypoints, ratio: float) -> tuple[np.ndarray, np.ndarray]:
@@ -143,21 +170,27 @@ def count_inliers(a: Keypoints, b: Keypoints, cfg: MatchConfig) -> int:
 # --------------------------------------------------------------------------------------------- store
 
 def _describe(args) -> tuple[Keypoints, Keypoints]:
-    path, cfg = args
-    grey = read_grey(path)
+    path, width, box, cfg = args
+    grey = read_region(path, width, box, cfg.size)
     sift = _sift(cfg)
     return detect(grey, cfg, sift), detect(np.ascontiguousarray(grey[:, ::-1]), cfg, sift)
 
 
 def write_store(rows: pd.DataFrame, out_dir: Path, cfg: KeypointConfig, workers: int = 1,
                 progress: bool = True) -> dict:
-    """Describe every crop of ``rows`` (image_id, crop_path), as it is and mirrored, into a store at
-    ``out_dir``; return figures (crops, keypoints per crop, crops without keypoints, seconds)."""
+    """Describe the box region of every photo of ``rows`` (image_id, path and width: the photo as
+    ingest recorded it, and the crop table's box: crop_x1, crop_y1, crop_x2, crop_y2), as it is and
+    mirrored, at ``cfg.size`` pixels, into a store at ``out_dir``; return figures (photos, keypoints
+    per photo, photos without keypoints, the store's bytes per 1,000 photos, seconds per photo)."""
     from multiprocessing import get_context
 
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    jobs = [(p, cfg) for p in rows["crop_path"]]
+    missing = [c for c in ["image_id", "path", "width", *BOX_COLUMNS] if c not in rows.columns]
+    if missing:
+        raise ValueError(f"the rows to describe lack the columns {missing}")
+    jobs = [(p, int(w), tuple(map(float, box)), cfg)
+            for p, w, box in zip(rows["path"], rows["width"], rows[BOX_COLUMNS].to_numpy())]
     if workers > 1 and len(jobs) > 1:
         with get_context("spawn").Pool(workers) as pool:
             described = list(tqdm(pool.imap(_describe, jobs, chunksize=8), total=len(jobs), desc="local features",
@@ -173,8 +206,13 @@ def write_store(rows: pd.DataFrame, out_dir: Path, cfg: KeypointConfig, workers:
             start_row += len(kp.frames)
     table = pd.DataFrame(index, columns=["image_id", "flipped", "start", "count", "side"])
     counts = table.loc[~table["flipped"], "count"].to_numpy()
+    n_rows = int(table["count"].sum())
+    store_bytes = n_rows * (DESCRIPTOR_DIM + 16)  # uint8 descriptors, four float32 frame values
+    seconds = time.perf_counter() - start
     figures = {"crops": len(rows), "keypoints_per_crop": float(counts.mean()) if len(counts) else 0.0,
-               "crops_without_keypoints": int((counts == 0).sum()), "seconds": time.perf_counter() - start,
+               "crops_without_keypoints": int((counts == 0).sum()), "seconds": seconds,
+               "seconds_per_photo": seconds / max(len(rows), 1),
+               "store_mb_per_1000_photos": store_bytes / 1e6 * 1000 / max(len(rows), 1),
                "config": asdict(cfg)}
     with atomic_path(out_dir) as tmp:  # the store appears whole or not at all
         tmp.mkdir()
@@ -184,7 +222,7 @@ def write_store(rows: pd.DataFrame, out_dir: Path, cfg: KeypointConfig, workers:
             np.save(f, np.concatenate(descriptors) if descriptors else np.zeros((0, DESCRIPTOR_DIM), np.uint8))
         table.to_parquet(tmp / "index.parquet", index=False, engine="pyarrow")
         # what made the store, without the timing: the same crops and settings give the same bytes
-        write_json({k: v for k, v in figures.items() if k != "seconds"}, tmp / "meta.json")
+        write_json({k: v for k, v in figures.items() if k not in ("seconds", "seconds_per_photo")}, tmp / "meta.json")
     return figures
 
 

@@ -104,6 +104,8 @@ class Ranking:
     fold: np.ndarray | None = None
     photos: list[list[list[int]]] | None = None  # per query and candidate: its gallery images (row positions), best first
     rare: np.ndarray | None = None  # CV: the query is of an individual too rare to train on (filter.min_samples)
+    gallery_ids: np.ndarray | None = None  # image_id of every gallery photo searched (one ranking's; None when pooled)
+    gallery_individuals: np.ndarray | None = None  # their individuals
 
     def set_truth(self, individuals) -> "Ranking":
         self.truth = query_truth(individuals, list(self.gallery_counts))
@@ -116,8 +118,9 @@ class Ranking:
 
 @dataclass(frozen=True)
 class Shortlist:
-    """How many individuals each query keeps, and whether (and how many of) their gallery photos are
-    kept for re-ranking (0: every one the neighbour list found)."""
+    """How many individuals each query keeps (0: every individual of the gallery, the whole gallery
+    searched), and whether (and how many of) their gallery photos are kept for re-ranking (0: every
+    one the neighbour list found)."""
 
     individuals: int = K
     photos: int | None = None  # None: no photos kept
@@ -125,17 +128,23 @@ class Shortlist:
 
 def _rank(queries: np.ndarray, query_rows: pd.DataFrame, gallery: np.ndarray, owners: np.ndarray,
           rows: pd.DataFrame, search: "int | Search", shortlist: Shortlist = Shortlist()) -> Ranking:
-    sims, idx = neighbours(queries, gallery, search)
+    from dataclasses import replace
+
     labels = rows["individual"].to_numpy()[owners]
+    width = shortlist.individuals or len(set(labels))
+    if not shortlist.individuals:  # every individual: the whole gallery searched
+        search = replace(Search.of(search), neighbours=len(gallery))
+    sims, idx = neighbours(queries, gallery, search)
     species = rows["species"].to_numpy()[owners]
     own = query_rows["species"].to_numpy()
     top = species[idx[:, 0]] if idx.shape[1] else np.full(len(query_rows), UNKNOWN_SPECIES, dtype=object)
     gallery_rows = rows.iloc[np.unique(owners)]
-    candidates = individual_candidates(sims, idx, labels, n=max(K, shortlist.individuals))
+    candidates = individual_candidates(sims, idx, labels, n=max(K, width))
     photos = None if shortlist.photos is None else candidate_photos(idx, owners, labels, candidates, shortlist.photos)
     return Ranking(query_rows["image_id"].to_numpy(), candidates,
                    np.where(own == UNKNOWN_SPECIES, top, own), ranked_images(idx, owners, labels, N_MAP),
-                   gallery_rows["individual"].value_counts().to_dict(), photos=photos)
+                   gallery_rows["individual"].value_counts().to_dict(), photos=photos,
+                   gallery_ids=gallery_rows["image_id"].to_numpy(), gallery_individuals=gallery_rows["individual"].to_numpy())
 
 
 def rare_query_folds(rows: pd.DataFrame, split: pd.DataFrame) -> pd.Series:
@@ -350,6 +359,7 @@ def scores(r: Ranking, t: Thresholds) -> dict:
         "map5_without_new": map_at_k(ranked, r.truth, K),
         # over the queries of known individuals only: how well photoid finds a known animal
         "map5_known": map5_known,
+        "top1_known": float(np.mean([ranked[i][0] == r.truth[i] for i in known])) if known else 0.0,
         # where MAP@5 is lost: with each query told whether its animal is new (new ones score 1, known ones
         # their rank among the known individuals: map5_known), the ranking's ceiling; and with the one
         # threshold that is best in hindsight on this set's own truth, the ceiling of any single threshold

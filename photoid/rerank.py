@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
+from photoid.catalogue_match import CatalogueConfig, CatalogueIndex, scores_for_candidates
 from photoid.errors import DataError
 from photoid.local_features import MatchConfig, count_inliers, open_stores
 from photoid.metrics import NEW_INDIVIDUAL
@@ -45,6 +46,7 @@ if TYPE_CHECKING:  # knn ranks; this module re-ranks what it ranked
     from photoid.ranking import RankResult
 
 SCORES = ("fused", "inliers")
+LOCAL_MATCHING = ("catalogue", "pairwise")
 POOL_MIN_PAIRS = 1000  # fewer pairs are verified in this process: a pool of spawned workers takes seconds to start
 
 
@@ -58,11 +60,15 @@ class RerankConfig:
     calibration_folds: int  # cross-fitting of the CV probabilities
     seed: int
     workers: int
+    local: str  # catalogue: LNBNN votes over every gallery keypoint | pairwise: RANSAC inliers of the shortlist's photos
     match: MatchConfig
+    catalogue: CatalogueConfig
 
     def __post_init__(self):
         if self.score not in SCORES:
             raise DataError(f"rerank.score takes {' or '.join(SCORES)}, got {self.score!r}")
+        if self.local not in LOCAL_MATCHING:
+            raise DataError(f"rerank.local takes {' or '.join(LOCAL_MATCHING)}, got {self.local!r}")
         if self.candidates and self.candidates < 5:
             raise DataError(f"rerank.candidates must be 0 (all) or at least 5 (the five answers), got {self.candidates}")
         if self.calibration_folds < 2:
@@ -78,6 +84,8 @@ def shortlisted_search(cfg: RerankConfig, search, split):
 
     from photoid.ranking import Shortlist
 
+    if cfg.local == "catalogue":  # every individual scored by the catalogue (0), or the embedding's best few
+        return Shortlist(cfg.candidates), search
     width = cfg.candidates or int(split["individual"].nunique())
     if not (cfg.candidates and cfg.photos):
         return Shortlist(width, cfg.photos), replace(search, neighbours=len(split) * 2)
@@ -151,6 +159,29 @@ def inlier_matrix(pairs: list[tuple[int, int, str, str]], shape: tuple[int, int]
     for i, j, qid, gid in pairs:
         out[i, j] = max(out[i, j], counts[(qid, gid)])
     return out
+
+
+def catalogue_evidence(ranking, store_dirs, cfg: RerankConfig, width: int) -> np.ndarray:
+    """Q×width: the LNBNN score (:mod:`photoid.catalogue_match`) of each of a ranking's first ``width``
+    candidates, the query's keypoints matched against every keypoint of the ranking's own gallery
+    (``ranking.gallery_ids``: a CV fold's index never holds that fold's validation photos)."""
+    if ranking.gallery_ids is None:
+        raise ValueError("the ranking must name its gallery photos (a pooled ranking does not: score its folds)")
+    store = open_stores(store_dirs)
+    index = CatalogueIndex(store, ranking.gallery_ids, ranking.gallery_individuals, cfg.catalogue)
+    matrix = index.scores([store.get(q).descriptors for q in ranking.image_ids])
+    return scores_for_candidates(matrix, index.individuals, ranking.candidates.labels[:, :width])
+
+
+def timed_catalogue(rankings, store_dirs, cfg: RerankConfig, width: int, progress: bool = True) -> tuple[list, dict]:
+    """:func:`catalogue_evidence` of each ranking, and the time it took."""
+    start = time.perf_counter()
+    out = [catalogue_evidence(r, store_dirs, cfg, width)
+           for r in tqdm(rankings, desc="re-rank: catalogue matching", unit="gallery", disable=not progress)]
+    seconds = time.perf_counter() - start
+    queries = sum(len(r.image_ids) for r in rankings)
+    return out, {"queries_matched": queries, "seconds": seconds,
+                 "queries_per_second": queries / seconds if seconds > 0 else 0.0}
 
 
 # ----------------------------------------------------------------------------------------- fusion
@@ -341,8 +372,9 @@ def rerank_candidates(cv: Candidates, cv_inliers: np.ndarray, cv_truth: list[str
     full = Calibration.fit(cv_x, cv_valid, hits, is_new)
     p_test, p_new_test = full.apply(test_x, test_valid)
     tie_rng = _tie_rng(cfg)
-    names = (["log_inliers", "inv_inlier_rank"] if cfg.score == "inliers"
-             else ["similarity", "log_excess_inliers", "inv_similarity_rank", "log_inlier_lead"])
+    evidence = "lnbnn" if cfg.local == "catalogue" else "inliers"
+    names = ([f"log_{evidence}", f"inv_{evidence}_rank"] if cfg.score == "inliers"
+             else ["similarity", f"log_excess_{evidence}", "inv_similarity_rank", f"log_{evidence}_lead"])
     return Reranked(_sorted(cv_labels, p_cv, tie_rng), _sorted(test_labels, p_test, tie_rng), p_new_cv, p_new_test,
                     full, names)
 
@@ -393,12 +425,16 @@ def rerank_queries(ranking, gallery_ids: np.ndarray, store_dirs: list[Path], rer
     not verified again. Returns (the re-ranked ranking, P(new) of each query)."""
     from dataclasses import replace
 
-    cfg, width = reranker.cfg, reranker.width
-    if ranking.photos is None or ranking.candidates.labels.shape[1] < width:
-        raise ValueError(f"the ranking must keep its shortlists' photos, {width} candidates wide")
-    pairs = shortlist_pairs(ranking.image_ids, ranking.candidates.labels, ranking.photos, gallery_ids, width, cfg.photos)
-    counts = verify_pairs([(q, g) for _, _, q, g in pairs], store_dirs, cfg.match, cfg.workers, progress, verified)
-    inliers = inlier_matrix(pairs, (len(ranking.image_ids), width), counts)
+    cfg, width = reranker.cfg, min(reranker.width, ranking.candidates.labels.shape[1])
+    if cfg.local == "catalogue":
+        inliers = catalogue_evidence(ranking, store_dirs, cfg, width)
+    else:
+        if ranking.photos is None or ranking.candidates.labels.shape[1] < width:
+            raise ValueError(f"the ranking must keep its shortlists' photos, {width} candidates wide")
+        pairs = shortlist_pairs(ranking.image_ids, ranking.candidates.labels, ranking.photos, gallery_ids, width,
+                                cfg.photos)
+        counts = verify_pairs([(q, g) for _, _, q, g in pairs], store_dirs, cfg.match, cfg.workers, progress, verified)
+        inliers = inlier_matrix(pairs, (len(ranking.image_ids), width), counts)
     labels, valid, x = shortlist_features(ranking.candidates, inliers, cfg.score)
     p, p_new = reranker.calibration.apply(x, valid)
     return replace(ranking, candidates=_sorted(labels, p, _tie_rng(cfg))), p_new
@@ -413,16 +449,21 @@ def rerank_result(result, store_dir: Path, cfg: RerankConfig, threshold=None,
 
     from photoid.ranking import RankResult, ThresholdRule, choose_thresholds
 
-    if result.cv.photos is None or result.test.photos is None:
-        raise ValueError("the rankings must keep their shortlists' photos (rank_all(..., shortlist=Shortlist(photos=...)))")
-    ids = result.rows["image_id"].to_numpy()
     width = min(cfg.candidates or 10**9, result.cv.candidates.labels.shape[1], result.test.candidates.labels.shape[1])
-    cv_pairs, test_pairs = (shortlist_pairs(r.image_ids, r.candidates.labels, r.photos, ids, width, cfg.photos)
-                            for r in (result.cv, result.test))
-    counts, timing = timed_verification([(q, g) for _, _, q, g in cv_pairs + test_pairs], store_dir, cfg.match,
-                                        cfg.workers, progress)
-    cv_inliers = inlier_matrix(cv_pairs, (len(result.cv.image_ids), width), counts)
-    test_inliers = inlier_matrix(test_pairs, (len(result.test.image_ids), width), counts)
+    if cfg.local == "catalogue":
+        counts = {}
+        evidence, timing = timed_catalogue([*result.folds, result.test], [store_dir], cfg, width, progress)
+        cv_inliers, test_inliers = np.concatenate(evidence[:-1]), evidence[-1]
+    else:
+        if result.cv.photos is None or result.test.photos is None:
+            raise ValueError("the rankings must keep their shortlists' photos (rank_all(..., shortlist=Shortlist(photos=...)))")
+        ids = result.rows["image_id"].to_numpy()
+        cv_pairs, test_pairs = (shortlist_pairs(r.image_ids, r.candidates.labels, r.photos, ids, width, cfg.photos)
+                                for r in (result.cv, result.test))
+        counts, timing = timed_verification([(q, g) for _, _, q, g in cv_pairs + test_pairs], store_dir, cfg.match,
+                                            cfg.workers, progress)
+        cv_inliers = inlier_matrix(cv_pairs, (len(result.cv.image_ids), width), counts)
+        test_inliers = inlier_matrix(test_pairs, (len(result.test.image_ids), width), counts)
     fused = rerank_candidates(result.cv.candidates, cv_inliers, result.cv.truth, result.test.candidates, test_inliers, cfg)
     cv = replace(result.cv, candidates=fused.cv)
     folds, start = [], 0
@@ -432,7 +473,8 @@ def rerank_result(result, store_dir: Path, cfg: RerankConfig, threshold=None,
         start += n
     test = replace(result.test, candidates=fused.test)
     thresholds = choose_thresholds(cv, threshold or ThresholdRule(), per_species, min_species_queries, test)
-    figures_ = {**figures(fused), "candidates": width, "photos": cfg.photos, "score": cfg.score, **timing}
+    figures_ = {**figures(fused), "candidates": width, "photos": cfg.photos, "score": cfg.score, "local": cfg.local,
+                **timing}
     return RerankOutcome(RankResult(folds, cv, thresholds, test, result.rows), fused.cv_p_new, fused.test_p_new, figures_,
                          FittedReranker(fused.calibration, cfg, width), counts)
 

@@ -276,8 +276,15 @@ def new_individual_precision_recall(predictions: list[list[str]], truth: list[st
 
 
 def concat_candidates(parts: list[Candidates]) -> Candidates:
+    """The queries of several candidate sets as one; narrower sets padded ('' / -inf) to the widest."""
     floor = None if any(c.floor is None for c in parts) else np.concatenate([c.floor for c in parts])
-    return Candidates(np.concatenate([c.labels for c in parts]), np.concatenate([c.scores for c in parts]), floor)
+    width = max((c.labels.shape[1] for c in parts), default=0)
+
+    def pad(x, value):
+        return np.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=value)
+
+    return Candidates(np.concatenate([pad(c.labels, "") for c in parts]),
+                      np.concatenate([pad(c.scores, -np.inf) for c in parts]), floor)
 
 
 def query_truth(query_labels, gallery_labels) -> list[str]:

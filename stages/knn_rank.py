@@ -30,6 +30,7 @@ import pandas as pd
 import typer
 
 from photoid import paths
+from photoid.catalogue_match import CatalogueConfig
 from photoid.cli import PARAMS_OPTION, SET_OPTION, stage_app
 from photoid.data.split import ensemble_folds, test_folds
 from photoid.io import atomic_path, read_parquet, write_json, write_parquet
@@ -81,7 +82,8 @@ def main(
     flips = Flips.parse(P.bool("knn.query_flip"), P.str("knn.gallery_flip"))
     by_species, min_species_queries = P.bool("knn.per_species"), P.int("knn.min_species_queries")
     folds = ensemble_folds(P.get("ensemble.folds", list))
-    cfg = P.build(RerankConfig, "rerank", match=P.build(MatchConfig, "rerank"))
+    cfg = P.build(RerankConfig, "rerank", match=P.build(MatchConfig, "rerank"),
+                  catalogue=P.build(CatalogueConfig, "rerank"))
     reranking = P.bool("rerank.enabled")
     P.check_all_read()
     truth = read_parquet(test_truth) if Path(test_truth).exists() else None

@@ -22,6 +22,7 @@ import pandas as pd
 import typer
 
 from photoid import paths
+from photoid.catalogue_match import CatalogueConfig
 from photoid.cli import PARAMS_OPTION, SET_OPTION, stage_app
 from photoid.data.split import cv_folds, ensemble_folds
 from photoid.errors import DataError
@@ -67,7 +68,8 @@ def main(
     rule, by_species = ThresholdRule.parse(P.str("knn.threshold")), P.bool("knn.per_species")
     min_species_queries = P.int("knn.min_species_queries")
     flips = Flips.parse(P.bool("knn.query_flip"), P.str("knn.gallery_flip"))
-    cfg = P.build(RerankConfig, "rerank", match=P.build(MatchConfig, "rerank"))
+    cfg = P.build(RerankConfig, "rerank", match=P.build(MatchConfig, "rerank"),
+                  catalogue=P.build(CatalogueConfig, "rerank"))
     reranking = P.bool("rerank.enabled")
     P.check_all_read()
     truth = read_parquet(test_truth) if Path(test_truth).exists() else None

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from photoid.catalogue_match import CatalogueConfig
 from photoid.data.demo import make_fin, render_fin, render_photo
 from photoid.errors import DataError
 from photoid.local_features import KeypointConfig, KeypointStore, MatchConfig, count_inliers, write_store
@@ -34,7 +35,8 @@ def _match(**given):
 
 
 def _rerank(**given):
-    return project_config(RerankConfig, "rerank", match=_match(), **given)
+    return project_config(RerankConfig, "rerank", match=_match(), catalogue=project_config(CatalogueConfig, "rerank"),
+                          **given)
 
 
 def _fin_crop(individual: int, photo: int, size: int = 160) -> np.ndarray:
@@ -84,12 +86,22 @@ def test_scale_beyond_the_limit_is_no_match():
 
 
 def _crop_store(folder, crops: dict[str, np.ndarray]):
-    """Save grey crops as PNGs under ``folder`` and write their keypoint store to ``folder``/store, as
-    the local-features stage does. Returns (the crop table, the store's figures)."""
+    """Save grey photos as PNGs under ``folder`` and write their keypoint store to ``folder``/store, as
+    the local-features stage does (each photo's box its whole frame, described at its own size).
+    Returns (the table described, the store's figures)."""
     for name, grey in crops.items():
         Image.fromarray(grey).save(folder / f"{name}.png")
-    table = pd.DataFrame({"image_id": list(crops), "crop_path": [str(folder / f"{n}.png") for n in crops]})
-    return table, write_store(table, folder / "store", project_config(KeypointConfig, "local"), workers=1, progress=False)
+    table = photo_table(folder, crops)
+    cfg = project_config(KeypointConfig, "local", size=max(max(g.shape) for g in crops.values()))
+    return table, write_store(table, folder / "store", cfg, workers=1, progress=False)
+
+
+def photo_table(folder, photos: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The rows write_store describes: each photo's path and width, its box the whole frame."""
+    return pd.DataFrame({"image_id": list(photos), "path": [str(folder / f"{n}.png") for n in photos],
+                         "width": [g.shape[1] for g in photos.values()],
+                         "crop_x1": 0.0, "crop_y1": 0.0, "crop_x2": [float(g.shape[1]) for g in photos.values()],
+                         "crop_y2": [float(g.shape[0]) for g in photos.values()]})
 
 
 def test_a_flat_colour_crop_has_no_keypoints_and_matches_nothing(tmp_path):
@@ -101,7 +113,7 @@ def test_a_flat_colour_crop_has_no_keypoints_and_matches_nothing(tmp_path):
     crops, figures = _crop_store(tmp_path, {"flat": flat, "fin": _fin_crop(3, 0)})
     assert figures["crops"] == 2 and figures["crops_without_keypoints"] == 1
     # the same crops give the same bytes (DVC finds the store in its cache instead of computing it again)
-    write_store(crops, tmp_path / "again", project_config(KeypointConfig, "local"), workers=1, progress=False)
+    write_store(crops, tmp_path / "again", project_config(KeypointConfig, "local", size=160), workers=1, progress=False)
     for name in ("frames.npy", "descriptors.npy", "index.parquet", "meta.json"):
         assert (tmp_path / "store" / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
     store = KeypointStore(tmp_path / "store")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from photoid.catalogue_match import CatalogueConfig
 from photoid.data.demo import DemoConfig
 from photoid.detect import DetectConfig
 from photoid.errors import DataError
@@ -118,7 +119,7 @@ def test_the_options_check_fails_on_a_parameter_given_an_option_of_its_own(tmp_p
 CONFIGS = [(DemoConfig, ("data.demo",)), (DetectConfig, ("detect",)), (KeypointConfig, ("local",)),
            (MatchConfig, ("rerank",)), (RerankConfig, ("rerank",)), (BackboneParams, ("train",)),
            (ClassifierParams, ("backbone",)), (DolgParams, ("dolg",)), (TrainConfig, ("train", "backbone", "dolg")),
-           (Search, ("knn",))]
+           (Search, ("knn",)), (CatalogueConfig, ("rerank",))]
 
 
 @pytest.mark.parametrize("cls,sections", CONFIGS, ids=[c.__name__ for c, _ in CONFIGS])
