@@ -240,7 +240,7 @@ def main(
     if clone.exists():
         shutil.rmtree(clone)
     subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
-    data_params = ["data.source=folders", f"data.root={data}", "data.test_dir=test", "data.test_truth=test_truth.csv",
+    data_params = ["data.source=folders", f"data.root={data}", "data.test_dir=test", f"data.test_truth={data / 'test_truth.csv'}",
                    "data.group_col="]
     wanted = rows.split(",")
     for row, _, overrides in ROWS:
