@@ -43,9 +43,14 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 
 # (row, what it is, -S overrides on top of the set's data params)
 ROWS = [
-    ("default", "photoid's defaults: catalogue-wide local evidence at local.size, fused over every individual", []),
+    ("default", "photoid's defaults: LNBNN over the whole catalogue at local.size, the best verified by RANSAC, "
+                "fused with the embedding over every individual", []),
     ("embedding", "the embedding alone (no local evidence)", ["rerank.enabled=false"]),
-    ("local-catalogue", "local evidence alone: LNBNN over the whole catalogue at local.size", ["rerank.score=inliers"]),
+    ("local-catalogue", "local evidence alone: LNBNN over the whole catalogue, its best verified by RANSAC",
+     ["rerank.score=inliers"]),
+    ("local-lnbnn", "local evidence alone: LNBNN over the whole catalogue, no RANSAC", ["rerank.score=inliers",
+                                                                                         "rerank.verify=0"]),
+    ("fused-lnbnn", "fused: the embedding with LNBNN over the whole catalogue, no RANSAC", ["rerank.verify=0"]),
     ("local-pairwise", "local evidence alone: RANSAC inliers of the embedding's best 20 at local.size",
      ["rerank.score=inliers", "rerank.local=pairwise", "rerank.candidates=20"]),
     ("fused-pairwise", "fused: the embedding's best 20 verified pairwise (RANSAC) at local.size",
@@ -134,9 +139,28 @@ def dvc(clone: Path, args: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def photoid_row(clone: Path, data_params: list[str], overrides: list[str]) -> dict:
-    subprocess.run(["git", "checkout", "--", "params.yaml"], cwd=clone, check=True)
-    seconds = dvc(clone, ["exp", "run", "--quiet", *[f"-S={o}" for o in data_params + overrides]])
+def git(clone: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=clone, check=True, stdout=subprocess.DEVNULL)
+
+
+def make_baseline(clone: Path, data_params: list[str]) -> float:
+    """The whole pipeline on the set with its data params, committed in the clone as the baseline every
+    row starts from (so a row re-runs only the stages its own params touch)."""
+    seconds = dvc(clone, ["exp", "run", "--quiet", *[f"-S={o}" for o in data_params]])
+    git(clone, "add", "-A", ".")
+    git(clone, "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-qm", "the set's baseline")
+    return seconds
+
+
+def photoid_row(clone: Path, overrides: list[str]) -> dict:
+    """A row: the baseline's workspace restored, then `dvc exp run -S ...` of the row's overrides."""
+    start = time.perf_counter()
+    git(clone, "checkout", "--", ".")
+    git(clone, "clean", "-fdq", "metrics")
+    dvc(clone, ["checkout", "--force", "--quiet"])
+    if overrides:
+        dvc(clone, ["exp", "run", "--quiet", *[f"-S={o}" for o in overrides]])
+    seconds = time.perf_counter() - start
     m = json.loads((clone / "metrics" / "knn.json").read_text())
     return {"top1_known": m["test_top1_known"], "map5_known": m["test_map5_known"], "map5": m["test_map5"],
             "seconds": seconds}
@@ -222,6 +246,8 @@ def main(
     peer_size: int = typer.Option(512, help="The peer's photos: longer side in pixels."),
     work: Path = typer.Option(Path("/tmp/photoid-real-data"), help="Working folder, outside the repository."),
     out: Path = typer.Option(None, help="Write the table as JSON here too."),
+    previous: str = typer.Option("", help="A commit of this repository whose default runs on the same split too "
+                                 "(the default before a change), as a row of its own."),
 ):
     work = work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -236,22 +262,30 @@ def main(
     if peer_wheel is not None:
         table["peer"] = peer_row(split, peer_wheel.resolve(), peer_size, work)
         print(f"peer: {table['peer']}", flush=True)
-    clone = work / "photoid"
-    if clone.exists():
-        shutil.rmtree(clone)
-    subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
-    data_params = ["data.source=folders", f"data.root={data}", "data.test_dir=test", f"data.test_truth={data / 'test_truth.csv'}",
-                   "data.group_col="]
-    wanted = rows.split(",")
-    for row, _, overrides in ROWS:
-        if row in wanted:
-            table[row] = photoid_row(clone, data_params, overrides)
-            print(f"{row}: {table[row]}", flush=True)
+    data_params = ["data.source=folders", f"data.root={data}", "data.test_dir=test",
+                   f"data.test_truth={data / 'test_truth.csv'}", "data.group_col="]
+    wanted = [r for r in rows.split(",") if r]
+    runs = ([("HEAD", wanted)] if wanted else []) + ([(previous, ["default"])] if previous else [])
+    for commit, names in runs:
+        clone = work / f"photoid-{commit}"
+        if clone.exists():
+            shutil.rmtree(clone)
+        subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
+        git(clone, "checkout", "-q", commit)
+        baseline = make_baseline(clone, data_params)
+        for row, _, overrides in ROWS:
+            if row in names:
+                name = row if commit == "HEAD" else f"previous ({commit})"
+                table[name] = photoid_row(clone, overrides)
+                if not overrides:
+                    table[name]["seconds"] = baseline  # the whole chain
+                print(f"{name}: {table[name]}", flush=True)
     title = name or root.name
     lines = [f"{title}: {len(split)} photos of {split['individual'].nunique()} individuals, {len(test)} test photos "
              f"({int(test['is_new'].sum())} of new individuals), split seed {seed}", "",
              "| row | what | known top-1 | known MAP@5 | MAP@5 with new_individual | seconds |", "|---|---|---|---|---|---|"]
-    what = {r: w for r, w, _ in ROWS} | {"peer": f"wildlife-tools SIFTFeatures + MatchDescriptors at {peer_size} px"}
+    what = {r: w for r, w, _ in ROWS} | {"peer": f"wildlife-tools SIFTFeatures + MatchDescriptors at {peer_size} px",
+                                         f"previous ({previous})": "photoid's defaults at that commit"}
     for row, f in table.items():
         m5 = "–" if f["map5"] is None else f"{f['map5']:.3f}"
         lines.append(f"| {row} | {what[row]} | {f['top1_known']:.3f} | {f['map5_known']:.3f} | {m5} | {f['seconds']:.0f} |")

@@ -7,8 +7,11 @@ looks up its ``k + 1`` nearest gallery keypoints and votes for the individuals a
 ``k`` by how much closer they are than the ``k + 1``-th (local naive-Bayes nearest neighbour,
 LNBNN: McCann and Lowe, CVPR 2012). A keypoint whose texture every animal shares (water, a smooth
 flank) has all its neighbours at about the same distance and votes for no one; one near a
-particular nick votes for its owner alone. An individual's votes from one query keypoint count
-once (its best); its score is the sum over the query's keypoints.
+particular nick votes for its owner alone. ``pool="individual"`` (HotSpotter's way): an
+individual's votes from one query keypoint count once (its best) and its score is the sum over
+the query's keypoints, so an individual with many photos has more keypoints to be near;
+``pool="photo"``: the votes are summed per gallery photo (a photo and its mirror image are one)
+and an individual scores its best photo, whatever the number of its photos.
 
 The index is faiss's exact L2 search (``IndexFlatL2``) over RootSIFT descriptors as unit vectors,
 or, past ``ivf_above`` gallery keypoints, an inverted-file index that scans ``ivf_probe`` of its
@@ -23,16 +26,22 @@ import numpy as np
 
 from photoid.errors import DataError
 
+POOLS = ("individual", "photo")
+
 
 @dataclass(frozen=True)
 class CatalogueConfig:
-    """params.yaml's rerank.lnbnn_k, rerank.ivf_above and rerank.ivf_probe (the values live there)."""
+    """params.yaml's rerank.lnbnn_k, rerank.lnbnn_pool, rerank.ivf_above and rerank.ivf_probe (the values
+    live there)."""
 
     lnbnn_k: int  # neighbours that vote; the next one is the distance they are measured against
+    lnbnn_pool: str  # individual: votes summed per individual | photo: per gallery photo, an individual its best
     ivf_above: int  # gallery keypoints past which the index is approximate (inverted lists); 0: always exact
     ivf_probe: int  # inverted lists scanned per query keypoint
 
     def __post_init__(self):
+        if self.lnbnn_pool not in POOLS:
+            raise DataError(f"rerank.lnbnn_pool takes {' or '.join(POOLS)}, got {self.lnbnn_pool!r}")
         if self.lnbnn_k < 1:
             raise DataError(f"rerank.lnbnn_k must be at least 1, got {self.lnbnn_k}")
         if self.ivf_above < 0 or self.ivf_probe < 1:
@@ -56,14 +65,17 @@ class CatalogueIndex:
         self.cfg = cfg
         self.individuals = np.array(sorted(set(individuals)), dtype=object)
         position = {ind: i for i, ind in enumerate(self.individuals)}
+        # each photo's individual (column of the result); the voters: photos or individuals
+        self.photo_individual = np.array([position[ind] for ind in individuals], np.int64)
         parts, owners = [], []
-        for image_id, ind in zip(image_ids, individuals):
+        for photo, image_id in enumerate(image_ids):
             for flipped in (False, True):
                 d = store.get(image_id, flipped).descriptors
                 parts.append(d)
-                owners.append(np.full(len(d), position[ind], np.int64))
+                owners.append(np.full(len(d), photo, np.int64))
         descriptors = _unit(np.concatenate(parts)) if parts else np.zeros((0, 128), np.float32)
-        self.owners = np.concatenate(owners) if owners else np.zeros(0, np.int64)
+        photo_of = np.concatenate(owners) if owners else np.zeros(0, np.int64)
+        self.owners = photo_of if cfg.lnbnn_pool == "photo" else self.photo_individual[photo_of]
         self.size = len(descriptors)
         dim = descriptors.shape[1]
         if cfg.ivf_above and self.size > cfg.ivf_above:
@@ -84,10 +96,12 @@ class CatalogueIndex:
         """Q×I LNBNN scores of the queries (one array of stored RootSIFT descriptors each) for the
         individuals in ``self.individuals`` order (see the module's docstring)."""
         n_ind = len(self.individuals)
-        out = np.zeros((len(query_descriptors), n_ind), np.float64)
+        by_photo = self.cfg.lnbnn_pool == "photo"
+        n_voters = len(self.photo_individual) if by_photo else n_ind
+        out = np.zeros((len(query_descriptors), n_voters), np.float64)
         k = self.cfg.lnbnn_k
         if self.size <= k or n_ind == 0:
-            return out
+            return np.zeros((len(query_descriptors), n_ind))
         lengths = np.array([len(d) for d in query_descriptors], np.int64)
         query_of = np.repeat(np.arange(len(query_descriptors)), lengths)
         flat = np.concatenate([np.asarray(d) for d in query_descriptors]) if lengths.sum() else np.zeros((0, 128), np.uint8)
@@ -101,12 +115,17 @@ class CatalogueIndex:
             owner = np.where(valid[:, :k], self.owners[np.maximum(idx[:, :k], 0)], 0)
             rows = np.repeat(np.arange(len(chunk)), k)
             owner, votes = owner.ravel(), votes.ravel()
-            # one vote per individual per query keypoint: its best (neighbours come nearest first)
-            key = rows * n_ind + owner
+            # one vote per voter (individual or photo) per query keypoint: its best (neighbours come nearest first)
+            key = rows * n_voters + owner
             _, first = np.unique(key, return_index=True)
             queries = query_of[start + rows[first]]
             np.add.at(out, (queries, owner[first]), votes[first])
-        return out
+        if not by_photo:
+            return out
+        best = np.zeros((len(query_descriptors), n_ind))
+        for col in range(n_ind):  # an individual: its best photo
+            best[:, col] = out[:, self.photo_individual == col].max(axis=1)
+        return best
 
 
 def scores_for_candidates(matrix: np.ndarray, individuals: np.ndarray, labels: np.ndarray) -> np.ndarray:

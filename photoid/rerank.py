@@ -56,6 +56,7 @@ class RerankConfig:
 
     candidates: int  # individuals of the embedding's shortlist that are verified (0: all it holds)
     photos: int  # gallery photos verified per candidate (0: all the neighbour search found)
+    verify: int  # catalogue: RANSAC verifies each query's best ``verify`` individuals by similarity and by LNBNN
     score: str  # fused: embedding + local features | inliers: local features alone
     calibration_folds: int  # cross-fitting of the CV probabilities
     seed: int
@@ -71,6 +72,8 @@ class RerankConfig:
             raise DataError(f"rerank.local takes {' or '.join(LOCAL_MATCHING)}, got {self.local!r}")
         if self.candidates and self.candidates < 5:
             raise DataError(f"rerank.candidates must be 0 (all) or at least 5 (the five answers), got {self.candidates}")
+        if self.verify < 0:
+            raise DataError(f"rerank.verify must be 0 (no RANSAC) or more, got {self.verify}")
         if self.calibration_folds < 2:
             raise DataError(f"rerank.calibration_folds must be at least 2, got {self.calibration_folds}")
 
@@ -85,7 +88,7 @@ def shortlisted_search(cfg: RerankConfig, search, split):
     from photoid.ranking import Shortlist
 
     if cfg.local == "catalogue":  # every individual scored by the catalogue (0), or the embedding's best few
-        return Shortlist(cfg.candidates), search
+        return Shortlist(cfg.candidates, cfg.photos), search
     width = cfg.candidates or int(split["individual"].nunique())
     if not (cfg.candidates and cfg.photos):
         return Shortlist(width, cfg.photos), replace(search, neighbours=len(split) * 2)
@@ -140,15 +143,28 @@ def verify_pairs(pairs: list[tuple[str, str]], store_dir: Path | list[Path], mat
 
 
 def shortlist_pairs(query_ids, labels: np.ndarray, photos: list[list[list[int]]], gallery_ids: np.ndarray,
-                    n_candidates: int, n_photos: int) -> list[tuple[int, int, str, str]]:
-    """(query row, candidate column, query image_id, gallery image_id) of every pair to verify."""
+                    n_candidates: int, n_photos: int, columns: list | None = None) -> list[tuple[int, int, str, str]]:
+    """(query row, candidate column, query image_id, gallery image_id) of every pair to verify: each
+    query's first ``n_candidates`` candidates (0: all), or the candidate columns ``columns[i]`` of query i."""
     out = []
     for i, (qid, row) in enumerate(zip(query_ids, photos)):
-        for j, imgs in enumerate(row[: n_candidates or len(row)]):
+        for j in (range(min(n_candidates or len(row), len(row))) if columns is None else columns[i]):
             if labels[i, j] == "":
                 continue
+            imgs = row[j]
             for g in imgs[: n_photos or len(imgs)]:
                 out.append((i, j, qid, gallery_ids[g]))
+    return out
+
+
+def verification_columns(lnbnn: np.ndarray, valid: np.ndarray, n: int) -> list[list[int]]:
+    """Per query, the candidate columns RANSAC verifies: the first ``n`` (candidates come by
+    similarity, best first) and the ``n`` with the highest LNBNN scores, so an animal the embedding
+    ranks far down is checked when the catalogue finds it."""
+    out = []
+    for scores, ok in zip(lnbnn, valid):
+        by_catalogue = [int(j) for j in np.argsort(-np.where(ok, scores, -np.inf), kind="stable")[:n] if ok[j]]
+        out.append(sorted(set(np.flatnonzero(ok)[:n].tolist()) | set(by_catalogue)))
     return out
 
 
@@ -173,15 +189,49 @@ def catalogue_evidence(ranking, store_dirs, cfg: RerankConfig, width: int) -> np
     return scores_for_candidates(matrix, index.individuals, ranking.candidates.labels[:, :width])
 
 
-def timed_catalogue(rankings, store_dirs, cfg: RerankConfig, width: int, progress: bool = True) -> tuple[list, dict]:
-    """:func:`catalogue_evidence` of each ranking, and the time it took."""
-    start = time.perf_counter()
-    out = [catalogue_evidence(r, store_dirs, cfg, width)
-           for r in tqdm(rankings, desc="re-rank: catalogue matching", unit="gallery", disable=not progress)]
-    seconds = time.perf_counter() - start
-    queries = sum(len(r.image_ids) for r in rankings)
-    return out, {"queries_matched": queries, "seconds": seconds,
-                 "queries_per_second": queries / seconds if seconds > 0 else 0.0}
+@dataclass
+class Evidence:
+    """Local evidence of each (query, candidate) of a ranking's first candidates, Q×C each: the LNBNN
+    score (catalogue), RANSAC inliers and where they were counted (``verified``: False where no pair
+    was verified; None: everywhere)."""
+
+    lnbnn: np.ndarray | None
+    inliers: np.ndarray | None
+    verified: np.ndarray | None = None
+
+    @staticmethod
+    def concat(parts: list["Evidence"], width: int) -> "Evidence":
+        """The parts' queries as one, each padded to ``width`` candidates (none there: 0, not verified)."""
+        def cat(name):
+            values = [getattr(p, name) for p in parts]
+            if values[0] is None:
+                return None
+            return np.concatenate([np.pad(v, ((0, 0), (0, width - v.shape[1]))) for v in values])
+
+        return Evidence(cat("lnbnn"), cat("inliers"), cat("verified"))
+
+
+def ranking_evidence(ranking, gallery_ids: np.ndarray, store_dirs, cfg: RerankConfig, width: int,
+                     progress: bool = True, verified: dict | None = None) -> tuple[Evidence, dict]:
+    """The local evidence of a ranking's first ``width`` candidates, as ``cfg.local`` says, and the pair
+    counts it verified. ``gallery_ids``: the image_id of each row the ranking's photos point to;
+    ``verified``: pair counts verified before, not verified again."""
+    labels = ranking.candidates.labels[:, :width]
+    lnbnn = catalogue_evidence(ranking, store_dirs, cfg, width) if cfg.local == "catalogue" else None
+    if cfg.local == "catalogue" and cfg.verify == 0:
+        return Evidence(lnbnn, None), {}
+    if ranking.photos is None:
+        raise ValueError("the ranking must keep its candidates' photos (Shortlist(photos=...))")
+    columns = verification_columns(lnbnn, labels != "", cfg.verify) if lnbnn is not None else None
+    pairs = shortlist_pairs(ranking.image_ids, labels, ranking.photos, gallery_ids, width, cfg.photos, columns)
+    counts = verify_pairs([(q, g) for _, _, q, g in pairs], store_dirs, cfg.match, cfg.workers, progress, verified)
+    inliers = inlier_matrix(pairs, labels.shape, counts)
+    mask = None
+    if columns is not None:
+        mask = np.zeros(labels.shape, bool)
+        for i, cols in enumerate(columns):
+            mask[i, cols] = True
+    return Evidence(lnbnn, inliers, mask), counts
 
 
 # ----------------------------------------------------------------------------------------- fusion
@@ -339,12 +389,38 @@ class Reranked:
     feature_names: list[str]
 
 
-def shortlist_features(cands: Candidates, inliers: np.ndarray, score: str):
-    """(labels, valid, features) of the first ``inliers.shape[1]`` candidates of each query."""
-    c = inliers.shape[1]
+def shortlist_features(cands: Candidates, evidence: "Evidence | np.ndarray", score: str):
+    """(labels, valid, features) of the first C candidates of each query, C the evidence's width: the
+    features of :func:`pair_features` of the first kind of evidence (LNBNN where there is, else
+    inliers) and, where both are there, the inliers' own features (read against the verified
+    candidates only) after them. An array is inlier counts."""
+    if isinstance(evidence, np.ndarray):
+        evidence = Evidence(None, evidence)
+    kinds = [(m, None) for m in (evidence.lnbnn,) if m is not None]
+    if evidence.inliers is not None:
+        kinds.append((evidence.inliers, evidence.verified))
+    c = kinds[0][0].shape[1]
     labels, sims = cands.labels[:, :c], cands.scores[:, :c].astype(np.float64)
     valid = labels != ""
-    return labels, valid, pair_features(sims, inliers, valid, score)
+    parts = []
+    for k, (matrix, mask) in enumerate(kinds):
+        x = pair_features(sims, matrix, valid if mask is None else valid & mask, score)
+        parts.append(x if k == 0 or score == "inliers" else x[..., [1, 3]])  # the similarity's once
+    return labels, valid, np.concatenate(parts, axis=-1)
+
+
+def feature_names(evidence: "Evidence | np.ndarray", score: str) -> list[str]:
+    """The names of :func:`shortlist_features`' columns."""
+    kinds = ["inliers"] if isinstance(evidence, np.ndarray) else (
+        (["lnbnn"] if evidence.lnbnn is not None else []) + (["inliers"] if evidence.inliers is not None else []))
+    names = []
+    for k, e in enumerate(kinds):
+        if score == "inliers":
+            names += [f"log_{e}", f"inv_{e}_rank"]
+        else:
+            names += (["similarity", f"log_excess_{e}", "inv_similarity_rank", f"log_{e}_lead"] if k == 0
+                      else [f"log_excess_{e}", f"log_{e}_lead"])
+    return names
 
 
 def _tie_rng(cfg: RerankConfig) -> np.random.Generator | None:
@@ -352,12 +428,10 @@ def _tie_rng(cfg: RerankConfig) -> np.random.Generator | None:
     return np.random.default_rng(cfg.seed + 1) if cfg.score == "inliers" else None
 
 
-def rerank_candidates(cv: Candidates, cv_inliers: np.ndarray, cv_truth: list[str], test: Candidates,
-                      test_inliers: np.ndarray, cfg: RerankConfig) -> Reranked:
-    """Fuse the shortlists' similarities with their inlier counts (see the module's docstring)."""
-    c = cv_inliers.shape[1]
-    if test_inliers.shape[1] != c:
-        raise ValueError("CV and test shortlists must have the same width")
+def rerank_candidates(cv: Candidates, cv_inliers: "Evidence | np.ndarray", cv_truth: list[str], test: Candidates,
+                      test_inliers: "Evidence | np.ndarray", cfg: RerankConfig) -> Reranked:
+    """Fuse the shortlists' similarities with their local evidence (:class:`Evidence`, or inlier counts;
+    see the module's docstring)."""
 
     cv_labels, cv_valid, cv_x = shortlist_features(cv, cv_inliers, cfg.score)
     test_labels, test_valid, test_x = shortlist_features(test, test_inliers, cfg.score)
@@ -371,10 +445,10 @@ def rerank_candidates(cv: Candidates, cv_inliers: np.ndarray, cv_truth: list[str
         p_cv[held], p_new_cv[held] = model.apply(cv_x[held], cv_valid[held])
     full = Calibration.fit(cv_x, cv_valid, hits, is_new)
     p_test, p_new_test = full.apply(test_x, test_valid)
+    if cv_x.shape[1] != test_x.shape[1]:
+        raise ValueError("CV and test shortlists must have the same width")
     tie_rng = _tie_rng(cfg)
-    evidence = "lnbnn" if cfg.local == "catalogue" else "inliers"
-    names = ([f"log_{evidence}", f"inv_{evidence}_rank"] if cfg.score == "inliers"
-             else ["similarity", f"log_excess_{evidence}", "inv_similarity_rank", f"log_{evidence}_lead"])
+    names = feature_names(cv_inliers, cfg.score)
     return Reranked(_sorted(cv_labels, p_cv, tie_rng), _sorted(test_labels, p_test, tie_rng), p_new_cv, p_new_test,
                     full, names)
 
@@ -384,15 +458,6 @@ def figures(result: Reranked) -> dict:
     same = result.calibration.same
     return {"same_coefficients": dict(zip(result.feature_names, map(float, same.coef))),
             "same_intercept": same.intercept}
-
-
-def timed_verification(pairs: list[tuple[str, str]], store_dir: Path, match: MatchConfig, workers: int,
-                       progress: bool = True) -> tuple[dict, dict]:
-    start = time.perf_counter()
-    counts = verify_pairs(pairs, store_dir, match, workers, progress)
-    seconds = time.perf_counter() - start
-    return counts, {"pairs": len(counts), "seconds": seconds,
-                    "pairs_per_second": len(counts) / seconds if seconds > 0 else 0.0}
 
 
 # ----------------------------------------------------------------------------------- on rankings
@@ -426,16 +491,8 @@ def rerank_queries(ranking, gallery_ids: np.ndarray, store_dirs: list[Path], rer
     from dataclasses import replace
 
     cfg, width = reranker.cfg, min(reranker.width, ranking.candidates.labels.shape[1])
-    if cfg.local == "catalogue":
-        inliers = catalogue_evidence(ranking, store_dirs, cfg, width)
-    else:
-        if ranking.photos is None or ranking.candidates.labels.shape[1] < width:
-            raise ValueError(f"the ranking must keep its shortlists' photos, {width} candidates wide")
-        pairs = shortlist_pairs(ranking.image_ids, ranking.candidates.labels, ranking.photos, gallery_ids, width,
-                                cfg.photos)
-        counts = verify_pairs([(q, g) for _, _, q, g in pairs], store_dirs, cfg.match, cfg.workers, progress, verified)
-        inliers = inlier_matrix(pairs, (len(ranking.image_ids), width), counts)
-    labels, valid, x = shortlist_features(ranking.candidates, inliers, cfg.score)
+    evidence, _ = ranking_evidence(ranking, gallery_ids, store_dirs, cfg, width, progress, verified)
+    labels, valid, x = shortlist_features(ranking.candidates, evidence, cfg.score)
     p, p_new = reranker.calibration.apply(x, valid)
     return replace(ranking, candidates=_sorted(labels, p, _tie_rng(cfg))), p_new
 
@@ -450,20 +507,16 @@ def rerank_result(result, store_dir: Path, cfg: RerankConfig, threshold=None,
     from photoid.ranking import RankResult, ThresholdRule, choose_thresholds
 
     width = min(cfg.candidates or 10**9, result.cv.candidates.labels.shape[1], result.test.candidates.labels.shape[1])
-    if cfg.local == "catalogue":
-        counts = {}
-        evidence, timing = timed_catalogue([*result.folds, result.test], [store_dir], cfg, width, progress)
-        cv_inliers, test_inliers = np.concatenate(evidence[:-1]), evidence[-1]
-    else:
-        if result.cv.photos is None or result.test.photos is None:
-            raise ValueError("the rankings must keep their shortlists' photos (rank_all(..., shortlist=Shortlist(photos=...)))")
-        ids = result.rows["image_id"].to_numpy()
-        cv_pairs, test_pairs = (shortlist_pairs(r.image_ids, r.candidates.labels, r.photos, ids, width, cfg.photos)
-                                for r in (result.cv, result.test))
-        counts, timing = timed_verification([(q, g) for _, _, q, g in cv_pairs + test_pairs], store_dir, cfg.match,
-                                            cfg.workers, progress)
-        cv_inliers = inlier_matrix(cv_pairs, (len(result.cv.image_ids), width), counts)
-        test_inliers = inlier_matrix(test_pairs, (len(result.test.image_ids), width), counts)
+    ids = result.rows["image_id"].to_numpy()
+    start_time, counts, parts = time.perf_counter(), {}, []
+    for r in tqdm([*result.folds, result.test], desc=f"re-rank ({cfg.local})", unit="gallery", disable=not progress):
+        evidence, verified = ranking_evidence(r, ids, [store_dir], cfg, width, progress, counts)
+        counts.update(verified)
+        parts.append(evidence)
+    cv_inliers, test_inliers = Evidence.concat(parts[:-1], width), parts[-1]
+    seconds = time.perf_counter() - start_time
+    timing = {"pairs": len(counts), "queries": len(result.cv.image_ids) + len(result.test.image_ids), "seconds": seconds,
+              "queries_per_second": (len(result.cv.image_ids) + len(result.test.image_ids)) / seconds if seconds else 0.0}
     fused = rerank_candidates(result.cv.candidates, cv_inliers, result.cv.truth, result.test.candidates, test_inliers, cfg)
     cv = replace(result.cv, candidates=fused.cv)
     folds, start = [], 0

@@ -39,14 +39,14 @@ def test_a_keypoint_close_to_one_individual_votes_for_it_alone_and_shared_textur
     photos = {"a1": [_unit_at(0.2, 1), _unit_at(0.3, 2)],  # individual A: two keypoints near the query's first
               "b1": [_unit_at(0.8, 3)], "c1": [_unit_at(0.8, 4)], "d1": [_unit_at(0.8, 5)], "e1": [_unit_at(0.8, 6)]}
     owners = {"a1": "A", "b1": "B", "c1": "C", "d1": "D", "e1": "E"}
-    index = CatalogueIndex(FakeStore(photos), list(photos), [owners[p] for p in photos], CatalogueConfig(4, 0, 1))
+    index = CatalogueIndex(FakeStore(photos), list(photos), [owners[p] for p in photos], CatalogueConfig(4, "individual", 0, 1))
     # neighbours of e0: A at 0.2 and 0.3, then B..E at 0.8; k = 4 votes, measured against the 5th (0.8)
     scores = dict(zip(index.individuals, index.scores([FakeStore({"q": [e0]}).get("q").descriptors])[0]))
     assert scores["A"] == pytest.approx(0.8 - 0.2, abs=0.01)  # its best keypoint's vote, once
     assert scores["B"] == pytest.approx(0.0, abs=0.01) and scores["C"] == scores["D"] == scores["E"] == 0.0
     # texture every individual shares: all at the same distance, no individual gains
     flat = {p: [_unit_at(0.5, 10 + i)] for i, p in enumerate(photos)}
-    index = CatalogueIndex(FakeStore(flat), list(flat), [owners[p] for p in flat], CatalogueConfig(4, 0, 1))
+    index = CatalogueIndex(FakeStore(flat), list(flat), [owners[p] for p in flat], CatalogueConfig(4, "individual", 0, 1))
     assert np.abs(index.scores([FakeStore({"q": [e0]}).get("q").descriptors])).max() < 0.01
     # a query without keypoints scores nothing; the candidates' columns read by name, unknown ones 0
     assert not index.scores([np.zeros((0, DESCRIPTOR_DIM), np.uint8)]).any()
@@ -61,8 +61,8 @@ def test_the_approximate_index_finds_what_the_exact_one_finds_on_a_clear_match()
     photos = {k: [v / np.linalg.norm(v) for v in vs] for k, vs in photos.items()}
     owners = [f"ind{i // 2}" for i in range(60)]
     query = FakeStore({"q": photos["p7"][:30]}).get("q").descriptors
-    exact = CatalogueIndex(FakeStore(photos), list(photos), owners, CatalogueConfig(4, 0, 1))
-    approximate = CatalogueIndex(FakeStore(photos), list(photos), owners, CatalogueConfig(4, 100, 8))
+    exact = CatalogueIndex(FakeStore(photos), list(photos), owners, CatalogueConfig(4, "individual", 0, 1))
+    approximate = CatalogueIndex(FakeStore(photos), list(photos), owners, CatalogueConfig(4, "individual", 100, 8))
     best = [ix.individuals[np.argmax(ix.scores([query])[0])] for ix in (exact, approximate)]
     assert best == ["ind3", "ind3"]
 
