@@ -79,10 +79,11 @@ class CatalogueIndex:
         self.size = len(descriptors)
         dim = descriptors.shape[1]
         if cfg.ivf_above and self.size > cfg.ivf_above:
-            lists = max(2, min(int(4 * np.sqrt(self.size)), self.size // 39))
+            lists = max(2, min(int(np.sqrt(self.size)), self.size // 39))
             quantizer = faiss.IndexFlatL2(dim)
             index = faiss.IndexIVFFlat(quantizer, dim, lists)
-            sample = descriptors[np.random.default_rng(0).permutation(self.size)[: lists * 64]]
+            index.cp.niter = 10  # k-means iterations: the lists need not be optimal, only balanced enough
+            sample = descriptors[np.random.default_rng(0).permutation(self.size)[: lists * 40]]
             index.train(sample)
             index.add(descriptors)
             index.nprobe = min(cfg.ivf_probe, lists)

@@ -384,19 +384,48 @@ def scores(r: Ranking, t: Thresholds) -> dict:
     return out
 
 
+COPY_SCORE = 1.0  # a copy's answer: certain, at or above every threshold of a similarity or a probability
+
+
+def answer_copies(r: Ranking, copies: pd.DataFrame) -> Ranking:
+    """``r`` with each query that is an exact copy of a training photo (``copies``: image_id, individual,
+    :func:`photoid.data.duplicates.exact_copies`) answered first with that photo's individual at
+    :data:`COPY_SCORE` (the rest of its candidates after it, in their order): the same bytes are the
+    same animal, whatever the ranking found."""
+    from dataclasses import replace
+
+    by_id = dict(zip(copies["image_id"], copies["individual"]))
+    if not by_id or not len(r.image_ids):
+        return r
+    labels, scores = r.candidates.labels.copy(), r.candidates.scores.copy()
+    for i, image_id in enumerate(r.image_ids):
+        ind = by_id.get(image_id)
+        if ind is None:
+            continue
+        rest = [(lab, sc) for lab, sc in zip(labels[i], scores[i]) if lab != ind and lab != ""]
+        row = [(ind, COPY_SCORE)] + rest
+        row = (row + [("", -np.inf)] * labels.shape[1])[: labels.shape[1]]
+        labels[i] = [lab for lab, _ in row]
+        scores[i] = [sc for _, sc in row]
+    return replace(r, candidates=Candidates(labels, scores, r.candidates.floor))
+
+
 def answer_scores(candidates: Candidates, row: int, answers: list[str], threshold: float) -> list[float]:
     """The score of each of a query's answers: its candidate's score, the threshold for new_individual."""
     score = dict(zip(candidates.labels[row], candidates.scores[row].astype(np.float64)))
     return [threshold if a == NEW_INDIVIDUAL else score[a] for a in answers]
 
 
-def predictions_table(r: Ranking, t: Thresholds, p_new: np.ndarray | None = None) -> pd.DataFrame:
+def predictions_table(r: Ranking, t: Thresholds, p_new: np.ndarray | None = None,
+                      copies: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per query: the five predictions and their scores, the best known individual, its score and its margin
-    over the second (the confidence pseudo-labelling uses), the threshold applied and, when given,
-    the calibrated probability that the photo shows a new individual."""
+    over the second (the confidence pseudo-labelling uses), the threshold applied, when given the
+    calibrated probability that the photo shows a new individual and, with ``copies``
+    (:func:`photoid.data.duplicates.exact_copies`), ``copy_of``: the training photo it is an exact copy of ("" for none)."""
     thresholds = r.thresholds(t.overall, t.per_species)
     preds = predict(r.candidates, thresholds, K)
     s = r.candidates.scores
+    copy_of = {} if copies is None else dict(zip(copies["image_id"], copies["duplicate_of"]))
     return pd.DataFrame({
         "image_id": r.image_ids,
         "predictions": [" ".join(p) for p in preds],
@@ -408,6 +437,7 @@ def predictions_table(r: Ranking, t: Thresholds, p_new: np.ndarray | None = None
         "species": r.species.astype(str),
         "threshold": thresholds,
         **({} if p_new is None else {"p_new": np.asarray(p_new, np.float64)}),
+        **({} if copies is None else {"copy_of": np.array([copy_of.get(i, "") for i in r.image_ids], dtype=object)}),
     })
 
 

@@ -506,14 +506,17 @@ def rerank_result(result, store_dir: Path, cfg: RerankConfig, threshold=None,
 
     from photoid.ranking import RankResult, ThresholdRule, choose_thresholds
 
-    width = min(cfg.candidates or 10**9, result.cv.candidates.labels.shape[1], result.test.candidates.labels.shape[1])
+    def width_of(r) -> int:  # candidates fused per query: every one the ranking holds, or rerank.candidates
+        return min(cfg.candidates or 10**9, r.candidates.labels.shape[1])
+
     ids = result.rows["image_id"].to_numpy()
     start_time, counts, parts = time.perf_counter(), {}, []
     for r in tqdm([*result.folds, result.test], desc=f"re-rank ({cfg.local})", unit="gallery", disable=not progress):
-        evidence, verified = ranking_evidence(r, ids, [store_dir], cfg, width, progress, counts)
+        evidence, verified = ranking_evidence(r, ids, [store_dir], cfg, width_of(r), progress, counts)
         counts.update(verified)
         parts.append(evidence)
-    cv_inliers, test_inliers = Evidence.concat(parts[:-1], width), parts[-1]
+    width = width_of(result.test)  # the test photos' gallery holds every individual: what identify answers from
+    cv_inliers, test_inliers = Evidence.concat(parts[:-1], width_of(result.cv)), parts[-1]
     seconds = time.perf_counter() - start_time
     timing = {"pairs": len(counts), "queries": len(result.cv.image_ids) + len(result.test.image_ids), "seconds": seconds,
               "queries_per_second": (len(result.cv.image_ids) + len(result.test.image_ids)) / seconds if seconds else 0.0}

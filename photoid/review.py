@@ -72,7 +72,8 @@ def review_rows(predictions: pd.DataFrame, photos: list[list[str | None]], truth
                      "p_new": None if pd.isna(getattr(p, "p_new", np.nan)) else float(p.p_new),
                      "confidence": float(p.margin) if np.isfinite(p.margin) else 0.0,
                      "answers": [{"id": a, "score": s, "photo": b} for a, s, b in zip(answers, scores, best)],
-                     "truth": known.get(p.image_id)})
+                     "truth": known.get(p.image_id),
+                     "copy_of": (getattr(p, "copy_of", "") or None)})
     return rows
 
 
@@ -157,6 +158,7 @@ function render() {
       q.append(card(isNew ? null : a.photo, el("div", {}, isNew ? "new individual" : a.id, el("br"),
         isNew ? `threshold ${a.score.toFixed(3)}` : `score ${a.score.toFixed(3)}`, el("br"), button), right + chosen)); });
     if (r.truth !== null) q.append(el("div", {class: "card"}, `truth: ${r.truth}`));
+    if (r.copy_of) q.append(el("div", {class: "card"}, `exact copy of training photo ${r.copy_of}`));
     list.append(q); } }
 document.getElementById("sort").onchange = () => { page = 0; render(); };
 document.getElementById("species").onchange = () => { page = 0; render(); };

@@ -24,14 +24,17 @@ probability, the observed share of new individuals).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import typer
 
 from photoid import paths
 from photoid.catalogue_match import CatalogueConfig
 from photoid.cli import PARAMS_OPTION, SET_OPTION, stage_app
+from photoid.data.duplicates import exact_copies
 from photoid.data.split import ensemble_folds, test_folds
 from photoid.io import atomic_path, read_parquet, write_json, write_parquet
 from photoid.local_features import MatchConfig
@@ -41,6 +44,7 @@ from photoid.ranking import (
     Flips,
     Shortlist,
     ThresholdRule,
+    answer_copies,
     cv_figures,
     plot_tables,
     predictions_table,
@@ -65,6 +69,8 @@ def main(
                                            "their CV MAP@5 is reported beside, to show whether retraining helped (when the "
                                            "folder exists)."),
     split: Path = typer.Option(paths.SPLIT_TABLE, help="The split table."),
+    duplicates: Path = typer.Option(paths.INGEST_DIR / "duplicates.parquet", help="ingest's copies: a test photo that "
+                                    "is an exact copy of a training photo is answered with that photo's individual."),
     test_truth: Path = typer.Option(paths.TEST_TRUTH_TABLE, help="Test truth, where the data set has it (metrics only)."),
     submission_out: Path = typer.Option(paths.SUBMISSION, help="Submission CSV."),
     predictions_out: Path = typer.Option(paths.PREDICTIONS_TABLE, help="Predictions table."),
@@ -98,7 +104,11 @@ def main(
     else:
         cv_p_new, test_p_new, p_new_model = similarity_new_probability(result.cv.candidates, result.cv.truth,
                                                                        result.test.candidates, cfg.calibration_folds, cfg.seed)
-    predictions = predictions_table(result.test, result.thresholds, test_p_new)
+    # a test photo with the same bytes as a training photo shows the same animal: answered so, flagged
+    copies = exact_copies(read_parquet(duplicates) if Path(duplicates).exists() else None)
+    result = replace(result, test=answer_copies(result.test, copies))
+    test_p_new = np.where(np.isin(result.test.image_ids, copies["image_id"]), 0.0, test_p_new)
+    predictions = predictions_table(result.test, result.thresholds, test_p_new, copies)
     # what photoid identify needs to answer any other photo exactly as the test photos are answered
     save_ranker(ranker_out, folds=test_folds(folds), embeddings=str(embeddings), flips=flips, searched=searched,
                 shortlist=shortlist, thresholds=result.thresholds, reranker=outcome.reranker if reranking else None,
@@ -106,7 +116,7 @@ def main(
     write_parquet(predictions, predictions_out)
     with atomic_path(submission_out) as tmp:
         submission(predictions).to_csv(tmp, index=False)
-    figures = {**result.metrics(), "folds": folds, "test_folds": test_folds(folds),
+    figures = {**result.metrics(), "folds": folds, "test_folds": test_folds(folds), "test_copies_answered": len(copies),
                "neighbours": neighbours, "index": search.index, "rerank": reranking}
     figures.update({f"embedding_{k}": embedding[k] for k in ("cv_map5", "cv_map5_known", "test_map5", "test_map5_known")
                     if k in embedding})

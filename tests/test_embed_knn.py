@@ -491,3 +491,32 @@ def test_fold_all_ranks_the_test_photos_and_the_numbered_folds_alone_cross_valid
         cv_folds(["all"])
     with pytest.raises(DataError, match="give a fold number"):
         parse_fold("everything")
+
+
+def test_a_test_photo_that_is_a_copy_of_a_training_photo_is_answered_with_its_individual():
+    """Whatever the ranking found (here: another individual first, above the threshold), the copy's
+    first answer is the training photo's individual at score 1, flagged in the predictions."""
+    from photoid.data.duplicates import exact_copies
+    from photoid.metrics import map_at_k
+    from photoid.ranking import Ranking, Thresholds, answer_copies, predictions_table
+    from photoid.retrieval import Candidates, predict
+
+    duplicates = pd.DataFrame([
+        ("t1", "g7", "exact", 0, "test", "train", "", "ind7"),  # a test copy of a training photo
+        ("t2", "g3", "near", 9, "test", "train", "", "ind3"),  # near copies are only reported
+        ("g9", "g8", "exact", 0, "train", "train", "ind8", "ind8"),
+    ], columns=["image_id", "duplicate_of", "kind", "bits", "part", "other_part", "individual", "other_individual"])
+    copies = exact_copies(duplicates)
+    assert copies.values.tolist() == [["t1", "g7", "ind7"]]
+    labels = np.array([["ind2", "ind7", "ind4"], ["ind3", "ind1", ""]], dtype=object)
+    scores = np.array([[0.9, 0.4, 0.1], [0.8, 0.3, -np.inf]], np.float32)
+    ranking = Ranking(np.array(["t1", "t2"]), Candidates(labels, scores), np.array(["dolphin"] * 2), [[], []], {})
+    answered = answer_copies(ranking, copies)
+    assert answered.candidates.labels[0].tolist() == ["ind7", "ind2", "ind4"]
+    assert answered.candidates.scores[0].tolist() == pytest.approx([1.0, 0.9, 0.1])
+    assert answered.candidates.labels[1].tolist() == ["ind3", "ind1", ""]  # not a copy: as it was
+    preds = predict(answered.candidates, 0.95)  # a threshold above every score but the copy's
+    assert preds[0][0] == "ind7" and preds[1][0] == "new_individual"
+    assert map_at_k(preds[:1], ["ind7"], 5) == 1.0
+    table = predictions_table(answered, Thresholds(0.95), copies=copies)
+    assert table["copy_of"].tolist() == ["g7", ""] and table["predictions"][0].startswith("ind7 ")

@@ -25,7 +25,7 @@ from photoid.errors import DataError
 from photoid.images import load_rgb
 from tests.conftest import save_photo
 
-CHECKS = dict(min_side=32, duplicates="reject", near_bits=24)  # params.yaml's defaults
+CHECKS = dict(min_side=32, duplicates="reject", near_bits=24)  # params.yaml's, but copies rejected (data.duplicates)
 
 
 def scene(path: Path, seed: int, size=(96, 72), format: str | None = None) -> Path:
@@ -416,7 +416,7 @@ def test_the_stage_reports_copies_and_warnings_and_check_data_lists_what_dvc_can
     [p.unlink() for p in (ds.root / "test_images").glob("t[12].jpg")]
     pd.DataFrame(ds.rows, columns=["image", "species", "individual_id"]).to_csv(ds.root / "train.csv", index=False)
     given = ["--params", str(REPO / "params.yaml"), "--set", "data.source=happywhale", "--set", f"data.root={ds.root}",
-             "--set", "data.group_col="]
+             "--set", "data.group_col=", "--set", "data.duplicates=reject"]
     done = _run("stages/ingest.py", *given, "--out-dir", str(tmp_path / "out"), "--metrics", str(tmp_path / "m.json"),
                 cwd=REPO)
     assert done.returncode == 0, done.stderr

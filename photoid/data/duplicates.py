@@ -77,3 +77,13 @@ def duplicate_counts(pairs: pd.DataFrame) -> dict:
     counts["exact_with_two_individuals"] = int(((pairs["kind"] == EXACT) & both_train
                                                 & (pairs["individual"] != pairs["other_individual"])).sum())
     return counts
+
+
+def exact_copies(duplicates: pd.DataFrame | None) -> pd.DataFrame:
+    """The test photos that are exact copies of a training photo (image_id, duplicate_of, individual: the
+    training photo's), from ingest's duplicates table (:func:`find_duplicates`)."""
+    columns = ["image_id", "duplicate_of", "individual"]
+    if duplicates is None or duplicates.empty:
+        return pd.DataFrame(columns=columns)
+    exact = duplicates[(duplicates["kind"] == EXACT) & (duplicates["part"] == TEST) & (duplicates["other_part"] == TRAIN)]
+    return exact.rename(columns={"individual": "_own", "other_individual": "individual"})[columns].reset_index(drop=True)

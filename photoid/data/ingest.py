@@ -84,7 +84,7 @@ def ingest(listing: pd.DataFrame, workers: int = 1, progress: bool = True, min_s
     leaks = pairs[(pairs["kind"] == EXACT) & (pairs["part"] == TEST) & (pairs["other_part"] == TRAIN)]
     if duplicates == "reject" and len(leaks):
         reason = {r.image_id: f"exact copy of a training photo: {r.duplicate_of} (individual {r.other_individual}), "
-                              "the same photo in training and test; data.duplicates: keep to answer it anyway"
+                              "the same photo in training and test; data.duplicates: keep to answer it with that photo's individual"
                   for r in leaks.itertuples()}
         copies = listing["image_id"].isin(reason)
         listing.loc[copies, "reason"] = listing.loc[copies, "image_id"].map(reason)
