@@ -14,8 +14,9 @@ the query's keypoints, so an individual with many photos has more keypoints to b
 and an individual scores its best photo, whatever the number of its photos.
 
 The index is faiss's exact L2 search (``IndexFlatL2``) over RootSIFT descriptors as unit vectors,
-or, past ``ivf_above`` gallery keypoints, an inverted-file index that scans ``ivf_probe`` of its
-lists per query keypoint: approximate, for large catalogues.
+or, past ``ivf_above`` gallery keypoints, an inverted-file index of 8-bit codes (a byte a
+dimension, as the store keeps them) that scans ``ivf_probe`` of its √N lists per query keypoint:
+approximate, for large catalogues.
 """
 
 from __future__ import annotations
@@ -73,24 +74,24 @@ class CatalogueIndex:
                 d = store.get(image_id, flipped).descriptors
                 parts.append(d)
                 owners.append(np.full(len(d), photo, np.int64))
-        descriptors = _unit(np.concatenate(parts)) if parts else np.zeros((0, 128), np.float32)
+        descriptors = np.concatenate(parts) if parts else np.zeros((0, 128), np.uint8)  # uint8, as stored
         photo_of = np.concatenate(owners) if owners else np.zeros(0, np.int64)
         self.owners = photo_of if cfg.lnbnn_pool == "photo" else self.photo_individual[photo_of]
         self.size = len(descriptors)
         dim = descriptors.shape[1]
         if cfg.ivf_above and self.size > cfg.ivf_above:
+            # inverted lists of 8-bit codes: RootSIFT is stored as uint8 already, so next to nothing is lost
             lists = max(2, min(int(np.sqrt(self.size)), self.size // 39))
-            quantizer = faiss.IndexFlatL2(dim)
-            index = faiss.IndexIVFFlat(quantizer, dim, lists)
+            self._quantizer = faiss.IndexFlatL2(dim)  # the IVF index keeps a pointer to it
+            index = faiss.IndexIVFScalarQuantizer(self._quantizer, dim, lists, faiss.ScalarQuantizer.QT_8bit,
+                                                  faiss.METRIC_L2)
             index.cp.niter = 10  # k-means iterations: the lists need not be optimal, only balanced enough
-            sample = descriptors[np.random.default_rng(0).permutation(self.size)[: lists * 40]]
-            index.train(sample)
-            index.add(descriptors)
+            index.train(_unit(descriptors[np.random.default_rng(0).permutation(self.size)[: lists * 40]]))
             index.nprobe = min(cfg.ivf_probe, lists)
-            self._quantizer = quantizer  # the IVF index keeps a pointer to it
         else:
             index = faiss.IndexFlatL2(dim)
-            index.add(descriptors)
+        for start in range(0, self.size, 1 << 20):  # never the whole gallery as float32 at once
+            index.add(_unit(descriptors[start:start + (1 << 20)]))
         self.index = index
 
     def scores(self, query_descriptors: list[np.ndarray], batch_keypoints: int = 65536) -> np.ndarray:
