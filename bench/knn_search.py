@@ -52,7 +52,7 @@ def faiss_search(gallery, queries, k, gpu=False):
 def ivf_search(gallery, queries, k, probe):
     from photoid.retrieval import Search, neighbours
 
-    sims, idx = neighbours(queries, gallery, Search(k, "ivf", 0, probe))
+    sims, idx = neighbours(queries, gallery, Search(k, "ivf", 0, probe, 0.0))
     return idx, sims
 
 

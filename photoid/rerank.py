@@ -445,8 +445,8 @@ def rerank_candidates(cv: Candidates, cv_inliers: "Evidence | np.ndarray", cv_tr
         p_cv[held], p_new_cv[held] = model.apply(cv_x[held], cv_valid[held])
     full = Calibration.fit(cv_x, cv_valid, hits, is_new)
     p_test, p_new_test = full.apply(test_x, test_valid)
-    if cv_x.shape[1] != test_x.shape[1]:
-        raise ValueError("CV and test shortlists must have the same width")
+    if cv_x.shape[-1] != test_x.shape[-1]:
+        raise ValueError("CV and test candidates must come with the same kinds of local evidence")
     tie_rng = _tie_rng(cfg)
     names = feature_names(cv_inliers, cfg.score)
     return Reranked(_sorted(cv_labels, p_cv, tie_rng), _sorted(test_labels, p_test, tie_rng), p_new_cv, p_new_test,

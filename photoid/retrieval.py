@@ -12,7 +12,7 @@ code ranks a dense similarity matrix (K = gallery size) and a faiss search.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -33,22 +33,27 @@ class Search:
     """How a gallery is searched: the ``neighbours`` best entries per query, by an exact scan
     (``index="flat"``, faiss IndexFlatIP) or approximately (``"ivf"``: faiss IndexIVFFlat, for
     galleries past a million entries: the gallery is clustered into ``ivf_lists`` lists, 0 = 4·√N,
-    and each query scans the ``ivf_probe`` nearest lists). params.yaml's knn.neighbours, knn.index,
-    knn.ivf_lists and knn.ivf_probe."""
+    and each query scans the ``ivf_probe`` nearest lists). With ``query_expansion`` w > 0, each query
+    is searched again as itself plus w times each of its two best gallery entries (L2-normalised: the
+    Happywhale beluga winners' query expansion). params.yaml's knn.neighbours, knn.index,
+    knn.ivf_lists, knn.ivf_probe and knn.query_expansion."""
 
     neighbours: int
     index: str
     ivf_lists: int
     ivf_probe: int
+    query_expansion: float  # weight of the query's two best gallery entries added to it for a second search (0: off)
 
     def __post_init__(self):
         if self.index not in INDEXES:
             raise DataError(f"knn.index is {self.index!r}: use one of {', '.join(INDEXES)} (params.yaml)")
+        if not self.query_expansion >= 0:
+            raise DataError(f"knn.query_expansion must be 0 (off) or a positive weight, got {self.query_expansion}")
 
     @classmethod
     def of(cls, search: "int | Search") -> "Search":
-        """A neighbour count alone means an exact search for that many."""
-        return search if isinstance(search, Search) else cls(int(search), "flat", 0, 0)
+        """A neighbour count alone means an exact search for that many, without query expansion."""
+        return search if isinstance(search, Search) else cls(int(search), "flat", 0, 0, 0.0)
 
 
 def _on_gpu(index):
@@ -103,6 +108,9 @@ def neighbours(queries: np.ndarray, gallery: np.ndarray, search: "int | Search")
         sims, idx = _ivf_search(queries, gallery, k, search.ivf_lists, search.ivf_probe)
     else:
         sims, idx = _flat_search(queries, gallery, k)
+    if search.query_expansion > 0 and k >= 2:
+        expanded = l2_normalise(queries + search.query_expansion * gallery[idx[:, :2]].sum(axis=1))
+        return neighbours(expanded, gallery, replace(search, query_expansion=0.0))
     return sims, idx.astype(np.int64)
 
 

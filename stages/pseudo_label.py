@@ -43,8 +43,8 @@ from photoid.ranking import (
 from photoid.rerank import RerankConfig, rerank_queries, rerank_result, shortlisted_search
 from photoid.retrieval import Search
 
-READS = ("pseudo", "ensemble", "knn.neighbours", "knn.index", "knn.ivf_lists", "knn.ivf_probe", "knn.threshold",
-         "knn.per_species", "knn.min_species_queries", "knn.query_flip", "knn.gallery_flip", "rerank")
+READS = ("pseudo", "ensemble", "knn.neighbours", "knn.index", "knn.ivf_lists", "knn.ivf_probe", "knn.query_expansion",
+         "knn.threshold", "knn.per_species", "knn.min_species_queries", "knn.query_flip", "knn.gallery_flip", "rerank")
 app = stage_app(__doc__, READS)
 
 

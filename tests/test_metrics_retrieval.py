@@ -183,20 +183,20 @@ def test_ivf_search_finds_what_the_exact_search_finds_and_never_leaves_an_empty_
     centres = rng.standard_normal((200, 32))
     gallery, queries = _clustered(8000, centres, rng), _clustered(300, centres, rng)
     exact_s, exact_i = neighbours(queries, gallery, 10)
-    every_list = neighbours(queries, gallery, Search(10, "ivf", 50, 50))  # all scanned: exact
+    every_list = neighbours(queries, gallery, Search(10, "ivf", 50, 50, 0.0))  # all scanned: exact
     assert np.allclose(every_list[0], exact_s, atol=1e-5)
-    s, i = neighbours(queries, gallery, Search(10, "ivf", 50, 3))
+    s, i = neighbours(queries, gallery, Search(10, "ivf", 50, 3, 0.0))
     recall5 = np.mean([len(set(a[:5]) & set(b[:5])) / 5 for a, b in zip(i, exact_i)])
     assert 0.9 < recall5 <= 1 and (np.diff(s, axis=1) <= 1e-6).all()
     # more neighbours than the scanned lists hold: faiss pads with -1; those rows are searched exactly
-    s, i = neighbours(queries[:5], gallery, Search(1000, "ivf", 50, 1))
+    s, i = neighbours(queries[:5], gallery, Search(1000, "ivf", 50, 1, 0.0))
     assert (i >= 0).all() and i.shape == (5, 1000)
     assert np.allclose(s, neighbours(queries[:5], gallery, 1000)[0], atol=1e-5)
 
 
 def test_an_unknown_search_index_names_the_param():
     with pytest.raises(DataError, match="knn.index is 'hnsw': use one of flat, ivf"):
-        Search(10, "hnsw", 0, 0)
+        Search(10, "hnsw", 0, 0, 0.0)
 
 
 def test_map5_loss_is_split_between_the_ranking_and_the_new_individual_threshold():
@@ -217,3 +217,20 @@ def test_map5_loss_is_split_between_the_ranking_and_the_new_individual_threshold
     # the best single threshold lies in (0.6, 0.9]: q0 1, q1 1, q2 1/3 (new before B), q3 1
     assert out["map5_hindsight_threshold"] == pytest.approx((1 + 1 + 1 / 3 + 1) / 4)
     assert out["map5"] <= out["map5_hindsight_threshold"] <= out["map5_new_told"]
+
+
+def test_query_expansion_searches_again_with_the_two_best_gallery_entries_added():
+    """A photo of A that the query itself ranks below one of B is found once the query's two best
+    entries (both of A) pull it towards A's side: q' = q + w (g1 + g2), normalised."""
+    gallery = np.array([[1.0, 0.0, 0.0], [0.95, 0.31, 0.0], [0.7, -0.71, 0.0], [0.6, 0.8, 0.0]], np.float32)
+    owners = ["A", "A", "B", "A"]
+    q = np.array([[0.97, -0.1, 0.2]], np.float32)
+    _, plain = neighbours(q, gallery, Search(4, "flat", 0, 0, 0.0))
+    assert [owners[j] for j in plain[0]] == ["A", "A", "B", "A"]
+    sims, expanded = neighbours(q, gallery, Search(4, "flat", 0, 0, 1.0))
+    by_hand = q + gallery[plain[0, :2]].sum(axis=0)
+    by_hand /= np.linalg.norm(by_hand)
+    assert expanded[0].tolist() == np.argsort(-(gallery / np.linalg.norm(gallery, axis=1, keepdims=True)) @ by_hand[0]).tolist()
+    assert [owners[j] for j in expanded[0][:3]] == ["A", "A", "A"]
+    with pytest.raises(DataError, match="query_expansion"):
+        Search(4, "flat", 0, 0, -1.0)

@@ -280,3 +280,19 @@ def test_bad_settings_are_clear_errors():
         _rerank(score="cosine")
     with pytest.raises(DataError, match="at least 5"):
         _rerank(candidates=3)
+
+
+def test_test_photos_are_fused_over_more_candidates_than_a_cv_fold_holds():
+    """A CV fold's gallery lacks its own validation individuals, so its queries have fewer candidates
+    than the test photos, whose gallery holds every individual: the fusion fitted on CV ranks them
+    all, by LNBNN and inliers alike."""
+    from photoid.rerank import Evidence
+
+    cands, inliers, truth = _synthetic_cv(seed=2)
+    cv = Candidates(cands.labels[:, :4], cands.scores[:, :4])
+    verified = np.zeros(inliers.shape, bool)
+    verified[:, :2] = True
+    cv_evidence = Evidence(inliers[:, :4] * 0.5, inliers[:, :4], verified[:, :4])
+    result = rerank_candidates(cv, cv_evidence, truth, cands, Evidence(inliers * 0.5, inliers, verified), _rerank())
+    assert result.cv.labels.shape[1] == 4 and result.test.labels.shape[1] == inliers.shape[1]
+    assert len(result.feature_names) == 6 and result.test.scores.shape == inliers.shape

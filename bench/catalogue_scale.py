@@ -1,0 +1,103 @@
+"""How catalogue-wide local matching (photoid.catalogue_match) grows with the gallery: index build
+time, seconds per query, the time for a Happywhale-sized test set, and peak memory.
+
+    python bench/catalogue_scale.py [--sizes 1000,10000,50000] [--keypoints 500] [--queries 200]
+
+Each gallery size runs in a process of its own (its peak resident memory is that size's alone), on
+generated RootSIFT-like descriptors (uint8, as the keypoint store keeps them): ``--keypoints`` per
+photo and as many again for its mirror image, three photos an individual; the queries are gallery
+photos' keypoints with noise. With the params.yaml settings of rerank.lnbnn_k, rerank.lnbnn_pool,
+rerank.ivf_above and rerank.ivf_probe. The time for ``--test-queries`` queries (Happywhale's test set:
+27,956) is the measured seconds per query times that count, on the same cores.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import typer
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+class GeneratedStore:
+    """A keypoint store's read side over generated descriptors (photo i: rows i*k ... of one array)."""
+
+    def __init__(self, photos: int, keypoints: int, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.k = keypoints
+        rows = photos * 2 * keypoints
+        self.descriptors = np.empty((rows, 128), np.uint8)
+        for start in range(0, rows, 1 << 18):  # generated in chunks: never the gallery as float32
+            raw = np.abs(rng.standard_normal((min(1 << 18, rows - start), 128), dtype=np.float32)) ** 2
+            raw /= np.linalg.norm(raw, axis=1, keepdims=True)
+            self.descriptors[start:start + len(raw)] = np.round(raw * 255)
+
+    def get(self, image_id, flipped=False):
+        from photoid.local_features import Keypoints
+
+        start = (2 * int(image_id) + int(flipped)) * self.k
+        d = self.descriptors[start:start + self.k]
+        return Keypoints(np.zeros((len(d), 4), np.float32), d)
+
+
+def one_size(photos: int, keypoints: int, queries: int) -> dict:
+    from photoid.catalogue_match import CatalogueConfig, CatalogueIndex
+    from photoid.params import load_params
+
+    cfg = load_params(("rerank",), REPO / "params.yaml").build(CatalogueConfig, "rerank")
+    store = GeneratedStore(photos, keypoints)
+    start = time.perf_counter()
+    index = CatalogueIndex(store, list(range(photos)), [i // 3 for i in range(photos)], cfg)
+    build = time.perf_counter() - start
+    rng = np.random.default_rng(1)
+    picked = rng.choice(photos, size=min(queries, photos), replace=False)
+    noisy = []
+    for p in picked:
+        d = store.get(p).descriptors.astype(np.int16) + rng.integers(-8, 9, size=(keypoints, 128))
+        noisy.append(np.clip(d, 0, 255).astype(np.uint8))
+    start = time.perf_counter()
+    scores = index.scores(noisy)
+    seconds = time.perf_counter() - start
+    found = float(np.mean(np.argmax(scores, axis=1) == picked // 3))
+    return {"gallery_photos": photos, "gallery_keypoints": index.size, "approximate": index.size > cfg.ivf_above > 0,
+            "build_seconds": build, "seconds_per_query": seconds / len(picked), "right_individual_first": found,
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+
+
+def main(
+    sizes: str = typer.Option("1000,10000,50000", help="Gallery sizes (photos), comma-separated."),
+    keypoints: int = typer.Option(500, help="Keypoints per photo (local.max_keypoints), each also mirrored."),
+    queries: int = typer.Option(200, help="Queries timed per size."),
+    test_queries: int = typer.Option(27956, help="The test set the time is given for (Happywhale's)."),
+    child: int = typer.Option(0, hidden=True),
+):
+    if child:
+        print(json.dumps(one_size(child, keypoints, queries)))
+        return
+    print("| gallery photos | gallery keypoints | index | build (s) | s per query | hours for "
+          f"{test_queries:,} queries | peak memory (GB) | right individual first |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n in [int(x) for x in sizes.split(",")]:
+        done = subprocess.run([sys.executable, __file__, "--child", str(n), "--keypoints", str(keypoints),
+                               "--queries", str(queries)], capture_output=True, text=True)
+        if done.returncode != 0:
+            reason = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+            print(f"| {n:,} | – | – | – | – | – | – | failed: {reason} (exit {done.returncode}) |", flush=True)
+            continue
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"| {n:,} | {r['gallery_keypoints']:,} | {'IVF, 8-bit codes' if r['approximate'] else 'exact'} | "
+              f"{r['build_seconds']:.1f} | {r['seconds_per_query']:.3f} | "
+              f"{r['seconds_per_query'] * test_queries / 3600:.1f} | {r['peak_rss_gb']:.2f} | "
+              f"{r['right_individual_first']:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    typer.run(main)
