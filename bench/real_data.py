@@ -55,6 +55,7 @@ ROWS = [
      ["rerank.score=inliers", "rerank.local=pairwise", "rerank.candidates=20"]),
     ("fused-pairwise", "fused: the embedding's best 20 verified pairwise (RANSAC) at local.size",
      ["rerank.local=pairwise", "rerank.candidates=20"]),
+    ("query-expansion", "the default with query expansion (weight 0.5)", ["knn.query_expansion=0.5"]),
     ("local-pairwise-160", "local evidence alone as before: RANSAC inliers of the embedding's best 20, 160 px",
      ["rerank.score=inliers", "rerank.local=pairwise", "rerank.candidates=20", "local.size=160"]),
     ("fused-pairwise-160", "fused as before: the embedding's best 20 verified pairwise at 160 px",
