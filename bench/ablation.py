@@ -64,9 +64,9 @@ ROWS: list[tuple[str, str, list[str]]] = [
     ("fold-0-answers", "fold 0's model answers the test photos (no model on every labelled photo)", ["ensemble.folds=[0]"]),
     ("3-folds", "3-fold ensemble cross-validates and answers the test photos (no model on every labelled photo)",
      ["ensemble.folds=[0,1,2]"]),
-    ("224px", "crops and training at 224 px instead of 160 (twice the compute)", ["train.img_size=224", "crop.size=224"]),
+    ("224px", "crops and training at 224 px instead of 160 (twice the compute)", ["train.img_size=224", "crop.side=224"]),
     ("untrained-224px", "untrained ImageNet features + KNN at 224 px (the baseline of the 224px row)",
-     ["embed.features=untrained", "pseudo.enabled=false", "train.img_size=224", "crop.size=224"]),
+     ["embed.features=untrained", "pseudo.enabled=false", "train.img_size=224", "crop.side=224"]),
     ("scratch", "EfficientNet-Lite0 from scratch (random init, nothing frozen)",
      ["train.pretrained=false", "train.frozen_stages=0", "backbone.freeze_epochs=0", "dolg.freeze_epochs=0"]),
 ]

@@ -43,7 +43,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 
 # (row, what it is, -S overrides on top of the set's data params)
 ROWS = [
-    ("default", "photoid's defaults: LNBNN over the whole catalogue at local.size, the best verified by RANSAC, "
+    ("default", "photoid's defaults: LNBNN over the whole catalogue at local.long_side, the best verified by RANSAC, "
                 "fused with the embedding over every individual", []),
     ("embedding", "the embedding alone (no local evidence)", ["rerank.enabled=false"]),
     ("local-catalogue", "local evidence alone: LNBNN over the whole catalogue, its best verified by RANSAC",
@@ -51,15 +51,15 @@ ROWS = [
     ("local-lnbnn", "local evidence alone: LNBNN over the whole catalogue, no RANSAC", ["rerank.score=inliers",
                                                                                          "rerank.verify=0"]),
     ("fused-lnbnn", "fused: the embedding with LNBNN over the whole catalogue, no RANSAC", ["rerank.verify=0"]),
-    ("local-pairwise", "local evidence alone: RANSAC inliers of the embedding's best 20 at local.size",
+    ("local-pairwise", "local evidence alone: RANSAC inliers of the embedding's best 20 at local.long_side",
      ["rerank.score=inliers", "rerank.local=pairwise", "rerank.candidates=20"]),
-    ("fused-pairwise", "fused: the embedding's best 20 verified pairwise (RANSAC) at local.size",
+    ("fused-pairwise", "fused: the embedding's best 20 verified pairwise (RANSAC) at local.long_side",
      ["rerank.local=pairwise", "rerank.candidates=20"]),
     ("query-expansion", "the default with query expansion (weight 0.5)", ["knn.query_expansion=0.5"]),
     ("local-pairwise-160", "local evidence alone as before: RANSAC inliers of the embedding's best 20, 160 px",
-     ["rerank.score=inliers", "rerank.local=pairwise", "rerank.candidates=20", "local.size=160"]),
+     ["rerank.score=inliers", "rerank.local=pairwise", "rerank.candidates=20", "local.long_side=160"]),
     ("fused-pairwise-160", "fused as before: the embedding's best 20 verified pairwise at 160 px",
-     ["rerank.local=pairwise", "rerank.candidates=20", "local.size=160"]),
+     ["rerank.local=pairwise", "rerank.candidates=20", "local.long_side=160"]),
 ]
 
 

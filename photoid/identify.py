@@ -77,7 +77,7 @@ class Identifier:
         with open(ranker, "rb") as f:
             self.ranker = pickle.load(f)
         params = load_params(("crop", "local", "embed.batch_size", "report", "data.min_side"), self.root / "params.yaml")
-        self.crop_size, self.crop_margin = params.int("crop.size"), params.float("crop.margin")
+        self.crop_size, self.crop_margin = params.int("crop.side"), params.float("crop.margin")
         self.keypoints = params.build(KeypointConfig, "local")
         self.batch_size = params.int("embed.batch_size")
         self.thumbnail, self.page_size = params.int("report.thumbnail"), params.int("report.page_size")

@@ -41,14 +41,14 @@ DESCRIPTOR_DIM = 128
 class KeypointConfig:
     """params.yaml's local section, but its workers (the values live there)."""
 
-    size: int  # the box region's longer side, in pixels, when it is described
+    long_side: int  # the box region's longer side, in pixels, when it is described
     max_keypoints: int  # strongest keypoints kept per crop
     contrast_threshold: float  # SIFT's: lower finds fainter keypoints
     clahe: bool  # equalise contrast locally before detection
 
     def __post_init__(self):
-        if self.size < 32:
-            raise DataError(f"local.size must be at least 32 pixels, got {self.size}")
+        if self.long_side < 32:
+            raise DataError(f"local.long_side must be at least 32 pixels, got {self.long_side}")
         if self.max_keypoints < 1:
             raise DataError(f"local.max_keypoints must be at least 1, got {self.max_keypoints}")
 
@@ -171,7 +171,7 @@ def count_inliers(a: Keypoints, b: Keypoints, cfg: MatchConfig) -> int:
 
 def _describe(args) -> tuple[Keypoints, Keypoints]:
     path, width, box, cfg = args
-    grey = read_region(path, width, box, cfg.size)
+    grey = read_region(path, width, box, cfg.long_side)
     sift = _sift(cfg)
     return detect(grey, cfg, sift), detect(np.ascontiguousarray(grey[:, ::-1]), cfg, sift)
 
@@ -180,7 +180,7 @@ def write_store(rows: pd.DataFrame, out_dir: Path, cfg: KeypointConfig, workers:
                 progress: bool = True) -> dict:
     """Describe the box region of every photo of ``rows`` (image_id, path and width: the photo as
     ingest recorded it, and the crop table's box: crop_x1, crop_y1, crop_x2, crop_y2), as it is and
-    mirrored, at ``cfg.size`` pixels, into a store at ``out_dir``; return figures (photos, keypoints
+    mirrored, at ``cfg.long_side`` pixels, into a store at ``out_dir``; return figures (photos, keypoints
     per photo, photos without keypoints, the store's bytes per 1,000 photos, seconds per photo)."""
     from multiprocessing import get_context
 

@@ -31,7 +31,7 @@ def main(
     overrides: list[str] = SET_OPTION,
 ):
     P = load_params(READS, params_file, overrides)
-    size, margin, workers = P.int("crop.size"), P.float("crop.margin"), P.int("crop.workers")
+    size, margin, workers = P.int("crop.side"), P.float("crop.margin"), P.int("crop.workers")
     P.check_all_read()
     table, box_table = read_parquet(images), read_parquet(boxes)
     with atomic_path(out_dir) as tmp:

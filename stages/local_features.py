@@ -1,6 +1,6 @@
 """local-features: SIFT keypoints of every photo's box region, as it is and mirrored, cached.
 
-The region the crop stage cut is read again from the original photo and described at local.size
+The region the crop stage cut is read again from the original photo and described at local.long_side
 pixels on its longer side (not at the training crops' size: the marks a matcher needs are lost at
 160 px). knn-rank matches them (rerank.* in params.yaml); this stage only re-runs when the photos,
 the crops' boxes or local.* change, never when rerank.* does. RootSIFT descriptors as uint8,
@@ -40,7 +40,7 @@ def main(
     rows = read_parquet(crops).merge(photos, on="image_id", how="left", validate="one_to_one")
     figures = write_store(rows, out_dir, cfg, workers)
     write_json(figures, metrics)
-    print(f"local-features: {figures['crops']} photos at {cfg.size} px, {figures['keypoints_per_crop']:.0f} keypoints "
+    print(f"local-features: {figures['crops']} photos at {cfg.long_side} px, {figures['keypoints_per_crop']:.0f} keypoints "
           f"per photo, {figures['crops_without_keypoints']} without any, "
           f"{figures['store_mb_per_1000_photos']:.0f} MB per 1,000 photos, {figures['seconds']:.1f} s -> {out_dir}")
 

@@ -19,7 +19,7 @@ TINY_PARAMS = {
     "data.demo.individuals": 6, "data.demo.new_individuals": 2, "data.demo.mean_images": 5.0,
     "data.demo.width": 160, "data.demo.height": 120,
     "detect.epochs": 2, "detect.img_size": 96, "detect.batch": 8,
-    "crop.size": 64, "filter.min_samples": 3, "split.n_folds": 2,
+    "crop.side": 64, "filter.min_samples": 3, "split.n_folds": 2,
     "train.backbone": "resnet18", "train.pretrained": "false", "train.img_size": 48, "train.batch_size": 8,
     "train.frozen_stages": 0, "backbone.freeze_epochs": 0, "dolg.freeze_epochs": 0,
     "backbone.epochs": 1, "dolg.epochs": 1, "dolg.embedding_dim": 32, "dolg.local_dim": 32, "retrain.epochs": 1,

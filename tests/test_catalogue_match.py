@@ -86,7 +86,7 @@ def test_a_region_described_at_a_larger_size_gives_more_keypoints_and_frames_in_
     rows = _photo(tmp_path, "fin")
     figures = {}
     for size in (160, 512):
-        cfg = project_config(KeypointConfig, "local", size=size, max_keypoints=2000)
+        cfg = project_config(KeypointConfig, "local", long_side=size, max_keypoints=2000)
         figures[size] = write_store(rows, tmp_path / f"store{size}", cfg, workers=1, progress=False)
         from photoid.local_features import KeypointStore
 

@@ -92,7 +92,7 @@ def _crop_store(folder, crops: dict[str, np.ndarray]):
     for name, grey in crops.items():
         Image.fromarray(grey).save(folder / f"{name}.png")
     table = photo_table(folder, crops)
-    cfg = project_config(KeypointConfig, "local", size=max(max(g.shape) for g in crops.values()))
+    cfg = project_config(KeypointConfig, "local", long_side=max(max(g.shape) for g in crops.values()))
     return table, write_store(table, folder / "store", cfg, workers=1, progress=False)
 
 
@@ -113,7 +113,7 @@ def test_a_flat_colour_crop_has_no_keypoints_and_matches_nothing(tmp_path):
     crops, figures = _crop_store(tmp_path, {"flat": flat, "fin": _fin_crop(3, 0)})
     assert figures["crops"] == 2 and figures["crops_without_keypoints"] == 1
     # the same crops give the same bytes (DVC finds the store in its cache instead of computing it again)
-    write_store(crops, tmp_path / "again", project_config(KeypointConfig, "local", size=160), workers=1, progress=False)
+    write_store(crops, tmp_path / "again", project_config(KeypointConfig, "local", long_side=160), workers=1, progress=False)
     for name in ("frames.npy", "descriptors.npy", "index.parquet", "meta.json"):
         assert (tmp_path / "store" / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
     store = KeypointStore(tmp_path / "store")

@@ -174,3 +174,20 @@ def test_a_stage_run_by_hand_reports_a_bad_set_without_a_traceback(tmp_path):
     result = CliRunner().invoke(load_stage("split").app, ["--params", str(PARAMS), "--set", "split.folds=3",
                                                           "--filtered", str(tmp_path / "none.parquet")])
     assert result.exit_code == 2 and "split.folds" in result.output and "n_folds" in result.output
+
+
+def test_no_param_is_named_as_the_file_metadata_dvcs_run_cache_leaves_out():
+    """DVC's run cache keys a stage by its deps and params with every ``size`` and ``nfiles`` key left
+    out, at any depth (dvc/stage/cache.py: ``dict_sha256(..., exclude=[size, nfiles])``): a param of
+    that name would never tell two runs apart, so `dvc exp run -S local.size=160` would restore the
+    outputs of a run at another size as if they were its own."""
+    from dvc.stage.cache import _get_cache_hash
+
+    flat = load_params(tuple(yaml.safe_load(PARAMS.read_text())), PARAMS).values
+    clashing = [k for k in flat if k.rsplit(".", 1)[-1] in ("size", "nfiles")]
+    assert clashing == []
+    # the behaviour this guards against, as DVC has it
+    def key(name, value):
+        return _get_cache_hash({"params": {"params.yaml": {"local": {name: value}}}})
+
+    assert key("size", 160) == key("size", 384) and key("long_side", 160) != key("long_side", 384)
