@@ -1,21 +1,29 @@
-"""Re-ranking the embedding's shortlist by geometrically verified local-feature matches, fused with the
-embedding similarity into a calibrated probability.
+"""Local-feature evidence for every candidate individual, fused with the embedding similarity into
+a calibrated probability that ranks them.
 
 For each query (CV and test alike):
 
-1. **Shortlist.** Its best ``candidates`` individuals by embedding similarity, and for each the best
-   ``photos`` of that individual's gallery photos the neighbour search found.
-2. **Verification.** The query's crop, as it is and mirrored (the other side of a fin), is matched to
-   each of those photos (:func:`photoid.local_features.count_inliers`); a candidate's evidence is its
-   largest inlier count. Keypoints come from the local-features stage's store, computed once per
-   crop; the pairs run in parallel across ``workers`` processes.
-3. **Fusion.** A logistic model turns the embedding similarity and its rank among the query's
-   candidates (as 1/rank), and the inlier count read against the query's own shortlist (inliers above
-   its median; the most-matched candidate's lead over the next), into P(same individual). Its
+1. **Candidates.** With ``local: catalogue`` (the default) and ``candidates: 0``, every individual of
+   the query's gallery, each with its best embedding similarity; with ``candidates: n``, the
+   embedding's best n.
+2. **Catalogue matching** (``local: catalogue``, :mod:`photoid.catalogue_match`): the query's
+   keypoints vote (LNBNN) over every keypoint of its gallery, one index per CV fold (never holding
+   that fold's validation photos) and one for the test photos: a score for every individual, so an
+   animal the embedding ranks far down can still come first.
+3. **Verification.** The query's best ``verify`` individuals by similarity and its best ``verify``
+   by LNBNN (``local: pairwise``: the embedding's best ``candidates``, as before) are matched pair by
+   pair, the query as it is and mirrored (the other side of a fin), against each one's best
+   ``photos`` gallery photos (:func:`photoid.local_features.count_inliers`: RANSAC with scale and
+   orientation checks); a candidate's evidence is its largest inlier count. Keypoints come from the
+   local-features stage's store, computed once per photo; the pairs run in parallel across
+   ``workers`` processes.
+4. **Fusion.** A logistic model turns the embedding similarity and its rank among the query's
+   candidates (as 1/rank), and each kind of local evidence read against the query's own candidates
+   (above their median; the leader's lead over the next), into P(same individual). Its
    coefficients are bounded at zero or above (:class:`MonotoneLogistic`), so a candidate's
-   probability never falls when its similarity or inlier count grows. It is fitted on the CV
-   queries only, never on test.
-4. **New individual.** The ``new_individual`` threshold is tuned on the fused probabilities, and
+   probability never falls when its similarity, LNBNN score or inlier count grows. It is fitted on
+   the CV queries only, never on test.
+5. **New individual.** The ``new_individual`` threshold is tuned on the fused probabilities, and
    isotonic regression gives P(new individual) from the best candidate's probability (the lower
    it is, the likelier new).
 
@@ -435,6 +443,8 @@ def rerank_candidates(cv: Candidates, cv_inliers: "Evidence | np.ndarray", cv_tr
 
     cv_labels, cv_valid, cv_x = shortlist_features(cv, cv_inliers, cfg.score)
     test_labels, test_valid, test_x = shortlist_features(test, test_inliers, cfg.score)
+    if cv_x.shape[-1] != test_x.shape[-1]:
+        raise ValueError("CV and test candidates must come with the same kinds of local evidence")
     truth = np.asarray(cv_truth, dtype=object)
     hits = (cv_labels == truth[:, None]).astype(np.float64)
     is_new = (truth == NEW_INDIVIDUAL).astype(np.float64)
@@ -445,8 +455,6 @@ def rerank_candidates(cv: Candidates, cv_inliers: "Evidence | np.ndarray", cv_tr
         p_cv[held], p_new_cv[held] = model.apply(cv_x[held], cv_valid[held])
     full = Calibration.fit(cv_x, cv_valid, hits, is_new)
     p_test, p_new_test = full.apply(test_x, test_valid)
-    if cv_x.shape[-1] != test_x.shape[-1]:
-        raise ValueError("CV and test candidates must come with the same kinds of local evidence")
     tie_rng = _tie_rng(cfg)
     names = feature_names(cv_inliers, cfg.score)
     return Reranked(_sorted(cv_labels, p_cv, tie_rng), _sorted(test_labels, p_test, tie_rng), p_new_cv, p_new_test,
