@@ -125,8 +125,7 @@ class CatalogueIndex:
         if not by_photo:
             return out
         best = np.zeros((len(query_descriptors), n_ind))
-        for col in range(n_ind):  # an individual: its best photo
-            best[:, col] = out[:, self.photo_individual == col].max(axis=1)
+        np.maximum.at(best, (slice(None), self.photo_individual), out)  # an individual: its best photo (votes >= 0)
         return best
 
 
@@ -134,10 +133,6 @@ def scores_for_candidates(matrix: np.ndarray, individuals: np.ndarray, labels: n
     """Q×C: each candidate's column of a Q×I score ``matrix`` (0 for padding and for individuals the
     matrix does not hold)."""
     position = {ind: i for i, ind in enumerate(individuals)}
-    out = np.zeros(labels.shape, np.float32)
-    for i, row in enumerate(labels):
-        for j, label in enumerate(row):
-            col = position.get(label)
-            if col is not None:
-                out[i, j] = matrix[i, col]
-    return out
+    cols = np.array([position.get(label, -1) for label in labels.ravel()], np.int64).reshape(labels.shape)
+    picked = np.take_along_axis(matrix, np.maximum(cols, 0), axis=1) if matrix.shape[1] else np.zeros(labels.shape)
+    return np.where(cols >= 0, picked, 0.0).astype(np.float32)

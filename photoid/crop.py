@@ -30,25 +30,42 @@ def expand_box(box: tuple[float, float, float, float], margin: float, width: int
     return max(0.0, x1 - mx), max(0.0, y1 - my), min(float(width), x2 + mx), min(float(height), y2 + my)
 
 
-def crop_to_square(img: Image.Image, box: tuple[float, ...], size: int) -> Image.Image:
-    """Cut ``box`` (in ``img``'s pixels) out, scale its long side to ``size``, centre it on a square."""
+def scaled_region(img: Image.Image, box: tuple[float, ...], long_side: int, mode: str = "RGB") -> Image.Image:
+    """Cut ``box`` (in ``img``'s pixels) out, in ``mode``, and scale it so that its long side is ``long_side``:
+    bicubic up, Lanczos down."""
     x1, y1, x2, y2 = box
     region = img.crop((int(np.floor(x1)), int(np.floor(y1)), max(int(np.ceil(x2)), int(np.floor(x1)) + 1),
-                       max(int(np.ceil(y2)), int(np.floor(y1)) + 1)))
-    scale = size / max(region.size)
+                       max(int(np.ceil(y2)), int(np.floor(y1)) + 1))).convert(mode)
+    scale = long_side / max(region.size)
     w, h = max(1, round(region.width * scale)), max(1, round(region.height * scale))
-    region = region.resize((w, h), Image.Resampling.BICUBIC if scale > 1 else Image.Resampling.LANCZOS)
+    return region.resize((w, h), Image.Resampling.BICUBIC if scale > 1 else Image.Resampling.LANCZOS)
+
+
+def read_region(path, size: tuple[int, int], box: tuple[float, ...], long_side: int, mode: str = "RGB") -> Image.Image:
+    """The ``box`` region (upright pixels of a photo of ``size`` = (width, height), as ingest measured it)
+    of the photo at ``path``, scaled by :func:`scaled_region`; a JPEG is decoded at the smallest scale that
+    still gives ``long_side`` pixels across the box, so a 5000-pixel photo never sits in memory whole."""
+    x1, y1, x2, y2 = box
+    img = load_rgb(path, reduce=reduce_factor(x2 - x1, y2 - y1, long_side))
+    sx, sy = img.width / size[0], img.height / size[1]
+    return scaled_region(img, (x1 * sx, y1 * sy, x2 * sx, y2 * sy), long_side, mode)
+
+
+def on_square(region: Image.Image, size: int) -> Image.Image:
+    """``region`` centred on a black ``size`` × ``size`` canvas."""
     canvas = Image.new("RGB", (size, size))
-    canvas.paste(region, ((size - w) // 2, (size - h) // 2))
+    canvas.paste(region, ((size - region.width) // 2, (size - region.height) // 2))
     return canvas
+
+
+def crop_to_square(img: Image.Image, box: tuple[float, ...], size: int) -> Image.Image:
+    """Cut ``box`` (in ``img``'s pixels) out, scale its long side to ``size``, centre it on a square."""
+    return on_square(scaled_region(img, box, size), size)
 
 
 def _crop_one(job: tuple) -> None:
     path, width, height, box, size, out_path = job
-    x1, y1, x2, y2 = box
-    img = load_rgb(path, reduce=reduce_factor(x2 - x1, y2 - y1, size))
-    sx, sy = img.width / width, img.height / height
-    crop_to_square(img, (x1 * sx, y1 * sy, x2 * sx, y2 * sy), size).save(out_path, quality=95)
+    on_square(read_region(path, (width, height), box, size), size).save(out_path, quality=95)
 
 
 def crop_all(images: pd.DataFrame, boxes: pd.DataFrame, out_dir: Path, size: int, margin: float,

@@ -140,7 +140,7 @@ class Identifier:
             ranking = rank_test(sets, r["searched"], r["flips"], r["shortlist"])
             p_new = None
             if r["reranker"] is not None:
-                write_store(crops.merge(images[["image_id", "path", "width"]], on="image_id"), tmp / "keypoints",
+                write_store(crops.merge(images[["image_id", "path", "width", "height"]], on="image_id"), tmp / "keypoints",
                             self.keypoints, workers=1, progress=self.progress)
                 ranking, p_new = rerank_queries(ranking, sets[0].rows["image_id"].to_numpy(), [self.store, tmp / "keypoints"],
                                                 r["reranker"], progress=self.progress)

@@ -104,27 +104,16 @@ def detect(grey: np.ndarray, cfg: KeypointConfig, sift=None) -> Keypoints:
 BOX_COLUMNS = ["crop_x1", "crop_y1", "crop_x2", "crop_y2"]  # the crop table's box (upright photo pixels, margin added)
 
 
-def read_region(path: str | Path, width: int, box: tuple[float, float, float, float], size: int) -> np.ndarray:
-    """The ``box`` region of the photo at ``path`` (upright pixels of a photo ``width`` pixels wide, as
-    ingest measured it), in grey, scaled so that its longer side is ``size``: bicubic up, area-averaged
-    down. A JPEG is decoded at the smallest scale that still gives ``size`` pixels across the box."""
-    from PIL import Image
+def read_region(path: str | Path, size: tuple[int, int], box: tuple[float, float, float, float], long_side: int) -> np.ndarray:
+    """The ``box`` region of a photo in grey, its longer side scaled to ``long_side``, as the crop stage
+    reads regions (:func:`photoid.crop.read_region`); a photo that cannot be read stops with its path."""
+    from photoid.crop import read_region as read_photo_region
 
-    from photoid.images import load_rgb, reduce_factor
-
-    x1, y1, x2, y2 = box
     try:
-        img = load_rgb(path, reduce=reduce_factor(x2 - x1, y2 - y1, size))
+        return np.asarray(read_photo_region(path, size, box, long_side, mode="L"), dtype=np.uint8)
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: the photo cannot be read for its local features ({e}); re-run ingest "
                         "(`dvc repro ingest`).") from None
-    s = img.width / width
-    left, top = int(np.floor(x1 * s)), int(np.floor(y1 * s))
-    region = img.crop((left, top, max(int(np.ceil(x2 * s)), left + 1), max(int(np.ceil(y2 * s)), top + 1))).convert("L")
-    scale = size / max(region.size)
-    w, h = max(1, round(region.width * scale)), max(1, round(region.height * scale))
-    resample = Image.Resampling.BICUBIC if scale > 1 else Image.Resampling.BOX
-    return np.asarray(region.resize((w, h), resample), dtype=np.uint8)
 
 
 def _tentative_matches(a: Keypoints, b: Keypoints, ratio: float) -> tuple[np.ndarray, np.ndarray]:
@@ -170,15 +159,15 @@ def count_inliers(a: Keypoints, b: Keypoints, cfg: MatchConfig) -> int:
 # --------------------------------------------------------------------------------------------- store
 
 def _describe(args) -> tuple[Keypoints, Keypoints]:
-    path, width, box, cfg = args
-    grey = read_region(path, width, box, cfg.long_side)
+    path, size, box, cfg = args
+    grey = read_region(path, size, box, cfg.long_side)
     sift = _sift(cfg)
     return detect(grey, cfg, sift), detect(np.ascontiguousarray(grey[:, ::-1]), cfg, sift)
 
 
 def write_store(rows: pd.DataFrame, out_dir: Path, cfg: KeypointConfig, workers: int = 1,
                 progress: bool = True) -> dict:
-    """Describe the box region of every photo of ``rows`` (image_id, path and width: the photo as
+    """Describe the box region of every photo of ``rows`` (image_id, path, width and height: the photo as
     ingest recorded it, and the crop table's box: crop_x1, crop_y1, crop_x2, crop_y2), as it is and
     mirrored, at ``cfg.long_side`` pixels, into a store at ``out_dir``; return figures (photos, keypoints
     per photo, photos without keypoints, the store's bytes per 1,000 photos, seconds per photo)."""
@@ -186,11 +175,11 @@ def write_store(rows: pd.DataFrame, out_dir: Path, cfg: KeypointConfig, workers:
 
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    missing = [c for c in ["image_id", "path", "width", *BOX_COLUMNS] if c not in rows.columns]
+    missing = [c for c in ["image_id", "path", "width", "height", *BOX_COLUMNS] if c not in rows.columns]
     if missing:
         raise ValueError(f"the rows to describe lack the columns {missing}")
-    jobs = [(p, int(w), tuple(map(float, box)), cfg)
-            for p, w, box in zip(rows["path"], rows["width"], rows[BOX_COLUMNS].to_numpy())]
+    jobs = [(p, (int(w), int(h)), tuple(map(float, box)), cfg)
+            for p, w, h, box in zip(rows["path"], rows["width"], rows["height"], rows[BOX_COLUMNS].to_numpy())]
     if workers > 1 and len(jobs) > 1:
         with get_context("spawn").Pool(workers) as pool:
             described = list(tqdm(pool.imap(_describe, jobs, chunksize=8), total=len(jobs), desc="local features",

@@ -86,6 +86,12 @@ class RerankConfig:
             raise DataError(f"rerank.calibration_folds must be at least 2, got {self.calibration_folds}")
 
 
+def rerank_config(params) -> RerankConfig:
+    """params.yaml's rerank section as knn-rank and pseudo-label read it (:func:`photoid.params.load_params`)."""
+    return params.build(RerankConfig, "rerank", match=params.build(MatchConfig, "rerank"),
+                        catalogue=params.build(CatalogueConfig, "rerank"))
+
+
 def shortlisted_search(cfg: RerankConfig, search, split):
     """(Shortlist, Search) of a ranking to be re-ranked, as knn-rank and pseudo-label rank: each query
     keeps ``cfg.candidates`` individuals (0: every individual of the split table ``split``) with their best
@@ -217,6 +223,11 @@ class Evidence:
             return np.concatenate([np.pad(v, ((0, 0), (0, width - v.shape[1]))) for v in values])
 
         return Evidence(cat("lnbnn"), cat("inliers"), cat("verified"))
+
+    def kinds(self) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+        """(name, Q×C values, where they were counted or None) of each kind of evidence there, LNBNN first."""
+        return ([("lnbnn", self.lnbnn, None)] if self.lnbnn is not None else []) + (
+            [("inliers", self.inliers, self.verified)] if self.inliers is not None else [])
 
 
 def ranking_evidence(ranking, gallery_ids: np.ndarray, store_dirs, cfg: RerankConfig, width: int,
@@ -402,16 +413,12 @@ def shortlist_features(cands: Candidates, evidence: "Evidence | np.ndarray", sco
     features of :func:`pair_features` of the first kind of evidence (LNBNN where there is, else
     inliers) and, where both are there, the inliers' own features (read against the verified
     candidates only) after them. An array is inlier counts."""
-    if isinstance(evidence, np.ndarray):
-        evidence = Evidence(None, evidence)
-    kinds = [(m, None) for m in (evidence.lnbnn,) if m is not None]
-    if evidence.inliers is not None:
-        kinds.append((evidence.inliers, evidence.verified))
-    c = kinds[0][0].shape[1]
+    kinds = (evidence if isinstance(evidence, Evidence) else Evidence(None, evidence)).kinds()
+    c = kinds[0][1].shape[1]
     labels, sims = cands.labels[:, :c], cands.scores[:, :c].astype(np.float64)
     valid = labels != ""
     parts = []
-    for k, (matrix, mask) in enumerate(kinds):
+    for k, (_, matrix, mask) in enumerate(kinds):
         x = pair_features(sims, matrix, valid if mask is None else valid & mask, score)
         parts.append(x if k == 0 or score == "inliers" else x[..., [1, 3]])  # the similarity's once
     return labels, valid, np.concatenate(parts, axis=-1)
@@ -419,10 +426,9 @@ def shortlist_features(cands: Candidates, evidence: "Evidence | np.ndarray", sco
 
 def feature_names(evidence: "Evidence | np.ndarray", score: str) -> list[str]:
     """The names of :func:`shortlist_features`' columns."""
-    kinds = ["inliers"] if isinstance(evidence, np.ndarray) else (
-        (["lnbnn"] if evidence.lnbnn is not None else []) + (["inliers"] if evidence.inliers is not None else []))
+    kinds = (evidence if isinstance(evidence, Evidence) else Evidence(None, evidence)).kinds()
     names = []
-    for k, e in enumerate(kinds):
+    for k, (e, _, _) in enumerate(kinds):
         if score == "inliers":
             names += [f"log_{e}", f"inv_{e}_rank"]
         else:

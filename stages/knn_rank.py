@@ -32,12 +32,10 @@ import pandas as pd
 import typer
 
 from photoid import paths
-from photoid.catalogue_match import CatalogueConfig
 from photoid.cli import PARAMS_OPTION, SET_OPTION, stage_app
 from photoid.data.duplicates import exact_copies
 from photoid.data.split import ensemble_folds, test_folds
 from photoid.io import atomic_path, read_parquet, write_json, write_parquet
-from photoid.local_features import MatchConfig
 from photoid.metrics import NEW_INDIVIDUAL, expected_calibration_error, reliability_bins
 from photoid.params import load_params
 from photoid.ranking import (
@@ -52,7 +50,7 @@ from photoid.ranking import (
     save_ranker,
     submission,
 )
-from photoid.rerank import RerankConfig, rerank_result, shortlisted_search, similarity_new_probability
+from photoid.rerank import rerank_config, rerank_result, shortlisted_search, similarity_new_probability
 from photoid.retrieval import Search
 
 READS = ("knn", "rerank", "ensemble")
@@ -88,8 +86,7 @@ def main(
     flips = Flips.parse(P.bool("knn.query_flip"), P.str("knn.gallery_flip"))
     by_species, min_species_queries = P.bool("knn.per_species"), P.int("knn.min_species_queries")
     folds = ensemble_folds(P.get("ensemble.folds", list))
-    cfg = P.build(RerankConfig, "rerank", match=P.build(MatchConfig, "rerank"),
-                  catalogue=P.build(CatalogueConfig, "rerank"))
+    cfg = rerank_config(P)
     reranking = P.bool("rerank.enabled")
     P.check_all_read()
     truth = read_parquet(test_truth) if Path(test_truth).exists() else None

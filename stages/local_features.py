@@ -36,7 +36,7 @@ def main(
     P = load_params(READS, params_file, overrides)
     cfg, workers = P.build(KeypointConfig, "local"), P.int("local.workers")
     P.check_all_read()
-    photos = read_parquet(images)[["image_id", "path", "width"]]
+    photos = read_parquet(images)[["image_id", "path", "width", "height"]]
     rows = read_parquet(crops).merge(photos, on="image_id", how="left", validate="one_to_one")
     figures = write_store(rows, out_dir, cfg, workers)
     write_json(figures, metrics)

@@ -22,12 +22,10 @@ import pandas as pd
 import typer
 
 from photoid import paths
-from photoid.catalogue_match import CatalogueConfig
 from photoid.cli import PARAMS_OPTION, SET_OPTION, stage_app
 from photoid.data.split import cv_folds, ensemble_folds
 from photoid.errors import DataError
 from photoid.io import read_parquet, write_json, write_parquet
-from photoid.local_features import MatchConfig
 from photoid.params import load_params
 from photoid.pseudo import PSEUDO_COLUMNS, cv_answers, precision_cut, pseudo_label_figures, select_pseudo_labels
 from photoid.ranking import (
@@ -40,7 +38,7 @@ from photoid.ranking import (
     rank_sets,
     rank_test_per_fold,
 )
-from photoid.rerank import RerankConfig, rerank_queries, rerank_result, shortlisted_search
+from photoid.rerank import rerank_config, rerank_queries, rerank_result, shortlisted_search
 from photoid.retrieval import Search
 
 READS = ("pseudo", "ensemble", "knn.neighbours", "knn.index", "knn.ivf_lists", "knn.ivf_probe", "knn.query_expansion",
@@ -68,8 +66,7 @@ def main(
     rule, by_species = ThresholdRule.parse(P.str("knn.threshold")), P.bool("knn.per_species")
     min_species_queries = P.int("knn.min_species_queries")
     flips = Flips.parse(P.bool("knn.query_flip"), P.str("knn.gallery_flip"))
-    cfg = P.build(RerankConfig, "rerank", match=P.build(MatchConfig, "rerank"),
-                  catalogue=P.build(CatalogueConfig, "rerank"))
+    cfg = rerank_config(P)
     reranking = P.bool("rerank.enabled")
     P.check_all_read()
     truth = read_parquet(test_truth) if Path(test_truth).exists() else None

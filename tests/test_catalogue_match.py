@@ -78,7 +78,7 @@ def _photo(tmp_path, name: str) -> pd.DataFrame:
         img += cv2.GaussianBlur(rng.normal(size=img.shape).astype(np.float32), (0, 0), sigma) * sigma
     img = np.clip(128 + 40 * img / img.std(), 1, 255).astype(np.uint8)
     Image.fromarray(img).save(tmp_path / f"{name}.png")
-    return pd.DataFrame({"image_id": [name], "path": [str(tmp_path / f"{name}.png")], "width": [1600],
+    return pd.DataFrame({"image_id": [name], "path": [str(tmp_path / f"{name}.png")], "width": [1600], "height": [1200],
                          "crop_x1": [300.0], "crop_y1": [200.0], "crop_x2": [1200.0], "crop_y2": [800.0]})
 
 
@@ -145,3 +145,25 @@ def test_cv_never_matches_a_query_against_its_own_folds_validation_photos(monkey
 
 def catalogue_evidence_of(rerank, ranking, cfg):
     return rerank.catalogue_evidence(ranking, ["a store"], cfg, ranking.candidates.labels.shape[1])
+
+
+def test_photo_pooling_scores_an_individual_by_its_best_photo_not_by_its_number_of_photos():
+    """Two query keypoints, each near a different photo of A: summed per individual A gains twice,
+    per photo A scores its best photo once; B's one photo near both keypoints scores the same either way."""
+    def unit(*pairs):
+        v = np.zeros(DESCRIPTOR_DIM)
+        for axis, weight in pairs:
+            v[axis] = weight
+        return v / np.linalg.norm(v)
+
+    photos = {"a1": [unit((1, 1), (20, 0.1))], "a2": [unit((2, 1), (21, 0.1))],
+              "b1": [unit((1, 1), (22, 0.5)), unit((2, 1), (23, 0.5))], **{f"x{i}": [unit((30 + i, 1))] for i in range(4)}}
+    owners = {"a1": "A", "a2": "A", "b1": "B", **{f"x{i}": f"X{i}" for i in range(4)}}
+    query = FakeStore({"q": [unit((1, 1)), unit((2, 1))]}).get("q").descriptors
+    scores = {}
+    for pool in ("individual", "photo"):
+        index = CatalogueIndex(FakeStore(photos), list(photos), [owners[p] for p in photos], CatalogueConfig(2, pool, 0, 1))
+        scores[pool] = dict(zip(index.individuals, index.scores([query])[0]))
+    assert scores["individual"]["A"] == pytest.approx(2 * scores["photo"]["A"], rel=0.02)
+    assert scores["photo"]["A"] > 1.0 and scores["individual"]["B"] == pytest.approx(scores["photo"]["B"])
+    assert scores["individual"]["A"] > scores["individual"]["B"] > scores["photo"]["A"]

@@ -99,7 +99,7 @@ def _crop_store(folder, crops: dict[str, np.ndarray]):
 def photo_table(folder, photos: dict[str, np.ndarray]) -> pd.DataFrame:
     """The rows write_store describes: each photo's path and width, its box the whole frame."""
     return pd.DataFrame({"image_id": list(photos), "path": [str(folder / f"{n}.png") for n in photos],
-                         "width": [g.shape[1] for g in photos.values()],
+                         "width": [g.shape[1] for g in photos.values()], "height": [g.shape[0] for g in photos.values()],
                          "crop_x1": 0.0, "crop_y1": 0.0, "crop_x2": [float(g.shape[1]) for g in photos.values()],
                          "crop_y2": [float(g.shape[0]) for g in photos.values()]})
 
