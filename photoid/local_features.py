@@ -230,8 +230,14 @@ class KeypointStores:
     def __contains__(self, image_id) -> bool:
         return any(image_id in s for s in self.stores)
 
+    def _holding(self, image_id) -> "KeypointStore":
+        return next((s for s in self.stores if image_id in s), self.stores[0])
+
     def get(self, image_id, flipped: bool = False) -> Keypoints:
-        return next((s for s in self.stores if image_id in s), self.stores[0]).get(image_id, flipped)
+        return self._holding(image_id).get(image_id, flipped)
+
+    def descriptor_slice(self, image_id, flipped: bool = False) -> tuple[np.ndarray, int, int]:
+        return self._holding(image_id).descriptor_slice(image_id, flipped)
 
 
 class KeypointStore:
@@ -251,10 +257,19 @@ class KeypointStore:
     def __contains__(self, image_id) -> bool:
         return (image_id, False) in self._where
 
-    def get(self, image_id, flipped: bool = False) -> Keypoints:
+    def _find(self, image_id, flipped: bool) -> tuple[int, int, float]:
         try:
-            start, n, side = self._where[(image_id, bool(flipped))]
+            return self._where[(image_id, bool(flipped))]
         except KeyError:
             raise DataError(f"{self.root} has no local features of {image_id!r}: re-run the local-features stage "
                             "(`dvc repro local-features`).") from None
+
+    def get(self, image_id, flipped: bool = False) -> Keypoints:
+        start, n, side = self._find(image_id, flipped)
         return Keypoints(np.asarray(self.frames[start:start + n]), np.asarray(self.descriptors[start:start + n]), side)
+
+    def descriptor_slice(self, image_id, flipped: bool = False) -> tuple[np.ndarray, int, int]:
+        """Where a crop's descriptors lie, without reading them: the store's (memory-mapped) descriptor
+        array, the first row and the count."""
+        start, n, _ = self._find(image_id, flipped)
+        return self.descriptors, start, n

