@@ -2,7 +2,7 @@
 
     python bench/real_data.py DIR [--name NAME] [--max-individuals N] [--max-photos M] [--work FOLDER]
     python bench/real_data.py ../shared/data/marine_sample --labels dolphin.csv,seal.csv,whale.csv \
-        --image-col Image --individual-col UniqueID,ID --name "marine sample"
+        --image-col Image --individual-col UniqueID,ID --name "marine sample" --set filter.min_samples=2
 
 DIR is a folder per individual (DIR/<individual>/<photos>), or, with --labels, label files under DIR
 naming each photo's individual. The split: a share --new-fraction of the individuals (with at least
@@ -259,6 +259,8 @@ def main(
     peer_size: int = typer.Option(512, help="The peer's photos: longer side in pixels."),
     work: Path = typer.Option(Path("/tmp/photoid-real-data"), help="Working folder, outside the repository."),
     out: Path = typer.Option(None, help="Write the table as JSON here too."),
+    set_params: str = typer.Option("", "--set", help="More params for this set, comma-separated key=value, for every "
+                                   "photoid row and --previous (e.g. filter.min_samples=2 where individuals have few photos)."),
     previous: str = typer.Option("", help="A commit of this repository whose default runs on the same split too "
                                  "(the default before a change), as a row of its own."),
 ):
@@ -276,7 +278,8 @@ def main(
         table["peer"] = peer_row(split, peer_wheel.resolve(), peer_size, work)
         print(f"peer: {table['peer']}", flush=True)
     data_params = ["data.source=folders", f"data.root={data}", "data.test_dir=test",
-                   f"data.test_truth={data / 'test_truth.csv'}", "data.group_col="]
+                   f"data.test_truth={data / 'test_truth.csv'}", "data.group_col=",
+                   *[p for p in set_params.split(",") if p]]
     wanted = [r for r in rows.split(",") if r]
     runs = ([("HEAD", wanted)] if wanted else []) + ([(previous, ["default"])] if previous else [])
     for commit, names in runs:

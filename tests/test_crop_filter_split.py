@@ -9,6 +9,7 @@ from PIL import Image
 from photoid.crop import crop_all, crop_to_square, expand_box
 from photoid.data.filter import filter_individuals
 from photoid.data.split import NEW_FOLD, fold_view, split_folds
+from photoid.errors import DataError
 
 
 def test_expand_box_adds_margin_and_clips():
@@ -106,6 +107,13 @@ def test_filter_drops_small_individuals_only_from_training():
     assert dropped.reason.iloc[0] == "individual has 1 training image < filter.min_samples=4"
     assert stats == {"min_samples": 4, "individuals_before": 4, "individuals_after": 2, "train_images_before": 17,
                      "train_images_after": 13, "test_images": 3}
+
+
+def test_filter_that_would_leave_nothing_to_train_on_stops_and_says_which_setting_keeps_two_individuals():
+    with pytest.raises(DataError, match=r"0 of 3 individuals .*-S filter.min_samples=2 keeps 2"):
+        filter_individuals(_table({"a": 1, "b": 2, "c": 3}), min_samples=4)
+    with pytest.raises(DataError, match="add labelled photos of at least 2 individuals"):
+        filter_individuals(_table({"a": 9}), min_samples=4)
 
 
 def test_split_is_deterministic_grouped_and_stratified():
