@@ -47,7 +47,7 @@ from tqdm import tqdm
 from photoid.catalogue_match import CatalogueConfig, CatalogueIndex, scores_for_candidates
 from photoid.errors import DataError
 from photoid.local_features import MatchConfig, count_inliers, open_stores
-from photoid.metrics import NEW_INDIVIDUAL
+from photoid.metrics import NEW_INDIVIDUAL, map_at_k
 from photoid.retrieval import Candidates
 
 if TYPE_CHECKING:  # knn ranks; this module re-ranks what it ranked
@@ -366,19 +366,23 @@ def _best(p: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Calibration:
-    """The two monotone models: P(same individual | pair features) and P(new | best candidate's probability)."""
+    """The two monotone models: P(same individual | pair features) and P(new | best candidate's
+    probability); ``columns``: the features P(same) reads (None: all)."""
 
     same: MonotoneLogistic
     new: NewIndividualCalibration
+    columns: list[int] | None = None
 
     @staticmethod
-    def fit(features: np.ndarray, valid: np.ndarray, truth_hits: np.ndarray, is_new: np.ndarray) -> "Calibration":
-        same = MonotoneLogistic().fit(features[valid], truth_hits[valid])
-        return Calibration(same, NewIndividualCalibration().fit(_best(_p_same(same, features, valid)), is_new))
+    def fit(features: np.ndarray, valid: np.ndarray, truth_hits: np.ndarray, is_new: np.ndarray,
+            columns: list[int] | None = None) -> "Calibration":
+        x = features if columns is None else features[..., columns]
+        same = MonotoneLogistic().fit(x[valid], truth_hits[valid])
+        return Calibration(same, NewIndividualCalibration().fit(_best(_p_same(same, x, valid)), is_new), columns)
 
     def apply(self, features: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(P(same) Q×C with -inf where no candidate, P(new) Q)."""
-        p = _p_same(self.same, features, valid)
+        p = _p_same(self.same, features if self.columns is None else features[..., self.columns], valid)
         return p, self.new.predict(_best(p))
 
 
@@ -413,7 +417,8 @@ class Reranked:
     cv_p_new: np.ndarray
     test_p_new: np.ndarray
     calibration: Calibration  # fitted on every CV query
-    feature_names: list[str]
+    feature_names: list[str]  # of the features it reads
+    features_used: str = "all"  # all | similarity | local: the part the CV queries ranked best by
 
 
 def shortlist_features(cands: Candidates, evidence: "Evidence | np.ndarray", score: str):
@@ -463,23 +468,37 @@ def rerank_candidates(cv: Candidates, cv_inliers: "Evidence | np.ndarray", cv_tr
     hits = (cv_labels == truth[:, None]).astype(np.float64)
     is_new = (truth == NEW_INDIVIDUAL).astype(np.float64)
 
-    p_cv, p_new_cv = np.full(cv_labels.shape, -np.inf), np.zeros(len(cv_labels))
-    for rest, held in crossfit_folds(len(cv_labels), cfg.calibration_folds, cfg.seed):
-        model = Calibration.fit(cv_x[rest], cv_valid[rest], hits[rest], is_new[rest])
-        p_cv[held], p_new_cv[held] = model.apply(cv_x[held], cv_valid[held])
-    full = Calibration.fit(cv_x, cv_valid, hits, is_new)
-    p_test, p_new_test = full.apply(test_x, test_valid)
-    tie_rng = _tie_rng(cfg)
     names = feature_names(cv_inliers, cfg.score)
-    return Reranked(_sorted(cv_labels, p_cv, tie_rng), _sorted(test_labels, p_test, tie_rng), p_new_cv, p_new_test,
-                    full, names)
+    # The fusion must never fall below the better of its parts: where the CV queries (cross-fitted)
+    # rank the known individuals better by the similarity's features alone, or by the local evidence's
+    # alone, than by all of them (a small catalogue gives the fit little to learn from), that part is used.
+    choices = {"all": None}
+    if cfg.score == "fused":
+        similarity = [i for i, n in enumerate(names) if "similarity" in n]
+        choices |= {"similarity": similarity, "local": [i for i in range(len(names)) if i not in similarity]}
+    known = is_new == 0
+    best = None
+    for choice, columns in choices.items():
+        p_cv, p_new_cv = np.full(cv_labels.shape, -np.inf), np.zeros(len(cv_labels))
+        for rest, held in crossfit_folds(len(cv_labels), cfg.calibration_folds, cfg.seed):
+            model = Calibration.fit(cv_x[rest], cv_valid[rest], hits[rest], is_new[rest], columns)
+            p_cv[held], p_new_cv[held] = model.apply(cv_x[held], cv_valid[held])
+        ranked = _sorted(cv_labels, p_cv, _tie_rng(cfg))
+        found = map_at_k([list(r) for r in ranked.labels[known]], list(truth[known])) if known.any() else 0.0
+        if best is None or found > best[0]:  # ties keep the earlier: all the evidence first
+            best = (found, choice, columns, ranked, p_new_cv)
+    _, choice, columns, cv_ranked, p_new_cv = best
+    full = Calibration.fit(cv_x, cv_valid, hits, is_new, columns)
+    p_test, p_new_test = full.apply(test_x, test_valid)
+    return Reranked(cv_ranked, _sorted(test_labels, p_test, _tie_rng(cfg)), p_new_cv, p_new_test, full,
+                    names if columns is None else [names[i] for i in columns], choice)
 
 
 def figures(result: Reranked) -> dict:
     """The fitted models' coefficients, for the metrics file."""
     same = result.calibration.same
     return {"same_coefficients": dict(zip(result.feature_names, map(float, same.coef))),
-            "same_intercept": same.intercept}
+            "same_intercept": same.intercept, "features_used": result.features_used}
 
 
 # ----------------------------------------------------------------------------------- on rankings
