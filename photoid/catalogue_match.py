@@ -95,7 +95,7 @@ class CatalogueIndex:
         owners = photo_of if cfg.lnbnn_pool == "photo" else self.photo_individual[photo_of]
         self.owners = owners.astype(np.int32)
         self.approximate = bool(cfg.ivf_above and self.size > cfg.ivf_above)
-        dim = sources[0].shape[1] if sources else 128
+        self._dim = dim = sources[0].shape[1] if sources else 128
         if self.approximate:
             lists = max(2, min(int(np.sqrt(self.size)), self.size // 39))
             quantizer = f"IVF{lists}_HNSW32" if lists > HNSW_LISTS else f"IVF{lists}"
@@ -109,7 +109,7 @@ class CatalogueIndex:
             index = faiss.IndexFlatL2(dim)
         block, block_rows = [], 0  # added in blocks of whole photos, about ADD_BLOCK keypoints each
         for (source, row, count) in segments:
-            block.append(np.asarray(sources[source][row:row + count]) if count else np.zeros((0, dim), np.uint8))
+            block.append(np.asarray(sources[source][row:row + count]))
             block_rows += count
             if block_rows >= ADD_BLOCK:
                 index.add(_unit(np.concatenate(block)))
@@ -124,7 +124,7 @@ class CatalogueIndex:
         seg = np.searchsorted(self._seg_first, ids, side="right") - 1
         rows = self._seg_row[seg] + ids - self._seg_first[seg]
         source = self._seg_source[seg]
-        out = np.empty((len(ids), self._sources[0].shape[1] if self._sources else 128), np.uint8)
+        out = np.empty((len(ids), self._dim), np.uint8)
         for s in np.unique(source):
             here = source == s
             out[here] = self._sources[s][rows[here]]

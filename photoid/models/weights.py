@@ -72,7 +72,7 @@ def normalise_spec(spec) -> str:
     return s
 
 
-def package_file(package: str = LITE0_PACKAGE) -> Path:
+def package_file(package: str) -> Path:
     """The weights file a registry weights package (a key of :data:`WEIGHTS_PACKAGES`) ships."""
     import importlib
 
