@@ -1,10 +1,12 @@
-"""The ablation table: `dvc exp run` variants from one baseline, results read back with `dvc exp show --csv`
-and written into the README's Results section (never typed by hand).
+"""The ablation tables: `dvc exp run` variants from one baseline, results read back with `dvc exp show --csv`
+and written into docs/results.md (never typed by hand); and the README's headline table, from the demo's
+metrics/knn.json and the real-photo tables of docs/results.md (``--headline``).
 
     python bench/ablation.py --data demo                     # the built-in demo (about 50 min on 2 cores)
     python bench/ablation.py --data marine                   # ../shared/data/marine_sample (no test truth: CV only;
                                                              # CV over all 3 folds, about 35 min on 2 cores)
-    python bench/ablation.py --data demo --rows baseline,untrained --no-readme   # a few rows, print only
+    python bench/ablation.py --data demo --rows baseline,untrained --no-write    # a few rows, print only
+    python bench/ablation.py --headline                      # the README's headline table only
     python bench/ablation.py --data demo --rows baseline,backbone,untrained --seeds 0,1,2   # spread over seeds
 
 Each row is one experiment named ``abl-<data>-<row>``: the workspace's params.yaml with the row's
@@ -14,7 +16,7 @@ workspace (params.yaml, dvc.lock, metrics and outputs) is restored to HEAD after
 row re-runs only what it changes.
 With ``--seeds``, each row runs once per training seed (``abl-<data>-<row>-seed<s>``, ``-S
 train.seed=<s>``) and the table written is the spread over them (mean ± standard deviation, lowest
-to highest), between the README's ``ablation:<data>:seeds`` markers: what one run's figure is worth,
+to highest), between docs/results.md's ``ablation:<data>:seeds`` markers: what one run's figure is worth,
 and whether two rows differ by more than their seeds do.
 Run it on a committed tree: `dvc exp run` records the experiments against HEAD. `dvc exp run`
 detaches HEAD while it runs; if you stop the script mid-row, put your branch back with
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import subprocess
 import sys
@@ -64,15 +67,15 @@ ROWS: list[tuple[str, str, list[str]]] = [
     ("fold-0-answers", "fold 0's model answers the test photos (no model on every labelled photo)", ["ensemble.folds=[0]"]),
     ("3-folds", "3-fold ensemble cross-validates and answers the test photos (no model on every labelled photo)",
      ["ensemble.folds=[0,1,2]"]),
-    ("224px", "crops and training at 224 px instead of 160 (twice the compute)", ["train.img_size=224", "crop.side=224"]),
+    ("224px", "crops and training at 224 px instead of 160 (twice the compute)", ["train.img_size=224"]),
     ("untrained-224px", "untrained ImageNet features + KNN at 224 px (the baseline of the 224px row)",
-     ["embed.features=untrained", "pseudo.enabled=false", "train.img_size=224", "crop.side=224"]),
+     ["embed.features=untrained", "pseudo.enabled=false", "train.img_size=224"]),
     ("scratch", "EfficientNet-Lite0 from scratch (random init, nothing frozen)",
      ["train.pretrained=false", "train.frozen_stages=0", "backbone.freeze_epochs=0", "dolg.freeze_epochs=0"]),
 ]
 
 MARINE = ["data.source=csv", "data.labels=dolphin.csv,seal.csv,whale.csv", "data.image_col=Image",
-          "data.individual_col=UniqueID,ID", "data.group_col=",  # its label files say nothing of encounters
+          "data.individual_col=UniqueID,ID",
           # no test part, so no model on every labelled photo (it would answer nothing); every fold's model
           # cross-validates its own fold, so CV covers every photo: 74 queries, not fold 0's 25
           "ensemble.folds=[0,1,2]"]
@@ -123,19 +126,6 @@ def exp_table() -> dict[str, dict[str, str]]:
     return {row["Experiment"]: row for row in csv.DictReader(io.StringIO(out)) if row.get("Experiment")}
 
 
-def baselines() -> dict[str, str]:
-    """The commit each experiment was run against (its baseline), short, by experiment name: DVC keeps an
-    experiment under refs/exps/<baseline sha, split after 2 characters>/<name>."""
-    refs = subprocess.run(["git", "for-each-ref", "refs/exps", "--format=%(refname)"], cwd=REPO, check=True,
-                          capture_output=True, text=True).stdout.split()
-    out = {}
-    for ref in refs:
-        parts = ref.split("/")
-        if len(parts) >= 5:
-            out[parts[-1]] = (parts[2] + parts[3])[:7]
-    return out
-
-
 def cell(row: dict[str, str], column: str) -> str | None:
     """A metric of an exp-show row: DVC names a column ``file:key`` only where the bare key is ambiguous."""
     key = column.split(":", 1)[1]
@@ -183,19 +173,17 @@ def spread_markdown(data: str, rows: list[tuple[str, str, list[str]]], seeds: li
     found = {name: [s for s in seeds if exp_name(data, name, s) in table] for name, _, _ in rows}
     cols = [c for c in COLUMNS if any(cell(table[exp_name(data, name, s)], c[0]) is not None
                                       for name, ss in found.items() for s in ss)]
-    commits = baselines()
-    lines = ["| row | `-S` | seeds | " + " | ".join(h for _, h in cols) + " | run on |",
-             "|---|---|---|" + "---|" * len(cols) + "---|"]
+    lines = ["| row | `-S` | seeds | " + " | ".join(h for _, h in cols) + " |",
+             "|---|---|---|" + "---|" * len(cols)]
     for name, _, overrides in rows:
         runs = [table[exp_name(data, name, s)] for s in found[name]]
         cells = [spread_cell([float(v) for r in runs if (v := cell(r, c)) is not None], count=h in COUNTS)
                  for c, h in cols]
-        ran_on = sorted({commits.get(exp_name(data, name, s), "–") for s in found[name]}) or ["–"]
         lines.append(f"| {name} | {' '.join(f'`{o}`' for o in overrides) or '–'} | "
-                     f"{','.join(map(str, found[name])) or '–'} | " + " | ".join(cells) + f" | {', '.join(ran_on)} |")
+                     f"{','.join(map(str, found[name])) or '–'} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"Written by `python bench/ablation.py --data {data} --rows {','.join(n for n, _, _ in rows)} "
-                 f"--seeds {','.join(map(str, seeds))}` from `dvc exp show --csv` ({time.strftime('%Y-%m-%d')}, a 2-core "
+                 f"--seeds {','.join(map(str, seeds))}` from `dvc exp show --csv` (a 2-core "
                  "CPU). Each cell: mean ± sample standard deviation over the training seeds (`train.seed`) that ran, "
                  "then the lowest and highest run. Columns as in the table above.")
     return "\n".join(lines)
@@ -204,45 +192,85 @@ def spread_markdown(data: str, rows: list[tuple[str, str, list[str]]], seeds: li
 def markdown(data: str, rows: list[tuple[str, str, list[str]]], table: dict[str, dict[str, str]]) -> str:
     cols = [c for c in COLUMNS if any(cell(table.get(exp_name(data, name), {}), c[0]) is not None
                                       for name, _, _ in rows)]
-    commits = baselines()
-    lines = ["| row | what | `-S` | " + " | ".join(h for _, h in cols) + " | run on |",
-             "|---|---|---|" + "---|" * len(cols) + "---|"]
+    lines = ["| row | what | `-S` | " + " | ".join(h for _, h in cols) + " |",
+             "|---|---|---|" + "---|" * len(cols)]
     for name, what, overrides in rows:
         r = table.get(exp_name(data, name), {})
         lines.append(f"| {name} | {what} | {' '.join(f'`{o}`' for o in overrides) or '–'} | "
-                     + " | ".join(fmt(cell(r, c), count=h in COUNTS) for c, h in cols)
-                     + f" | {commits.get(exp_name(data, name), '–')} |")
+                     + " | ".join(fmt(cell(r, c), count=h in COUNTS) for c, h in cols) + " |")
     lines.append("")
     lines.append(f"Written by `python bench/ablation.py --data {data}` from `dvc exp show --csv` "
-                 f"({time.strftime('%Y-%m-%d')}, a 2-core CPU). "
+                 "(a 2-core CPU). "
                  "\"known\": MAP@5 over the photos of known individuals with `new_individual` never predicted, "
                  "i.e. how well known animals are found. \"rare\": MAP@5 of the CV photos of individuals too rare to "
-                 "train on (queries since f23e3e2; before, CV had none). \"embedding only\": the same run's embeddings ranked by "
+                 "train on. \"embedding only\": the same run's embeddings ranked by "
                  "similarity alone, before re-ranking. ECE: expected calibration error of P(new individual), "
-                 "cross-fitted on CV. \"run on\": the commit the row's experiment ran against; rows of "
-                 "different commits compare only where the code between them did not change the figure.")
+                 "cross-fitted on CV.")
     return "\n".join(lines)
 
 
-def write_readme(marker: str, text: str, readme: Path) -> None:
-    start, end = f"<!-- ablation:{marker}:start -->", f"<!-- ablation:{marker}:end -->"
-    content = readme.read_text()
+def write_between(marker: str, text: str, page: Path) -> None:
+    """Put ``text`` between ``page``'s ``<!-- <marker>:start -->`` and ``<!-- <marker>:end -->``."""
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    content = page.read_text()
     if start not in content or end not in content:
-        raise SystemExit(f"{readme} lacks the markers {start} ... {end} in its Results section")
+        raise SystemExit(f"{page} lacks the markers {start} ... {end}")
     head, rest = content.split(start, 1)
     _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{start}\n{text}\n{end}{tail}")
+    page.write_text(f"{head}{start}\n{text}\n{end}{tail}")
+
+
+RESULTS = REPO / "docs" / "results.md"
+# the real-photo tables of docs/results.md (bench/real_data.py's) that the README's headline shows
+HEADLINE_SETS = [("cattle", "Holstein2025 cow faces (real, 82 cows)"), ("marine", "Marine sample (real, 16 animals)")]
+
+
+def real_rows(name: str) -> dict[str, list[str]]:
+    """The rows of docs/results.md's real-photo table ``name`` (between its real:<name> markers), by row name."""
+    content = RESULTS.read_text()
+    block = content.split(f"<!-- real:{name}:start -->", 1)[1].split(f"<!-- real:{name}:end -->", 1)[0]
+    rows = {}
+    for line in block.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and cells[0] not in ("row",) and not cells[0].startswith("---"):
+            rows[cells[0]] = cells
+    return rows
+
+
+def headline() -> str:
+    """The README's headline table: known animals found by photoid's default, by its embedding alone and by
+    an untrained SIFT matcher, on each real set of docs/results.md, and the demo's figures from metrics/knn.json."""
+    lines = ["| set | photoid: known top-1 | known MAP@5 | MAP@5 with new_individual | embedding alone: known MAP@5 "
+             "| untrained SIFT matcher (wildlife-tools): known MAP@5 |", "|---|---|---|---|---|---|"]
+    for name, title in HEADLINE_SETS:  # columns: row | what | known top-1 | known MAP@5 | MAP@5 with new | CV | s
+        rows = real_rows(name)
+        d, e, p = rows["default"], rows["embedding"], rows["peer"]
+        lines.append(f"| {title} | {d[2]} | {d[3]} | {d[4]} | {e[3]} | {p[3]} |")
+    knn = json.loads((REPO / "metrics" / "knn.json").read_text())
+    lines.append(f"| Demo (generated, 90 test photos) | {knn['test_top1_known']:.3f} | {knn['test_map5_known']:.3f} | "
+                 f"{knn['test_map5']:.3f} | {knn['embedding_test_map5_known']:.3f} | – |")
+    lines += ["", "Known: the test photos of animals in the catalogue, `new_individual` taken out of the answers. "
+              "Written by `python bench/ablation.py --headline` from the tables of [docs/results.md](docs/results.md) "
+              "and the demo's `metrics/knn.json`."]
+    return "\n".join(lines)
 
 
 def main(
     data: str = typer.Option("demo", help="demo | marine"),
     rows: str = typer.Option("all", help="Comma-separated row names, or all."),
     marine_root: Path = typer.Option(REPO.parent / "shared" / "data" / "marine_sample", help="The marine sample."),
-    readme: bool = typer.Option(True, help="Write the table into README.md (else print it only)."),
+    write: bool = typer.Option(True, help="Write the table into docs/results.md (else print it only)."),
+    headline_only: bool = typer.Option(False, "--headline", help="Only write the README's headline table (from "
+                                       "docs/results.md and metrics/knn.json); run nothing."),
     run_experiments: bool = typer.Option(True, help="false: only rebuild the table from experiments already run."),
     seeds: str = typer.Option("", help="Comma-separated training seeds: each row runs once per seed and the table is "
-                                       "the spread over them (README markers ablation:<data>:seeds)."),
+                                       "the spread over them (docs/results.md markers ablation:<data>:seeds)."),
 ):
+    if headline_only:
+        text = headline()
+        print(text)
+        write_between("headline", text, REPO / "README.md")
+        return
     every = [r for r in ROWS if data == "demo" or r[0] not in DEMO_ONLY]
     chosen = every if rows == "all" else [r for r in ROWS if r[0] in rows.split(",")]
     if not chosen:
@@ -277,8 +305,8 @@ def main(
     if run_experiments:
         print(f"ablation: {len(runs)} runs in {(time.perf_counter() - start) / 60:.0f} min")
     print(text)
-    if readme:
-        write_readme(f"{data}:seeds" if seed_list else data, text, REPO / "README.md")
+    if write:
+        write_between(f"ablation:{data}:seeds" if seed_list else f"ablation:{data}", text, RESULTS)
 
 
 if __name__ == "__main__":

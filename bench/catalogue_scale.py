@@ -1,4 +1,4 @@
-"""How catalogue-wide local matching (photoid.catalogue_match) grows with the gallery: index build
+"""How catalogue-wide local matching (photoid.retrieval.catalogue) grows with the gallery: index build
 time, seconds per query, the time for a Happywhale-sized test set, and peak memory.
 
     python bench/catalogue_scale.py [--sizes 1000,10000,50000] [--keypoints 500] [--queries 200]
@@ -81,8 +81,8 @@ class PeakMemory:
 
 
 def one_size(photos: int, keypoints: int, queries: int) -> dict:
-    from photoid.catalogue_match import CatalogueConfig, CatalogueIndex
     from photoid.params import load_params
+    from photoid.retrieval.catalogue import CatalogueConfig, CatalogueIndex
 
     cfg = load_params(("rerank",), REPO / "params.yaml").build(CatalogueConfig, "rerank")
     folder = tempfile.TemporaryDirectory(prefix="catalogue-scale-")

@@ -50,7 +50,7 @@ def faiss_search(gallery, queries, k, gpu=False):
 
 
 def ivf_search(gallery, queries, k, probe):
-    from photoid.retrieval import Search, neighbours
+    from photoid.retrieval.search import Search, neighbours
 
     sims, idx = neighbours(queries, gallery, Search(k, "ivf", 0, probe, 0.0))
     return idx, sims

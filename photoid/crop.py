@@ -100,3 +100,10 @@ def crop_all(images: pd.DataFrame, boxes: pd.DataFrame, out_dir: Path, size: int
         for job in tqdm(jobs, **bar):
             _crop_one(job)
     return pd.DataFrame(rows, columns=CROP_COLUMNS)
+
+
+def crop_side(params) -> int:
+    """The side of the stored crops: crop.side, or train.img_size where crop.side is 0 (loaded params
+    that read both, :func:`photoid.params.load_params`)."""
+    side, training = params.int("crop.side"), params.int("train.img_size")  # both read: a stage checks it read all
+    return side or training

@@ -76,7 +76,7 @@ def offline_ultralytics():
     return ultralytics
 
 
-@dataclass
+@dataclass(frozen=True)
 class DetectConfig:
     """params.yaml's detect section (the values live there)."""
 

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from photoid.datasets import CropDataset, eval_transform
 from photoid.errors import MissingInput
 from photoid.io import atomic_path, read_parquet, write_json, write_parquet
-from photoid.retrieval import l2_normalise
+from photoid.retrieval.search import l2_normalise
 from photoid.runtime import autocast, torch_device
 
 ROW_COLUMNS = ["image_id", "part", "individual", "species", "crop_path"]
@@ -66,14 +66,6 @@ def flip_tta(original: np.ndarray, flipped: np.ndarray | None) -> np.ndarray:
     if flipped is None:
         return l2_normalise(original)
     return l2_normalise(l2_normalise(original) + l2_normalise(flipped))
-
-
-def embed_paths(model_embed, paths, img_size: int, batch_size: int = 64, flip: bool = False,
-                device: torch.device | None = None, desc: str = "embedding", cache=None) -> np.ndarray:
-    """In memory, for small sets (validation during training): the flip-TTA embeddings of ``paths``."""
-    batches = [flip_tta(e, f) for e, f in iter_embeddings(model_embed, paths, img_size, batch_size, flip, device,
-                                                          desc=desc, cache=cache)]
-    return np.concatenate(batches) if batches else np.zeros((0, 0), np.float32)
 
 
 def embed_rows(model: torch.nn.Module, rows: pd.DataFrame, img_size: int, out_dir: Path, flip: bool,

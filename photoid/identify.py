@@ -4,9 +4,9 @@ The same steps and the same code as the pipeline, for photos it has never seen: 
 checked as ingest checks it, boxed by the detector the detect stage trained (or given), cropped as
 the crop stage crops, described by SIFT as local-features describes, embedded by each fold's
 retrained model with the same flips, and ranked against the whole training gallery with
-knn-rank's ranking (:func:`photoid.ranking.rank_test`), re-ranking (the fusion knn-rank fitted on
-its CV queries, :func:`photoid.rerank.rerank_queries`) and new_individual threshold(s). So a test
-photo gets exactly the answer it has in ``submission.csv``.
+the ranker knn-rank fitted and saved (:class:`photoid.retrieval.ranker.Ranker`: the ranking, the
+fusion fitted on its CV queries, the new_individual threshold(s)). So a test photo gets exactly the
+answer it has in ``submission.csv``.
 
 What it loads, once: the ranker knn-rank saved (``models/ranker``), the folds' models and their
 gallery embeddings, the keypoint store, the detector; from the workspace by default, or from the
@@ -28,8 +28,6 @@ from photoid import paths
 from photoid.data.schema import TEST, TRAIN, UNKNOWN_SPECIES
 from photoid.errors import DataError
 from photoid.metrics import NEW_INDIVIDUAL
-
-RANKER_FILE = paths.RANKER_DIR / "ranker.pkl"
 
 
 @dataclass
@@ -63,27 +61,27 @@ class Identifier:
     """The trained pipeline of one workspace, loaded once; :meth:`answer` takes photos."""
 
     def __init__(self, root: Path = Path("."), progress: bool = True):
-        import pickle
-
+        from photoid.crop import crop_side
         from photoid.embed import EmbeddingSet
         from photoid.local_features import KeypointConfig
         from photoid.params import load_params
+        from photoid.retrieval.ranker import Ranker
 
         self.root, self.progress = Path(root), progress
-        ranker = self.root / RANKER_FILE
+        ranker = self.root / paths.RANKER_DIR
         if not ranker.exists():
             raise DataError(f"{ranker} does not exist: run the pipeline first (`dvc repro` in {self.root.resolve()}), "
                             "or name a workspace where it ran with --from.")
-        with open(ranker, "rb") as f:
-            self.ranker = pickle.load(f)
-        params = load_params(("crop", "local", "embed.batch_size", "report", "data.min_side"), self.root / "params.yaml")
-        self.crop_size, self.crop_margin = params.int("crop.side"), params.float("crop.margin")
+        self.ranker = Ranker.load(ranker)
+        params = load_params(("crop", "train.img_size", "local", "embed.batch_size", "report", "data.min_side"),
+                             self.root / "params.yaml")
+        self.crop_size, self.crop_margin = crop_side(params), params.float("crop.margin")
         self.keypoints = params.build(KeypointConfig, "local")
         self.batch_size = params.int("embed.batch_size")
         self.thumbnail, self.page_size = params.int("report.thumbnail"), params.int("report.page_size")
         self.min_side = params.int("data.min_side")
         # each fold's gallery, and the model that embedded it (its meta names it), with the same flips
-        self.gallery = [EmbeddingSet.load(self.root / self.ranker["embeddings"] / f"fold{k}") for k in self.ranker["folds"]]
+        self.gallery = [EmbeddingSet.load(self.root / self.ranker.embeddings / f"fold{k}") for k in self.ranker.folds]
         self.models = [self.root / g.meta["model"] for g in self.gallery]
         self.flip = bool(self.gallery[0].meta["flip"])
         for m in self.models:
@@ -121,8 +119,7 @@ class Identifier:
         from photoid.detect import BOXES_COLUMNS, full_frame_box, predict_boxes
         from photoid.embed import EmbeddingSet, embed_checkpoint
         from photoid.local_features import write_store
-        from photoid.ranking import predictions_table, rank_test
-        from photoid.rerank import rerank_queries, similarity_p_new
+        from photoid.retrieval.outputs import predictions_table
         from photoid.runtime import pick_device
 
         r = self.ranker
@@ -134,19 +131,16 @@ class Identifier:
                 boxes = pd.DataFrame([full_frame_box(x) for x in images.to_dict("records")], columns=BOXES_COLUMNS)
             crops = crop_all(images, boxes, tmp / "crops", size=self.crop_size, margin=self.crop_margin, workers=1)
             sets = []
-            for k, model, gallery in zip(r["folds"], self.models, self.gallery):
+            for k, model, gallery in zip(r.folds, self.models, self.gallery):
                 embed_checkpoint(model, crops, tmp / f"emb{k}", self.flip, self.batch_size)
                 sets.append(_with_queries(gallery, EmbeddingSet.load(tmp / f"emb{k}")))
-            ranking = rank_test(sets, r["searched"], r["flips"], r["shortlist"])
-            p_new = None
-            if r["reranker"] is not None:
+            stores = []
+            if r.reranker is not None:  # the query photos' keypoints beside the gallery's
                 write_store(crops.merge(images[["image_id", "path", "width", "height"]], on="image_id"), tmp / "keypoints",
                             self.keypoints, workers=1, progress=self.progress)
-                ranking, p_new = rerank_queries(ranking, sets[0].rows["image_id"].to_numpy(), [self.store, tmp / "keypoints"],
-                                                r["reranker"], progress=self.progress)
-            else:
-                p_new = similarity_p_new(r["p_new"], ranking.candidates)
-            table = predictions_table(ranking, r["thresholds"], p_new)
+                stores = [self.store, tmp / "keypoints"]
+            ranking, p_new = r.answer(sets, stores, progress=self.progress)
+            table = predictions_table(ranking, r.thresholds, p_new)
             if html is not None:  # while the query crops exist
                 self._review_page(html, table, sets, crops, images)
         table = table.merge(images[["image_id", "path"]], on="image_id").merge(
@@ -167,7 +161,7 @@ class Identifier:
         from photoid.io import read_parquet
         from photoid.review import best_photos, review_rows, write_review_page
 
-        photos = best_photos(sets, self.ranker["flips"], table["image_id"].tolist(),
+        photos = best_photos(sets, self.ranker.config.flips, table["image_id"].tolist(),
                              [p.split(" ") for p in table["predictions"]])
         path_of = dict(zip(images["image_id"], images["path"]))
         gallery_crops = read_parquet(self.root / paths.CROPS_TABLE)

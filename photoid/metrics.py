@@ -42,17 +42,6 @@ def average_precision_at_n(relevant: Sequence[bool], n_relevant: int, n: int = 2
     return float((precision * rel).sum() / denom)
 
 
-def map_at_n(ranked_labels: Sequence[Sequence[str]], truth: Sequence[str], gallery_counts: dict[str, int],
-             n: int = 20) -> float:
-    """Mean AP@n over queries (the Where's Whale-do mAP@20); queries with no match in the database skipped."""
-    scores = []
-    for ranked, t in zip(ranked_labels, truth):
-        n_rel = gallery_counts.get(t, 0)
-        if n_rel:
-            scores.append(average_precision_at_n([r == t for r in ranked], n_rel, n))
-    return float(np.mean(scores)) if scores else 0.0
-
-
 def reliability_bins(probability: Sequence[float], outcome: Sequence[bool], bins: int = 10) -> list[dict]:
     """Equal-width bins of predicted probability: per non-empty bin its mean prediction, the observed
     share of positive outcomes and the count (the points of a reliability diagram)."""

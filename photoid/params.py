@@ -149,6 +149,44 @@ def _covered(key: str, reads: tuple[str, ...]) -> bool:
     return any(key == r or key.startswith(r + ".") for r in reads)
 
 
+# Rules across params.yaml, checked whenever a stage loads its params (from the whole file, with the
+# stage's --set applied), so a wrong value stops at once with the keys named, not in a later traceback.
+AT_LEAST_ONE = ("detect.img_size", "detect.batch", "local.long_side", "local.max_keypoints",
+                "filter.min_samples", "train.img_size", "train.batch_size", "train.grad_accum", "backbone.epochs",
+                "dolg.epochs", "dolg.embedding_dim", "dolg.local_dim", "dolg.subcenters", "embed.batch_size",
+                "knn.neighbours", "knn.min_species_queries", "report.thumbnail", "report.page_size", "rerank.lnbnn_k",
+                "rerank.ivf_probe", "knn.ivf_probe")
+AT_LEAST_ZERO = ("data.min_side", "data.workers", "detect.epochs", "detect.max_train_images", "detect.workers",
+                 "crop.side", "crop.margin", "crop.workers", "local.workers", "train.workers", "train.frozen_stages",
+                 "backbone.freeze_epochs", "dolg.freeze_epochs", "retrain.epochs", "embed.workers", "knn.ivf_lists",
+                 "rerank.candidates", "rerank.verify", "rerank.photos", "rerank.ivf_above", "rerank.workers")
+SHARES = ("detect.conf", "detect.val_fraction", "split.new_fraction", "pseudo.precision")  # from 0 to 1
+
+
+def check_rules(values: dict, source: str) -> None:
+    """Stop (DataError naming every key that breaks one) when ``values`` (flat keys) break a rule:
+    a size or count below 1, a number below 0, a share outside 0..1, at least 2 folds, and crop.side
+    0 (train.img_size) or at least train.img_size (the crops are stored at crop.side, read at train.img_size)."""
+    problems = []
+
+    def number(key):
+        v = values.get(key)
+        return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    for keys, least, what in ((AT_LEAST_ONE, 1, "at least 1"), (AT_LEAST_ZERO, 0, "0 or more")):
+        problems += [f"{k} is {values[k]!r}: it must be {what}" for k in keys if number(k) is not None and number(k) < least]
+    problems += [f"{k} is {values[k]!r}: it must be a share from 0 to 1" for k in SHARES
+                 if number(k) is not None and not 0 <= number(k) <= 1]
+    if number("split.n_folds") is not None and number("split.n_folds") < 2:
+        problems.append(f"split.n_folds is {values['split.n_folds']!r}: cross-validation needs at least 2 folds")
+    side, size = number("crop.side"), number("train.img_size")
+    if side and size is not None and side < size:
+        problems.append(f"crop.side ({side}) is smaller than train.img_size ({size}): the crops are stored at crop.side "
+                        f"and read at train.img_size; set crop.side to at least {size}, or to 0 (train.img_size)")
+    if problems:
+        raise DataError(f"{source}: " + "; ".join(problems) + " (params.yaml, --set or dvc exp run -S).")
+
+
 def load_params(reads: tuple[str, ...], path: Path = PARAMS_FILE, overrides: list[str] | None = None) -> Params:
     """The values under ``reads`` (section names or dotted keys) in ``path``, with ``overrides``
     (``section.key=value``, the value read as YAML like ``dvc exp run -S`` reads it) applied."""
@@ -182,4 +220,5 @@ def load_params(reads: tuple[str, ...], path: Path = PARAMS_FILE, overrides: lis
             values[key] = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError:
             values[key] = text
+    check_rules({**flat, **values}, str(path))
     return Params(values, tuple(reads), str(path))

@@ -20,10 +20,17 @@ given (Happywhale's 1st place kept similarity > 0.6, the 2nd > 0.8, on their mod
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
+from photoid.errors import DataError
 from photoid.metrics import NEW_INDIVIDUAL
+from photoid.retrieval.evaluation import choose_thresholds
+from photoid.retrieval.outputs import predictions_table
+from photoid.retrieval.ranker import Ranker, RankerConfig
 
 
 def precision_cut(scores, correct, precision: float) -> tuple[float, float, int]:
@@ -97,3 +104,62 @@ def pseudo_label_figures(pseudo: pd.DataFrame, n_test: int, truth: pd.DataFrame 
         if all(known):
             out["accuracy"] = float(np.mean([by_id[i] == lab for i, lab in zip(pseudo["image_id"], pseudo["individual"])]))
     return out
+
+
+@dataclass(frozen=True)
+class PseudoConfig:
+    """params.yaml's pseudo section (the values live there)."""
+
+    enabled: bool
+    confidence: str  # margin | score
+    threshold: str  # auto: the cut where the CV answers reach ``precision`` | a number: that cut
+    precision: float
+    min_margin: float
+
+    def __post_init__(self):
+        if self.confidence not in CONFIDENCES:
+            raise DataError(f"pseudo.confidence takes {' or '.join(CONFIDENCES)}, got {self.confidence!r}")
+        if self.threshold.strip().lower() != "auto":
+            try:
+                float(self.threshold)
+            except ValueError:
+                raise DataError(f"pseudo.threshold takes auto or a number, got {self.threshold!r}") from None
+
+    @property
+    def fixed_cut(self) -> float | None:
+        """The cut given as a number (None: auto)."""
+        return None if self.threshold.strip().lower() == "auto" else float(self.threshold)
+
+
+def pseudo_labels(cfg: PseudoConfig, ranker_config: RankerConfig, sets: list, folds: list, split: pd.DataFrame,
+                  local_features: Path, truth: pd.DataFrame | None = None) -> tuple[pd.DataFrame, dict]:
+    """The pseudo-labels of every fold of ``folds`` (numbered folds, each with its embedding set) and their figures.
+
+    A ranker is fitted on the folds' CV queries as knn-rank fits its own (re-ranked as it re-ranks), so
+    the cut is on the scale the answers come on; each fold's test ranking is its model's alone, against
+    every training photo but its validation photos (:meth:`Ranker.answer_per_fold`)."""
+    fitted = Ranker.fit(ranker_config, sets, folds, split, local_features, progress=True)
+    result, ranker = fitted.result, fitted.ranker
+    cv_scores, cv_correct = cv_answers(predictions_table(result.cv, result.thresholds), result.cv.truth, cfg.confidence)
+    if cfg.fixed_cut is None:
+        cut, cv_precision, cv_count = precision_cut(cv_scores, cv_correct, cfg.precision)
+    else:
+        cut, above = cfg.fixed_cut, cv_scores >= cfg.fixed_cut
+        cv_precision, cv_count = (float(cv_correct[above].mean()) if above.any() else 0.0), int(above.sum())
+    rule = ranker_config.rule
+    chosen = []
+    for k, ranking in zip(folds, ranker.answer_per_fold(sets, folds, split, [local_features], fitted.verified)):
+        # a share of new-first answers is a share of what this fold ranks; a tuned or fixed score is the same for all
+        t = (choose_thresholds(result.cv, rule, ranker_config.per_species, ranker_config.min_species_queries, ranking)
+             if rule.new_share is not None else result.thresholds)
+        chosen.append(select_pseudo_labels(predictions_table(ranking, t), result.rows, cut, cfg.min_margin,
+                                           cfg.confidence, fold=k))
+    pseudo = pd.concat(chosen, ignore_index=True)
+    figures = pseudo_label_figures(pseudo, len(result.test.image_ids), truth)
+    figures.update({"enabled": True, "confidence": cfg.confidence, "threshold": cut if np.isfinite(cut) else None,
+                    "threshold_auto": cfg.fixed_cut is None, "precision_target": cfg.precision,
+                    "cv_precision_above_threshold": cv_precision, "cv_answers_above_threshold": cv_count,
+                    "min_margin": cfg.min_margin, "new_individual_threshold": result.thresholds.overall,
+                    "rerank": ranker_config.reranking, "cv_map5_as_ranked": result.metrics()["cv_map5"],  # the cut's ranking
+                    "cv_map5_before_retrain": fitted.embedding["cv_map5"]})  # the embeddings' (knn-rank: retrain_gain)
+    return pseudo, figures

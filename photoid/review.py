@@ -25,7 +25,7 @@ from photoid.metrics import NEW_INDIVIDUAL
 def best_photos(sets, flips, query_ids, answers: list[list[str]]) -> list[list[str | None]]:
     """For each query and each individual it was answered, that individual's gallery photo most
     similar to the query (the folds' similarities averaged, flips as the ranking used them)."""
-    from photoid.ranking import test_vectors
+    from photoid.retrieval.evaluation import test_vectors
 
     rows = sets[0].rows
     position = {image_id: i for i, image_id in enumerate(rows["image_id"])}

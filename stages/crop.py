@@ -12,12 +12,12 @@ import typer
 
 from photoid import paths
 from photoid.cli import PARAMS_OPTION, SET_OPTION, stage_app
-from photoid.crop import crop_all
+from photoid.crop import crop_all, crop_side
 from photoid.data.schema import FULL_FRAME
 from photoid.io import atomic_path, read_parquet, write_json
 from photoid.params import load_params
 
-READS = ("crop",)
+READS = ("crop", "train.img_size")
 app = stage_app(__doc__, READS)
 
 
@@ -31,7 +31,7 @@ def main(
     overrides: list[str] = SET_OPTION,
 ):
     P = load_params(READS, params_file, overrides)
-    size, margin, workers = P.int("crop.side"), P.float("crop.margin"), P.int("crop.workers")
+    size, margin, workers = crop_side(P), P.float("crop.margin"), P.int("crop.workers")
     P.check_all_read()
     table, box_table = read_parquet(images), read_parquet(boxes)
     with atomic_path(out_dir) as tmp:

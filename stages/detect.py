@@ -1,8 +1,8 @@
 """detect: train a YOLO fin/body detector on the data set's boxes (or load given weights) and
 predict one box for every image.
 
-Every image keeps its most confident detection, down to --conf; none that high: the image keeps its
-full frame (counted). A data set with no boxes and no --weights: full frame for every image, and the
+Every image keeps its most confident detection, down to detect.conf; none that high: the image keeps its
+full frame (counted). A data set with no boxes and no detect.weights: full frame for every image, and the
 metrics say so.
 """
 

@@ -1,6 +1,6 @@
 """embed: embeddings of every training and test crop with one fold's DOLG model.
 
---features picks what embeds: ``dolg`` (the default: train-dolg's model), ``backbone``
+embed.features picks what embeds: ``dolg`` (the default: train-dolg's model), ``backbone``
 (train-backbone's classifier, its pooled features) or ``untrained`` (the pretrained backbone as
 train.pretrained gives it, no training at all: the baseline fine-tuning must beat).
 
@@ -48,7 +48,7 @@ def main(
     fold = parse_fold(fold)
     model_dir = model_dir or paths.FoldOutputs("dolg", fold).model_dir
     backbone_dir = backbone_dir or paths.FoldOutputs("backbone", fold).model_dir
-    # the embeddings of the DOLG model (embeddings/dolg/fold<k>, whatever --features) and embed's metrics
+    # the embeddings of the DOLG model (embeddings/dolg/fold<k>, whatever embed.features) and embed's metrics
     out_dir, metrics = paths.FoldOutputs("dolg", fold, outputs).embeddings, paths.FoldOutputs("embed", fold, outputs).metrics
     if features == "dolg":
         info = embed_checkpoint(Path(model_dir) / "model.pt", read_parquet(crops), out_dir, flip, batch_size, workers)

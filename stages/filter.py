@@ -1,4 +1,4 @@
-"""filter: keep for training only individuals with at least --min-samples training images.
+"""filter: keep for training only individuals with at least filter.min_samples training images.
 
 Test images always pass. Dropped training images go to filtered_out.parquet with the reason.
 """

@@ -16,7 +16,16 @@ import typer
 from photoid import paths
 from photoid.cli import PARAMS_OPTION, SET_OPTION, stage_app
 from photoid.data import demo, sources
-from photoid.data.ingest import DataParams, apply_confirmed, attach_boxes, check_truth, ingest, read_data_set, read_source
+from photoid.data.ingest import (
+    DataParams,
+    apply_confirmed,
+    attach_boxes,
+    check_truth,
+    groups_found,
+    ingest,
+    read_data_set,
+    read_source,
+)
 from photoid.data.schema import TEST, TRAIN, TRUTH_COLUMNS, empty_table
 from photoid.io import atomic_path, write_json
 from photoid.params import load_params
@@ -48,7 +57,8 @@ def main(
             truth = sources.read_truth(tmp / "demo" / "test_truth.csv")
         else:
             listing = read_data_set(d)
-            truth = sources.read_truth(d.test_truth) if d.test_truth else empty_table(TRUTH_COLUMNS)
+            truth = sources.read_truth(d.file("test_truth")) if d.test_truth else empty_table(TRUTH_COLUMNS)
+        grouping = groups_found(listing, d.group_col)
         images, rejected, stats, duplicates = ingest(listing, **d.checks)
         if source == "demo":  # the tables name the photos where they are once this folder is in place
             for table in (images, rejected):
@@ -56,8 +66,8 @@ def main(
         truth = check_truth(truth, images, rejected, d.test_truth or "demo test_truth.csv")
         confirmed_stats = {}
         if confirmed:  # decisions made on earlier answers: those test photos are now training photos
-            images, truth, confirmed_stats = apply_confirmed(images, rejected, truth, sources.read_confirmed(confirmed),
-                                                             confirmed)
+            images, truth, confirmed_stats = apply_confirmed(images, rejected, truth,
+                                                             sources.read_confirmed(d.file("confirmed")), confirmed)
         images.to_parquet(tmp / "images.parquet", index=False)
         rejected.to_parquet(tmp / "rejected.parquet", index=False)
         duplicates.to_parquet(tmp / "duplicates.parquet", index=False)
@@ -73,6 +83,7 @@ def main(
     write_json(stats, metrics)
     print(f"ingest: {stats['images']} images ({stats['train_images']} train, {stats['test_images']} test), "
           f"{stats['individuals']} individuals, {stats['rejected']} rejected")
+    print(f"ingest: {grouping}")
     if stats["rejected"]:
         print(f"ingest: rejected images and their reasons: {out_dir / 'rejected.parquet'}")
     if len(duplicates):

@@ -15,7 +15,7 @@ from photoid.data.schema import TRAIN
 from photoid.data.split import ensemble_folds, test_folds
 from photoid.io import read_parquet, write_json
 from photoid.params import load_params
-from photoid.ranking import Flips, load_fold_sets
+from photoid.retrieval.evaluation import Flips, load_fold_sets
 from photoid.review import best_photos, review_rows, write_review_page
 
 READS = ("report", "ensemble", "knn.query_flip", "knn.gallery_flip")

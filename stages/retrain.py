@@ -9,6 +9,7 @@ metrics say so.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -43,7 +44,7 @@ def main(
     P = load_params(READS, params_file, overrides)
     enabled, init = P.bool("pseudo.enabled"), P.str("retrain.init")
     bp, p, cfg = dolg_configs(P)
-    cfg.epochs = P.int("retrain.epochs")  # the dolg section's settings, retrain's epochs
+    cfg = replace(cfg, epochs=P.int("retrain.epochs"))  # the dolg section's settings, retrain's epochs
     flip_tta, embed_batch_size, embed_workers = P.bool("embed.flip_tta"), P.int("embed.batch_size"), P.int("embed.workers")
     P.check_all_read()
     if init not in ("dolg", "backbone"):
@@ -72,7 +73,7 @@ def main(
         return
 
     if init == "dolg":
-        cfg.freeze_epochs, cfg.select_initial = 0, cfg.select != ""  # already adapted: no linear probe
+        cfg = replace(cfg, freeze_epochs=0, select_initial=cfg.select != "")  # already adapted: no linear probe
     result = train_dolg(split_table, crop_table, fold, backbone.model_dir / "model.pt", bp, p, cfg, out.model_dir / "model.pt",
                         out.state_dir, log=run.log, extra_rows=rows,
                         init_ckpt=dolg.model_dir / "model.pt" if init == "dolg" else None,

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,3 +87,11 @@ def stages_run(output: str) -> list[str]:
 
 def stages_skipped(output: str) -> list[str]:
     return re.findall(r"Stage '([^']+)' didn't change, skipping", output)
+
+
+def embed_in_memory(model_embed, paths, img_size: int, flip: bool = False, cache=None) -> np.ndarray:
+    """The flip-TTA embeddings of crops ``paths``, in memory: what the embed stage writes, as a reference."""
+    from photoid.embed import flip_tta, iter_embeddings
+
+    return np.concatenate([flip_tta(e, f) for e, f in iter_embeddings(model_embed, paths, img_size, 64, flip, None,
+                                                                      cache=cache)])

@@ -91,3 +91,34 @@ def covered_modules(root: Path, deps: list[str]) -> set[str]:
 def script_of(spec: dict) -> str:
     """The stage script a dvc.yaml command runs (``python stages/x.py ...``)."""
     return next(w for w in spec["cmd"].split() if w.startswith("stages/") and w.endswith(".py"))
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """Each photoid module (path relative to ``root``) and the photoid modules it names in an import,
+    anywhere in it (inside a function or under TYPE_CHECKING too)."""
+    graph = {}
+    for f in sorted((root / "photoid").rglob("*.py")):
+        targets = {module_file(root, n) for n in _imported_names(ast.parse(f.read_text())) if n.split(".")[0] == "photoid"}
+        graph[f.relative_to(root).as_posix()] = {t.relative_to(root).as_posix() for t in targets if t is not None and t != f}
+    return graph
+
+
+def import_cycles(root: Path) -> list[list[str]]:
+    """Chains of photoid modules that import each other back (a -> ... -> a), one per module caught in one."""
+    graph, cycles, caught = import_graph(root), [], set()
+    for start in graph:
+        if start in caught:
+            continue
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in sorted(graph.get(node, ())):
+                if nxt == start:
+                    cycles.append(path + [start])
+                    caught.update(path)
+                    stack.clear()
+                    break
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, path + [nxt]))
+    return cycles

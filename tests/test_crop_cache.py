@@ -14,9 +14,9 @@ from torch.utils.data import DataLoader
 
 from photoid.crop_cache import CropCache
 from photoid.datasets import CropDataset, decode, eval_transform, train_transform
-from photoid.embed import embed_paths
 from photoid.models import create_model
 from photoid.train.loop import EpochSampler, TrainConfig, fit
+from tests.pipeline import embed_in_memory
 
 
 def _crops(folder, n=6, size=40, seed=0):
@@ -110,8 +110,8 @@ def test_validation_embeddings_read_from_the_cache_equal_those_from_the_files(tm
     paths = _crops(tmp_path / "crops", n=5, size=48)
     model = create_model(dict(kind="classifier", backbone="resnet18", n_classes=2)).eval()
     cache = CropCache.open(paths, 32, tmp_path / "cache")
-    assert np.allclose(embed_paths(model.embed, paths, 32, flip=True),
-                       embed_paths(model.embed, paths, 32, flip=True, cache=cache), atol=1e-6)
+    assert np.allclose(embed_in_memory(model.embed, paths, 32, flip=True),
+                       embed_in_memory(model.embed, paths, 32, flip=True, cache=cache), atol=1e-6)
 
 
 def test_the_cache_lives_in_the_project_unless_photoid_cache_points_elsewhere(tmp_path, monkeypatch):

@@ -7,13 +7,21 @@ import pytest
 import torch
 from PIL import Image
 
-from photoid.embed import EmbeddingSet, embed_paths, embed_rows
+from photoid.embed import EmbeddingSet, embed_rows
 from photoid.errors import DataError
 from photoid.metrics import NEW_INDIVIDUAL
 from photoid.models import create_model
 from photoid.pseudo import pseudo_label_figures, select_pseudo_labels
-from photoid.ranking import Flips, ThresholdRule, predictions_table, rank_all, rank_test_per_fold, rare_query_folds, submission
-from photoid.retrieval import Candidates
+from photoid.retrieval.evaluation import Flips, load_fold_sets, rank_sets, rank_test_per_fold, rare_query_folds
+from photoid.retrieval.outputs import predictions_table, submission
+from photoid.retrieval.search import Candidates
+from photoid.retrieval.thresholds import ThresholdRule
+from tests.pipeline import embed_in_memory
+
+
+def rank_all(embeddings, folds, split, search, threshold=ThresholdRule(), **options):
+    """knn-rank's ranking of the fold sets under ``embeddings``."""
+    return rank_sets(load_fold_sets(embeddings, folds), folds, split, search, threshold=threshold, **options)
 
 
 def _model():
@@ -51,7 +59,7 @@ def test_flip_tta_leaves_a_mirror_symmetric_crop_unchanged_and_changes_others(tm
     vectors, owners = s.gallery(np.arange(2), "none")
     assert np.allclose(vectors, s.original[:2] / np.linalg.norm(s.original[:2], axis=1, keepdims=True), atol=1e-6)
     # the in-memory path used by validation agrees with what the stage writes
-    assert np.allclose(embed_paths(model.embed, [sym, asym], 32, flip=True), q, atol=1e-5)
+    assert np.allclose(embed_in_memory(model.embed, [sym, asym], 32, flip=True), q, atol=1e-5)
 
 
 def test_embeddings_are_written_batch_by_batch_without_flips_when_off(tmp_path):
@@ -62,7 +70,7 @@ def test_embeddings_are_written_batch_by_batch_without_flips_when_off(tmp_path):
     s = EmbeddingSet.load(tmp_path / "emb")
     assert s.flipped is None and info["images"] == 5 and s.original.shape == (5, 16)
     assert s.rows["image_id"].tolist() == list("abcde")
-    assert np.allclose(s.original, embed_paths(model.embed, paths, 32), atol=1e-5)
+    assert np.allclose(s.original, embed_in_memory(model.embed, paths, 32), atol=1e-5)
 
 
 def _write_set(folder, rows, vectors, flipped=None):
@@ -216,7 +224,7 @@ def test_the_pseudo_label_cut_reaches_its_precision_on_a_constructed_case():
 
 
 def test_flip_params_change_what_ranks(tmp_path):
-    from photoid.ranking import Flips
+    from photoid.retrieval.evaluation import Flips
 
     split, truth = _planted(tmp_path)
     both = rank_all(tmp_path / "emb", [0, 1], split, 100, test_truth=truth)
@@ -438,7 +446,7 @@ def test_review_page_shows_each_answer_beside_its_best_photo_and_encodes_each_th
 
     from PIL import Image
 
-    from photoid.ranking import load_fold_sets
+    from photoid.retrieval.evaluation import load_fold_sets
     from photoid.review import best_photos, review_rows, write_review_page
 
     split, truth = _planted(tmp_path)
@@ -470,7 +478,7 @@ def test_fold_all_ranks_the_test_photos_and_the_numbered_folds_alone_cross_valid
     ranked by fold all's embeddings alone (the model on every labelled photo)."""
     from photoid.data.split import ALL, cv_folds, fold_view, parse_fold, test_folds
     from photoid.errors import DataError
-    from photoid.ranking import load_fold_sets, rank_test
+    from photoid.retrieval.evaluation import load_fold_sets, rank_test
 
     split, truth = _planted(tmp_path, n_folds_embedded=3, noise=0.3)
     (tmp_path / "emb" / "fold2").rename(tmp_path / "emb" / "foldall")  # other noise: another model
@@ -498,8 +506,10 @@ def test_a_test_photo_that_is_a_copy_of_a_training_photo_is_answered_with_its_in
     first answer is the training photo's individual at score 1, flagged in the predictions."""
     from photoid.data.duplicates import exact_copies
     from photoid.metrics import map_at_k
-    from photoid.ranking import Ranking, Thresholds, answer_copies, predictions_table
-    from photoid.retrieval import Candidates, predict
+    from photoid.retrieval.evaluation import Ranking
+    from photoid.retrieval.outputs import answer_copies, predictions_table
+    from photoid.retrieval.search import Candidates
+    from photoid.retrieval.thresholds import Thresholds, predict
 
     duplicates = pd.DataFrame([
         ("t1", "g7", "exact", 0, "test", "train", "", "ind7"),  # a test copy of a training photo
@@ -520,3 +530,76 @@ def test_a_test_photo_that_is_a_copy_of_a_training_photo_is_answered_with_its_in
     assert map_at_k(preds[:1], ["ind7"], 5) == 1.0
     table = predictions_table(answered, Thresholds(0.95), copies=copies)
     assert table["copy_of"].tolist() == ["g7", ""] and table["predictions"][0].startswith("ind7 ")
+
+
+def _ranker_config(*changes):
+    from photoid.params import load_params
+    from photoid.retrieval.ranker import RankerConfig
+    from tests.structure import PARAMS
+
+    return RankerConfig.from_params(load_params(RankerConfig.READS, PARAMS, list(changes)))
+
+
+def test_a_saved_ranker_answers_new_photos_exactly_as_the_fitted_one(tmp_path):
+    """What knn-rank saves is JSON and numpy arrays (no pickle), and the ranker loaded from it gives
+    the test photos the answers and P(new) the fitted one gave."""
+    from photoid.retrieval.ranker import Ranker
+
+    split, truth = _planted(tmp_path, noise=0.3)
+    folds = [0, 1]
+    sets = load_fold_sets(tmp_path / "emb", folds)
+    fitted = Ranker.fit(_ranker_config("rerank.enabled=false"), sets, folds, split, tmp_path / "no-store", truth, "emb")
+    fitted.ranker.save(tmp_path / "ranker")
+    assert sorted(p.name for p in (tmp_path / "ranker").iterdir()) == ["arrays.npz", "manifest.json"]
+    loaded = Ranker.load(tmp_path / "ranker")
+    assert loaded.config == fitted.ranker.config
+    ranking, p_new = loaded.answer(sets)
+    assert (ranking.candidates.labels == fitted.result.test.candidates.labels).all()
+    assert np.array_equal(ranking.candidates.scores, fitted.result.test.candidates.scores)
+    assert np.array_equal(p_new, fitted.test_p_new)
+    assert loaded.thresholds == fitted.ranker.thresholds and loaded.folds == fitted.ranker.folds
+
+
+def test_a_saved_fusion_gives_the_same_probabilities_once_loaded(tmp_path):
+    from photoid.retrieval.calibration import Calibration
+    from photoid.retrieval.evaluation import Shortlist
+    from photoid.retrieval.ranker import Ranker
+    from photoid.retrieval.rerank import FittedReranker
+    from photoid.retrieval.search import Search
+    from photoid.retrieval.thresholds import Thresholds
+
+    rng = np.random.default_rng(0)
+    x, valid = rng.normal(size=(40, 6, 4)), rng.random((40, 6)) > 0.1
+    hits = (x[..., 0] + 0.5 * rng.normal(size=(40, 6)) > 1).astype(float)
+    calibration = Calibration.fit(x, valid, hits, (hits.max(axis=1) == 0).astype(float), [0, 1, 3])
+    config = _ranker_config()
+    ranker = Ranker(config, [0, "all"], "emb", Search(300, "flat", 0, 0, 0.0), Shortlist(0, 3), Thresholds(0.4, {"beluga": 0.5}),
+                    FittedReranker(calibration, config.rerank, 6))
+    ranker.save(tmp_path / "ranker")
+    loaded = Ranker.load(tmp_path / "ranker")
+    p, p_new = calibration.apply(x, valid)
+    q, q_new = loaded.reranker.calibration.apply(x, valid)
+    assert np.array_equal(p, q) and np.array_equal(p_new, q_new)
+    assert loaded.reranker.cfg == config.rerank and loaded.reranker.width == 6 and loaded.folds == [0, "all"]
+    assert loaded.thresholds == Thresholds(0.4, {"beluga": 0.5}) and loaded.shortlist == Shortlist(0, 3)
+
+
+def test_a_ranker_of_another_format_version_stops_with_what_to_run(tmp_path):
+    import json
+
+    from photoid.retrieval.ranker import Ranker
+
+    split, truth = _planted(tmp_path)
+    fitted = Ranker.fit(_ranker_config("rerank.enabled=false"), load_fold_sets(tmp_path / "emb", [0, 1]), [0, 1], split,
+                        tmp_path / "no-store", truth, "emb")
+    fitted.ranker.save(tmp_path / "ranker")
+    manifest = tmp_path / "ranker" / "manifest.json"
+    m = json.loads(manifest.read_text())
+    assert m["format"] == "photoid-ranker" and m["format_version"] == 1 and m["photoid_version"]
+    manifest.write_text(json.dumps({**m, "format_version": 99, "photoid_version": "9.9"}))
+    with pytest.raises(DataError, match=r"version 99 \(written by photoid 9.9\).*dvc repro knn-rank"):
+        Ranker.load(tmp_path / "ranker")
+    manifest.unlink()
+    (tmp_path / "ranker" / "ranker.pkl").write_bytes(b"an older photoid's ranker")
+    with pytest.raises(DataError, match="holds no ranker of this photoid"):
+        Ranker.load(tmp_path / "ranker")

@@ -4,7 +4,7 @@ with a message that names the file, row or column."""
 import pandas as pd
 import pytest
 
-from photoid.data.ingest import attach_boxes, ingest, read_source
+from photoid.data.ingest import attach_boxes, groups_found, ingest, read_source
 from photoid.errors import DataError
 
 
@@ -119,10 +119,18 @@ def test_a_group_column_of_the_label_files_groups_their_photos(tmp_path, photo):
     assert dict(zip(images.image_id, images.group)) == {"w1.jpg": "2024-06-01", "w2.jpg": "2024-06-01", "w3.jpg": ""}
     assert (read_source("csv", tmp_path / "cs", labels="whale.csv", image_col="Image", individual_col="ID")
             .group == "").all()  # no group_col: no groups
-    with pytest.raises(DataError, match=r"no group column.*data.group_col"):
-        read_source("csv", tmp_path / "cs", labels="whale.csv", image_col="Image", individual_col="ID", group_col="Day")
-    with pytest.raises(DataError, match="data.group_col"):  # the folders layout has no label file to read it from
-        read_source("folders", tmp_path / "cs", group_col="Encounter")
+    assert groups_found(listing, "Date,Encounter").startswith("1 groups (data.group_col Date,Encounter) over 2 of 3")
+
+
+def test_a_group_column_the_labels_lack_is_ignored_and_ingest_says_so(tmp_path, photo):
+    """data.group_col's default (encounter) needs no clearing for labels without it: each photo is a group of its own."""
+    photo("cs/whale/w1.jpg"), photo("cs/whale/w2.jpg"), photo("set/A/a1.jpg")
+    pd.DataFrame({"ID": ["W-1", "W-2"], "Image": ["w1.jpg", "w2.jpg"]}).to_csv(tmp_path / "cs" / "whale.csv", index=False)
+    listing = read_source("csv", tmp_path / "cs", labels="whale.csv", image_col="Image", individual_col="ID", group_col="Day")
+    assert (listing.group == "").all()
+    assert "no label file has a data.group_col column (Day)" in groups_found(listing, "Day")
+    folders = read_source("folders", tmp_path / "set", group_col="encounter")  # no label file at all
+    assert (folders.group == "").all() and "each photo is a group of its own" in groups_found(folders, "encounter")
 
 
 def test_marine_sample_ingests_as_csv(marine_sample):

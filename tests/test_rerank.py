@@ -6,21 +6,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from photoid.catalogue_match import CatalogueConfig
 from photoid.data.demo import make_fin, render_fin, render_photo
 from photoid.errors import DataError
 from photoid.local_features import KeypointConfig, KeypointStore, MatchConfig, count_inliers, write_store
 from photoid.local_features import detect as detect_keypoints
 from photoid.metrics import NEW_INDIVIDUAL, expected_calibration_error, map_at_k, reliability_bins
-from photoid.rerank import (
-    MonotoneLogistic,
-    NewIndividualCalibration,
-    RerankConfig,
-    pair_features,
-    rerank_candidates,
-    verify_pairs,
-)
-from photoid.retrieval import Candidates
+from photoid.retrieval.calibration import MonotoneLogistic, NewIndividualCalibration, pair_features, rerank_candidates
+from photoid.retrieval.catalogue import CatalogueConfig
+from photoid.retrieval.search import Candidates
+from photoid.retrieval.verification import RerankConfig, verify_pairs
 from tests.structure import project_config
 
 cv2 = pytest.importorskip("cv2")
@@ -304,7 +298,7 @@ def test_test_photos_are_fused_over_more_candidates_than_a_cv_fold_holds():
     """A CV fold's gallery lacks its own validation individuals, so its queries have fewer candidates
     than the test photos, whose gallery holds every individual: the fusion fitted on CV ranks them
     all, by LNBNN and inliers alike."""
-    from photoid.rerank import Evidence
+    from photoid.retrieval.verification import Evidence
 
     cands, inliers, truth = _synthetic_cv(seed=2)
     cv = Candidates(cands.labels[:, :4], cands.scores[:, :4])

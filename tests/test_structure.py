@@ -11,17 +11,26 @@ from pathlib import Path
 import pytest
 import yaml
 
-from photoid.catalogue_match import CatalogueConfig
 from photoid.data.demo import DemoConfig
 from photoid.detect import DetectConfig
 from photoid.errors import DataError
 from photoid.local_features import KeypointConfig, MatchConfig
 from photoid.params import load_params
-from photoid.rerank import RerankConfig
-from photoid.retrieval import Search
+from photoid.retrieval.catalogue import CatalogueConfig
+from photoid.retrieval.search import Search
+from photoid.retrieval.verification import RerankConfig
 from photoid.train.fold import BackboneParams, ClassifierParams, DolgParams
 from photoid.train.loop import TrainConfig
-from tests.structure import PARAMS, REPO, covered_modules, dvc_stages, load_stage, photoid_imports, script_of
+from tests.structure import (
+    PARAMS,
+    REPO,
+    covered_modules,
+    dvc_stages,
+    import_cycles,
+    load_stage,
+    photoid_imports,
+    script_of,
+)
 
 
 def deps_problems(root: Path) -> list[str]:
@@ -74,8 +83,9 @@ def test_the_deps_check_fails_on_a_dep_removed_or_one_too_many(tmp_path):
     assert any("train-dolg" in p and "photoid/data/split.py" in p and "does not depend" in p for p in problems)
     assert any(p.startswith("crop") and "photoid/detect.py" in p and "does not import" in p for p in problems)
     # and an import added to a module shows up in every stage that reaches it
-    (root / "photoid/data/schema.py").write_text("import photoid.rerank\n" + (root / "photoid/data/schema.py").read_text())
-    assert any(p.startswith("split") and "photoid/rerank.py" in p for p in deps_problems(root))
+    schema = root / "photoid/data/schema.py"
+    schema.write_text("import photoid.retrieval.rerank\n" + schema.read_text())
+    assert any(p.startswith("split") and "photoid/retrieval/rerank.py" in p for p in deps_problems(root))
 
 
 def test_each_stage_declares_in_dvc_yaml_the_params_it_reads():
@@ -191,3 +201,79 @@ def test_no_param_is_named_as_the_file_metadata_dvcs_run_cache_leaves_out():
         return _get_cache_hash({"params": {"params.yaml": {"local": {name: value}}}})
 
     assert key("size", 160) == key("size", 384) and key("long_side", 160) != key("long_side", 384)
+
+
+def test_no_photoid_module_imports_one_that_imports_it_back():
+    assert import_cycles(REPO) == []
+
+
+def test_the_cycle_check_finds_an_import_back_inside_a_function(tmp_path):
+    root = tmp_path / "repo"
+    shutil.copytree(REPO / "photoid", root / "photoid")
+    search = root / "photoid/retrieval/search.py"
+    search.write_text(search.read_text() + "\n\ndef _late():\n    from photoid.retrieval.ranker import Ranker\n")
+    cycles = import_cycles(root)
+    assert cycles and any(c[0] == c[-1] and "photoid/retrieval/ranker.py" in c for c in cycles)
+
+
+def stale_help(root: Path) -> list[str]:
+    """What the stages' --help texts name that does not exist: an option the command lacks (``--x``),
+    a ``section.key`` that params.yaml lacks."""
+    import re
+
+    from typer.main import get_command
+
+    flat = {}
+
+    def walk(tree, prefix=""):
+        for k, v in tree.items():
+            flat[prefix + k] = v
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+
+    walk(yaml.safe_load((root / "params.yaml").read_text()))
+    sections = {k for k in flat if "." not in k}
+    problems = []
+    for script in sorted((root / "stages").glob("*.py")):
+        command = get_command(load_stage(script.stem, root).app)
+        options = {o for p in command.params for o in p.opts}
+        text = (command.help or "") + " " + " ".join(getattr(p, "help", None) or "" for p in command.params)
+        named_options = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", text))
+        problems += [f"{script.name}: {o} is no option of the stage" for o in sorted(named_options - options)]
+        named = {m for m in re.findall(r"(?<![\w/.-])([a-z_]+(?:\.[a-z_0-9]+)+)\b", text) if m.split(".")[0] in sections}
+        problems += [f"{script.name}: {k} is not in params.yaml" for k in sorted(named) if k not in flat]
+    return problems
+
+
+def test_stage_help_names_only_options_and_params_that_exist():
+    assert stale_help(REPO) == []
+
+
+def test_the_help_check_fails_on_a_stale_option_or_param(tmp_path):
+    root = tmp_path / "repo"
+    shutil.copytree(REPO / "stages", root / "stages")
+    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    script = root / "stages" / "filter.py"
+    script.write_text(script.read_text().replace('"""filter:', '"""filter: --min-samples, filter.min_sample;', 1))
+    problems = stale_help(root)
+    assert any("--min-samples is no option" in p for p in problems)
+    assert any("filter.min_sample is not in params.yaml" in p for p in problems)
+
+
+@pytest.mark.parametrize("change, named", [
+    (["crop.side=-5"], "crop.side is -5: it must be 0 or more"),
+    (["crop.side=96", "train.img_size=128"], "crop.side (96) is smaller than train.img_size (128)"),
+    (["split.n_folds=1"], "split.n_folds is 1"),
+    (["train.batch_size=0"], "train.batch_size is 0: it must be at least 1"),
+    (["split.new_fraction=1.5"], "split.new_fraction is 1.5: it must be a share"),
+])
+def test_params_that_break_a_rule_stop_when_loaded_naming_the_keys(change, named):
+    with pytest.raises(DataError, match=named.replace("(", r"\(").replace(")", r"\)")):
+        load_params(("crop", "train", "split"), PARAMS, change)
+
+
+def test_crops_follow_the_training_size_unless_set():
+    from photoid.crop import crop_side
+
+    assert crop_side(load_params(("crop", "train.img_size"), PARAMS, ["train.img_size=224"])) == 224
+    assert crop_side(load_params(("crop", "train.img_size"), PARAMS, ["train.img_size=224", "crop.side=256"])) == 256

@@ -178,7 +178,8 @@ def render_photo(fin_texture: Image.Image, rng: np.random.Generator, width: int,
     alpha[np.arange(height)[:, None] > wl[None, :]] = 0.0
     # the animal's back: a dark hump around the fin base
     cx, hump_w = px_ + fin.width * 0.5, fin.width * rng.uniform(1.2, 2.2)
-    hump = ((xs[None, :] - cx) / (hump_w / 2)) ** 2 + ((np.arange(height)[:, None] - waterline) / (0.08 * fin.height + 2)) ** 2 < 1
+    dy = (np.arange(height)[:, None] - waterline) / (0.08 * fin.height + 2)
+    hump = ((xs[None, :] - cx) / (hump_w / 2)) ** 2 + dy ** 2 < 1
     hump &= np.arange(height)[:, None] <= wl[None, :]
     scene[hump] = scene[hump] * 0.25 + arr[..., :3][alpha > 0.5].mean(axis=0) * 0.75 if (alpha > 0.5).any() else scene[hump]
     scene = scene * (1 - alpha[..., None]) + arr[..., :3] * alpha[..., None]

@@ -6,6 +6,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -84,7 +85,8 @@ def ingest(listing: pd.DataFrame, workers: int = 1, progress: bool = True, min_s
     leaks = pairs[(pairs["kind"] == EXACT) & (pairs["part"] == TEST) & (pairs["other_part"] == TRAIN)]
     if duplicates == "reject" and len(leaks):
         reason = {r.image_id: f"exact copy of a training photo: {r.duplicate_of} (individual {r.other_individual}), "
-                              "the same photo in training and test; data.duplicates: keep to answer it with that photo's individual"
+                              "the same photo in training and test; data.duplicates: keep to answer it with that "
+                              "photo's individual"
                   for r in leaks.itertuples()}
         copies = listing["image_id"].isin(reason)
         listing.loc[copies, "reason"] = listing.loc[copies, "image_id"].map(reason)
@@ -198,6 +200,9 @@ __all__ = ["DataError", "DataParams", "apply_confirmed", "attach_boxes", "check_
            "read_data_set", "read_source"]
 
 
+DATA_FILES = ("boxes", "test_truth", "confirmed")  # data.* params naming a table: read under data.root when relative
+
+
 @dataclass(frozen=True)
 class DataParams:
     """params.yaml's data section, but data.demo (the values live there)."""
@@ -220,6 +225,14 @@ class DataParams:
     near_duplicate_bits: int
     workers: int
 
+    def file(self, name: str) -> Path | None:
+        """A data file param (``boxes``, ``test_truth``, ``confirmed``) as a path: read under data.root when
+        relative (as data.labels is), as it is when absolute; None when empty."""
+        value = getattr(self, name)
+        if not value:
+            return None
+        return Path(value) if Path(value).is_absolute() else Path(self.root) / value
+
     @property
     def checks(self) -> dict:
         """:func:`ingest`'s options."""
@@ -233,8 +246,8 @@ def read_data_set(d: DataParams) -> pd.DataFrame:
 
     listing = read_source(d.source, d.root, labels=d.labels, image_col=d.image_col, individual_col=d.individual_col,
                           species_col=d.species_col, group_col=d.group_col, species=d.species, test_dir=d.test_dir,
-                          image_dir=d.image_dir, data_files=(d.boxes, d.test_truth, d.confirmed))
-    return attach_boxes(listing, sources.read_boxes(d.boxes), d.boxes) if d.boxes else listing
+                          image_dir=d.image_dir, data_files=tuple(str(f) for f in map(d.file, DATA_FILES) if f))
+    return attach_boxes(listing, sources.read_boxes(d.file("boxes")), d.boxes) if d.boxes else listing
 
 
 def read_source(source: str, root: str, *, labels: str = "", image_col: str = "image",
@@ -242,13 +255,10 @@ def read_source(source: str, root: str, *, labels: str = "", image_col: str = "i
                 species: str = "", test_dir: str = "", image_dir: str = "",
                 data_files: tuple[str, ...] = ()) -> pd.DataFrame:
     """The listing of data set ``source`` (happywhale, folders or csv) found at ``root``; ``data_files``
-    (boxes, test truth, confirmed decisions kept under root) are not photos of the folders layout."""
+    (boxes, test truth, confirmed decisions kept under root) are not photos of the folders layout.
+    ``group_col`` is read where a label file has that column (folders have none: no groups)."""
     from photoid.data import sources
 
-    if group_col and source not in ("happywhale", "csv"):
-        raise DataError(f"data.group_col is {group_col!r} but data.source {source} has no label file to read it from: "
-                        "groups (encounters) come from a column of a label file (sources csv and happywhale). "
-                        "Set data.group_col to ''.")
     if source == "happywhale":
         return sources.read_happywhale(root, group_col=group_col)
     if source == "folders":
@@ -258,3 +268,15 @@ def read_source(source: str, root: str, *, labels: str = "", image_col: str = "i
                                        species_col=species_col, species=species, test_dir=test_dir, image_dir=image_dir,
                                        group_col=group_col)
     raise DataError(f"unknown data.source {source!r}: use demo, happywhale, folders or csv.")
+
+
+def groups_found(listing: pd.DataFrame, group_col: str) -> str:
+    """What ingest says of data.group_col: the groups it found in the labels, or that it found none."""
+    if not group_col:
+        return "no data.group_col: each photo is a group of its own"
+    train = listing[listing["part"] == TRAIN]
+    grouped = train[train["group"].astype(str) != ""]
+    if grouped.empty:
+        return f"no label file has a data.group_col column ({group_col}): each photo is a group of its own"
+    return (f"{grouped['group'].nunique()} groups (data.group_col {group_col}) over {len(grouped)} of {len(train)} "
+            "training photos: the split keeps each group in one fold")

@@ -112,14 +112,18 @@ def rows_error(problem: str, where: list[str], todo: str) -> DataError:
     return DataError(f"{problem} ({len(where)}):\n  {shown}{more}\n{todo}")
 
 
-def read_label_file(path: Path, wanted: dict[str, list[str]], optional: set[str] = frozenset()) -> tuple[pd.DataFrame, dict[str, str]]:
+def read_label_file(path: Path, wanted: dict[str, list[str]], optional: set[str] = frozenset(),
+                    param: str = "data.root and data.labels") -> tuple[pd.DataFrame, dict[str, str]]:
     """Read a CSV of labels; ``wanted`` maps a role to candidate column names (first found wins).
 
     Returns the table (all cells as stripped strings) and the role → column actually used.
-    Raises :class:`DataError` if a required role has none of its candidates in the file.
+    Raises :class:`DataError` if a required role has none of its candidates in the file; ``param``:
+    the params.yaml key that named the file (in the message when it does not exist).
     """
     if not path.is_file():
-        raise DataError(f"label file {path} does not exist: check data.root and data.labels in params.yaml.")
+        raise DataError(f"label file {path} does not exist: check {param} in params.yaml"
+                        + ("." if param.startswith("data.root") else
+                           " (a relative path is read under data.root, an absolute one as it is)."))
     text = decode_text(path)
     try:
         df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True,
@@ -134,9 +138,7 @@ def read_label_file(path: Path, wanted: dict[str, list[str]], optional: set[str]
         if found is None and role not in optional:
             raise DataError(
                 f"{path}: no {role} column; looked for {candidates}, the file has {list(df.columns)}. "
-                f"Name the right column in params.yaml (data.{role}_col; several candidates may be given comma-separated)"
-                + (", or set data.group_col to '' where photos have no such column (each photo is then a group of its "
-                   "own: the demo has one with data.demo.photos_per_encounter above 1)." if role == "group" else ".")
+                f"Name the right column in params.yaml (data.{role}_col; several candidates may be given comma-separated)."
             )
         if found is not None:
             used[role] = found
@@ -223,10 +225,11 @@ def read_happywhale(root: str | os.PathLike, group_col: str = "") -> pd.DataFram
     wanted = {"image": ["image"], "individual": ["individual_id"], "species": ["species"]}
     if group_col:
         wanted["group"] = _split_names(group_col)
-    labels, used = read_label_file(root / "train.csv", wanted)
+    labels, used = read_label_file(root / "train.csv", wanted, optional={"group"},
+                                   param="data.root (the Happywhale layout's folder, with train.csv)")
     _check_labels(labels, root / "train.csv", [used[k] for k in ("image", "individual", "species")])
     rows = [_row(r[used["image"]], root / "train_images" / r[used["image"]], TRAIN, r[used["individual"]],
-                 r[used["species"]], origin=f"train.csv line {i + 2}", group=r[used["group"]] if group_col else "")
+                 r[used["species"]], origin=f"train.csv line {i + 2}", group=r[used["group"]] if "group" in used else "")
             for i, r in enumerate(labels.to_dict("records"))]
     listed = {unicodedata.normalize("NFC", r["image_id"]) for r in rows}
     train_dir, test_dir = root / "train_images", root / "test_images"
@@ -249,7 +252,8 @@ def read_happywhale(root: str | os.PathLike, group_col: str = "") -> pd.DataFram
     return _check_missing(listing)
 
 
-def read_folders(root: str | os.PathLike, species: str = "", test_dir: str = "", data_files: tuple[str, ...] = ()) -> pd.DataFrame:
+def read_folders(root: str | os.PathLike, species: str = "", test_dir: str = "",
+                 data_files: tuple[str, ...] = ()) -> pd.DataFrame:
     """``root/<individual>/…/<image>``; image ids are paths relative to root, so names may repeat."""
     root = Path(root)
     if not root.is_dir():
@@ -309,8 +313,8 @@ def read_csv_labels(root: str | os.PathLike, labels: str, image_col: str = "imag
     Images are looked up beside the label file, then in a folder named after it, then in
     ``image_dir`` (relative to root); a name found nowhere is reported with every place looked.
     ``group_col`` (optional, candidates as for the others): the column that groups photos taken
-    together, an encounter or a survey day; every file must have one, and an empty cell is a photo of
-    a group of its own.
+    together, an encounter or a survey day, used where a file has it; a photo of a file without it,
+    or with an empty cell, is a group of its own.
     """
     root = Path(root)
     files = _split_names(labels)
@@ -326,14 +330,14 @@ def read_csv_labels(root: str | os.PathLike, labels: str, image_col: str = "imag
     rows, looked = [], {}
     for name in files:
         path = root / name
-        df, used = read_label_file(path, wanted, optional={"species"})
+        df, used = read_label_file(path, wanted, optional={"species", "group"})
         _check_labels(df, path, [used["image"], used["individual"]])
         for i, r in enumerate(df.to_dict("records")):
             sp = r[used["species"]] if "species" in used else (species or path.stem)
             places = image_places(path, r[used["image"]], images_at)
             found = next((p for p in places if os.path.lexists(on_disk(p))), places[0])
             rows.append(_row(r[used["image"]], found, TRAIN, r[used["individual"]], sp, origin=f"{path} line {i + 2}",
-                             group=r[used["group"]] if group_col else ""))
+                             group=r[used["group"]] if "group" in used else ""))
             looked[str(r[used["image"]])] = places
     if test_dir:
         test_path = root / test_dir
@@ -345,13 +349,13 @@ def read_csv_labels(root: str | os.PathLike, labels: str, image_col: str = "imag
     return _check_missing(listing, looked)
 
 
-def read_boxes(path: str | os.PathLike) -> pd.DataFrame:
+def read_boxes(path: str | os.PathLike, param: str = "data.boxes") -> pd.DataFrame:
     """A box file: image, x1, y1, x2, y2 in upright pixel coordinates, one row per animal; a photo of
     several animals has several rows. An optional column ``main`` (1/0, true/false, yes/no) marks the
     box of the animal the photo's label names; without it, a photo's largest box is that one."""
     path = Path(path)
     df, used = read_label_file(path, {"image": ["image", "image_id"], "x1": ["x1", "box_x1"], "y1": ["y1", "box_y1"],
-                                      "x2": ["x2", "box_x2"], "y2": ["y2", "box_y2"], "main": ["main"]},
+                                      "x2": ["x2", "box_x2"], "y2": ["y2", "box_y2"], "main": ["main"]}, param=param,
                                optional={"main"})
     out = pd.DataFrame({"image_id": df[used["image"]]})
     for short, col in zip(["x1", "y1", "x2", "y2"], BOX_COLUMNS):
@@ -377,11 +381,12 @@ def read_boxes(path: str | os.PathLike) -> pd.DataFrame:
     return out
 
 
-def read_confirmed(path: str | os.PathLike) -> pd.DataFrame:
+def read_confirmed(path: str | os.PathLike, param: str = "data.confirmed") -> pd.DataFrame:
     """Confirmed identities of test photos (image, individual_id), as a person decided them looking at
     the candidates: a known individual's id, or the name given to a new one."""
     path = Path(path)
-    df, used = read_label_file(path, {"image": ["image", "image_id"], "individual": ["individual_id", "individual"]})
+    df, used = read_label_file(path, {"image": ["image", "image_id"], "individual": ["individual_id", "individual"]},
+                               param=param)
     _check_labels(df, path, list(used.values()))
     image, individual = df[used["image"]], df[used["individual"]]
     unnamed = [f"{path} line {i + 2}: {image.iloc[i]}" for i in np.flatnonzero((individual == NEW_INDIVIDUAL).to_numpy())]
@@ -394,9 +399,10 @@ def read_confirmed(path: str | os.PathLike) -> pd.DataFrame:
     return pd.DataFrame({"image_id": image, "individual": individual})
 
 
-def read_truth(path: str | os.PathLike) -> pd.DataFrame:
+def read_truth(path: str | os.PathLike, param: str = "data.test_truth") -> pd.DataFrame:
     """Test truth: image, individual_id. Evaluation alone reads it."""
     path = Path(path)
-    df, used = read_label_file(path, {"image": ["image", "image_id"], "individual": ["individual_id", "individual"]})
+    df, used = read_label_file(path, {"image": ["image", "image_id"], "individual": ["individual_id", "individual"]},
+                               param=param)
     _check_labels(df, path, list(used.values()))
     return pd.DataFrame({"image_id": df[used["image"]], "individual": df[used["individual"]]})

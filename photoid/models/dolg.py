@@ -3,11 +3,11 @@
 The backbone is the same timm model that train-backbone trained as a classifier (module names
 and all), so that stage's weights load as they are. Its last two stages feed the two branches:
 
-    penultimate map ──► local branch (multi-atrous, 1×1, attention) ──► f_l (C×H×W) ─┐
-    activated last map ──► GeM ──► linear ──► f_g (C) ───────────────────┬──► orthogonal fusion
-                                                                          │    f_orth = f_l − proj_{f_g} f_l
-                                                                          │         │ average pool
-                                                                          └──► concat [pool(f_orth), f_g] ──► linear + BN ──► embedding
+    penultimate map ─► local branch (multi-atrous, 1×1, attention) ─► f_l (C×H×W) ─┐
+    activated last map ─► GeM ─► linear ─► f_g (C) ──────────────────┬─► orthogonal fusion
+                                                                     │   f_orth = f_l − proj_{f_g} f_l
+                                                                     │        │ average pool
+                                                                     └─► concat [pool(f_orth), f_g] ─► linear + BN ─► embedding
 
 The global branch pools the backbone's *final* features (``forward_features``: for EfficientNet
 after ``conv_head`` + ``bn2`` + activation; for ResNet the last stage's ReLU output), never the last

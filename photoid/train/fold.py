@@ -13,7 +13,7 @@ images, with the pooled features of the plain backbone scored the same way for c
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +33,11 @@ from photoid.models.arcface import adaptive_margins
 from photoid.models.weights import is_random, normalise_spec
 from photoid.params import Params
 from photoid.paths import FoldOutputs
-from photoid.ranking import choose_thresholds, cross_validate, pool, scores
+from photoid.retrieval.evaluation import choose_thresholds, cross_validate, pool, scores
 from photoid.runtime import seed_everything
 from photoid.train.live import EpochLog
 from photoid.train.loop import TrainConfig, config_key, distributed, finished, fit, selected
+from photoid.train.losses import ArcFaceLoss, ClassifierLoss
 
 
 def file_digest(path: Path) -> str:
@@ -103,8 +104,8 @@ class FoldData:
         return [self.train["image_id"].tolist(), self.train["individual"].tolist(), self.val["image_id"].tolist()]
 
 
-VALIDATION_NEIGHBOURS = 100  # gallery entries searched per validation query (knn.neighbours' default)
-VALIDATION_FIGURES = ("map5", "top1", "map5_without_new", "map5_known")  # of photoid.ranking.scores
+EVERY_ENTRY = 2**62  # validation searches every gallery entry (a neighbour count is capped at the gallery's size)
+VALIDATION_FIGURES = ("map5", "top1", "map5_without_new", "map5_known")  # of photoid.retrieval.evaluation.scores
 
 
 def training_crops(crops: pd.DataFrame) -> pd.DataFrame:
@@ -116,24 +117,26 @@ def training_crops(crops: pd.DataFrame) -> pd.DataFrame:
 def fold_retrieval_metrics(model_embed, crops: pd.DataFrame, split: pd.DataFrame, fold: int, img_size: int,
                            device=None, cache: CropCache | None = None) -> dict:
     """The fold's CV figures exactly as knn-rank computes them from embeddings
-    (photoid.ranking.cross_validate, scores): the fold's validation photos and its rare individuals'
-    photos as queries against every other training photo of a known individual, flip-TTA queries and
-    gallery photos (knn-rank's default flips, :class:`photoid.ranking.Flips`), the new_individual threshold tuned for
-    MAP@5 on these queries. So the epoch kept for the best ``val_map5`` (and retrain's choice between
-    its starting weights and its epochs) is the best by the embedding CV MAP@5 knn-rank reports for
-    this fold. ``crops``: the training crops (:func:`training_crops`); ``cache``: the crops read from
-    it (at ``img_size``: the same pixels as decoding and resizing them)."""
+    (:func:`photoid.retrieval.evaluation.cross_validate`, :func:`~photoid.retrieval.evaluation.scores`):
+    the fold's validation photos and its rare individuals' photos as queries against every other
+    training photo of a known individual, flip-TTA queries and gallery photos (knn-rank's default
+    flips), the new_individual threshold tuned for MAP@5 on these queries, every gallery entry
+    searched (knn-rank searches its knn.neighbours best: the same five answers unless fewer than five
+    individuals are among them). So the epoch kept for the best ``val_map5`` (and retrain's choice
+    between its starting weights and its epochs) is the best by the embedding CV MAP@5 knn-rank
+    reports for this fold. ``crops``: the training crops (:func:`training_crops`); ``cache``: the
+    crops read from it (at ``img_size``: the same pixels as decoding and resizing them)."""
     rows = training_crops(crops)
     pairs = list(iter_embeddings(model_embed, rows["crop_path"], img_size, flip=True, device=device,
                                  desc="validation", cache=cache))
     vectors = EmbeddingSet(rows, np.concatenate([e for e, _ in pairs]), np.concatenate([f for _, f in pairs]), {})
-    cv = pool(cross_validate([vectors], [fold], split, VALIDATION_NEIGHBOURS))
+    cv = pool(cross_validate([vectors], [fold], split, EVERY_ENTRY))
     thresholds = choose_thresholds(cv)
     figures = scores(cv, thresholds)
     return {"threshold": thresholds.overall, **{k: figures[k] for k in VALIDATION_FIGURES}}
 
 
-@dataclass
+@dataclass(frozen=True)
 class BackboneParams:
     """params.yaml's train.backbone, pretrained, img_size and hflip (the values live there)."""
 
@@ -143,10 +146,10 @@ class BackboneParams:
     hflip: bool
 
     def __post_init__(self):
-        self.pretrained = normalise_spec(self.pretrained)
+        object.__setattr__(self, "pretrained", normalise_spec(self.pretrained))  # frozen: set once, here
 
 
-@dataclass
+@dataclass(frozen=True)
 class ClassifierParams:
     """params.yaml's backbone.lr, head_lr_mult and label_smoothing: train-backbone's classifier."""
 
@@ -203,7 +206,7 @@ def train_backbone(split: pd.DataFrame, crops: pd.DataFrame, fold: int, bp: Back
     val_x = CropDataset(known_val["crop_path"], data.labels(known_val), eval_transform(bp.img_size), cache)
     val_loader = DataLoader(val_x, batch_size=64)
     if known_val.empty:  # fold all: nothing to validate on, the last epoch is kept
-        cfg.select = ""
+        cfg = replace(cfg, select="")
 
     def validate(m, epoch):
         correct, loss, n = 0, 0.0, 0
@@ -216,11 +219,10 @@ def train_backbone(split: pd.DataFrame, crops: pd.DataFrame, fold: int, bp: Back
             n += len(y)
         return {"val_accuracy": correct / max(n, 1), "val_loss": loss / max(n, 1)}
 
-    cfg.lrs = {"backbone": p.lr, "head": p.lr * p.head_lr_mult}
-    smoothing = p.label_smoothing
+    cfg = replace(cfg, lrs={"backbone": p.lr, "head": p.lr * p.head_lr_mult})
     key = config_key("backbone", asdict(bp), asdict(p), asdict(cfg), config, data.digest(),
                      file_digest(Path(bp.pretrained)) if Path(bp.pretrained).is_file() else "")
-    history = fit(model, lambda m, x, y: F.cross_entropy(m(x), y, label_smoothing=smoothing), ds, cfg, state_dir, key,
+    history = fit(model, ClassifierLoss(p.label_smoothing), ds, cfg, state_dir, key,
                   on_epoch_end=validate if len(known_val) else None, log=log, stop_after=stop_after)
     if not history:  # not rank 0 of a multi-process run: rank 0 writes
         return {}
@@ -231,7 +233,7 @@ def train_backbone(split: pd.DataFrame, crops: pd.DataFrame, fold: int, bp: Back
             **{k: kept[k] for k in ("val_accuracy", "val_loss", "train_loss", "img_per_s") if k in kept}}
 
 
-@dataclass
+@dataclass(frozen=True)
 class DolgParams:
     """params.yaml's dolg section but for the loop's settings (the values live there)."""
 
@@ -310,14 +312,14 @@ def train_dolg(split: pd.DataFrame, crops: pd.DataFrame, fold: int, backbone_ckp
 
     validating = not data.val.empty
     if not validating:  # fold all: nothing to validate on, the last epoch is kept
-        cfg.select, cfg.select_initial = "", False
+        cfg = replace(cfg, select="", select_initial=False)
 
-    cfg.lrs = {"backbone": p.lr_backbone, "dolg": p.lr_dolg, "neck": p.lr_neck, "head": p.lr_head}
+    cfg = replace(cfg, lrs={"backbone": p.lr_backbone, "dolg": p.lr_dolg, "neck": p.lr_neck, "head": p.lr_head})
     key = config_key("dolg", asdict(bp), asdict(p), asdict(cfg), config, data.digest(), file_digest(backbone_ckpt),
                      training_crops(crops)["image_id"].tolist(),  # the validation's queries and galleries
                      extra_rows["image_id"].tolist() if extra_rows is not None else [],
                      file_digest(init_ckpt) if init_ckpt is not None else "")
-    history = fit(model, lambda m, x, y: F.cross_entropy(m(x, y), y), ds, cfg, state_dir, key,
+    history = fit(model, ArcFaceLoss(), ds, cfg, state_dir, key,
                   on_epoch_end=validate if validating else None, log=log, stop_after=stop_after)
     if not history:
         return {}
@@ -344,7 +346,7 @@ def train_dolg(split: pd.DataFrame, crops: pd.DataFrame, fold: int, backbone_ckp
 
 def pseudo_rows_for_fold(pseudo: pd.DataFrame, split: pd.DataFrame, fold: int) -> pd.DataFrame:
     """The pseudo-labelled rows fold ``fold`` can train on: those its own model and gallery labelled
-    (see photoid.ranking.rank_test_per_fold) that name an individual it trains (a pseudo-label may name an
+    (see photoid.retrieval.evaluation.rank_test_per_fold) that name an individual it trains (a pseudo-label may name an
     individual the fold holds out or that filter left out; those rows are not used)."""
     if "fold" not in pseudo.columns:
         raise DataError("the pseudo-label table has no fold column (it was made before each fold labelled for "

@@ -47,12 +47,14 @@ from tqdm import tqdm
 
 from photoid.io import atomic_path
 from photoid.runtime import autocast, seed_everything, torch_device
+from photoid.train.losses import LossFn
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """The loop's settings. Those above the line are params.yaml's (train.* with the stage's epochs,
-    weight_decay and freeze_epochs; see photoid.train.fold.train_config); those below are set by code."""
+    weight_decay and freeze_epochs; see photoid.train.fold.train_config); those below are set by code
+    (a stage derives its own with ``dataclasses.replace``: a config is never changed in place)."""
 
     epochs: int
     batch_size: int
@@ -161,9 +163,6 @@ def early_stages(backbone: nn.Module, n: int) -> list[nn.Module]:
     return [m for _, m in modules[:last + 1]]
 
 
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
 def one_cycle(total: int, start: int = 0, pct_start: float = 0.2, div: float = 25.0,
               final_div: float = 1e4) -> Callable[[int], float]:
     """The LR multiplier at step t of a one-cycle schedule that begins at step ``start`` (0 before):
@@ -208,40 +207,34 @@ def _read_state(state_file: Path | None, rank: int) -> dict | None:
         return None
 
 
-def fit(model: nn.Module, loss_fn: LossFn, dataset: Dataset, cfg: TrainConfig, state_dir: Path | None, key: str,
-        on_epoch_end: Callable[[nn.Module, int], dict] | None = None, log: Callable[[int, dict], None] | None = None,
-        stop_after: int | None = None) -> list[dict]:
-    """Train ``model`` in place; return the per-epoch history.
+@dataclass(frozen=True)
+class _Plan:
+    """How an epoch is cut: batches per rank (the last dropped when it would hold one sample: BatchNorm
+    cannot train on it), optimiser steps per epoch and in all, and the steps the backbone stays frozen."""
 
-    ``loss_fn(model, images, labels)`` gives the loss; ``on_epoch_end(model, epoch)`` may return
-    validation metrics (rank 0); ``log(epoch, metrics)`` records them (dvclive). ``stop_after``
-    ends after that many epochs as if killed (for tests).
-    """
-    rank, world = distributed()
-    device = torch_device(cfg.device)
-    cuda = device.type == "cuda"
-    model.to(device)
-    model.to(memory_format=torch.channels_last)  # faster convolutions on CUDA and on the CPU (oneDNN) alike
-    optimizer = build_optimizer(model, cfg.lrs, cfg.weight_decay)
-    per_rank = math.ceil(len(dataset) / world)
-    # a last batch of one sample cannot train BatchNorm (it raises): drop it, and only it
-    drop_last = per_rank > cfg.batch_size and per_rank % cfg.batch_size == 1
-    batches = per_rank // cfg.batch_size if drop_last else math.ceil(per_rank / cfg.batch_size)
-    steps_per_epoch = max(1, math.ceil(batches / cfg.grad_accum))
-    total_steps = cfg.epochs * steps_per_epoch
-    frozen_steps = min(cfg.freeze_epochs, cfg.epochs) * steps_per_epoch
-    backbone = backbone_of(model)
-    if (cfg.freeze_epochs or cfg.frozen_stages) and backbone is None:
-        raise ValueError("freeze_epochs and frozen_stages need a model with a backbone")
-    kept = early_stages(backbone, cfg.frozen_stages) if cfg.frozen_stages else []
-    kept_params = [p for m in kept for p in m.parameters(recurse=False)]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [
-        one_cycle(total_steps, frozen_steps if g["name"] == "backbone" else 0, cfg.pct_start)
-        for g in optimizer.param_groups])
-    history: list[dict] = []
-    best: dict = {}  # the selected epoch: {"epoch", "value", "model"}
-    start = 0
-    state_file = state_dir / "state.pt" if state_dir is not None else None
+    drop_last: bool
+    steps_per_epoch: int
+    total_steps: int
+    frozen_steps: int
+
+    @staticmethod
+    def of(n: int, cfg: TrainConfig, world: int) -> "_Plan":
+        per_rank = math.ceil(n / world)
+        drop_last = per_rank > cfg.batch_size and per_rank % cfg.batch_size == 1
+        batches = per_rank // cfg.batch_size if drop_last else math.ceil(per_rank / cfg.batch_size)
+        steps = max(1, math.ceil(batches / cfg.grad_accum))
+        return _Plan(drop_last, steps, cfg.epochs * steps, min(cfg.freeze_epochs, cfg.epochs) * steps)
+
+
+def _snapshot(model: nn.Module) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _resume(state_file: Path | None, key: str, model, optimizer, scheduler, cfg: TrainConfig, rank: int,
+            world: int) -> tuple[int, list[dict], dict]:
+    """(first epoch to run, history, best epoch) from the state a run with the same ``key`` left; a
+    state of another key is discarded."""
+    start, history, best = 0, [], {}
     state = _read_state(state_file, rank)
     if world > 1:
         dist.barrier()  # every rank has read the state before rank 0 may delete a stale one
@@ -257,69 +250,119 @@ def fit(model: nn.Module, loss_fn: LossFn, dataset: Dataset, cfg: TrainConfig, s
         elif rank == 0:
             print(f"discarding a training state made with other params or data ({state_file})")
             state_file.unlink()
+    return start, history, best
+
+
+def _score_starting_weights(model: nn.Module, on_epoch_end, select: str) -> tuple[dict, dict]:
+    """(the starting weights' record as epoch -1, that epoch as the best so far)."""
+    model.eval()
+    with torch.no_grad():
+        initial = {"epoch": -1, "train_loss": float("nan"), "img_per_s": 0.0, **on_epoch_end(model, -1)}
+    print(f"before training: {select} {initial[select]:.4g}")
+    return initial, {"epoch": -1, "value": initial[select], "model": _snapshot(model)}
+
+
+def _wrap(model: nn.Module, cfg: TrainConfig, world: int, device: torch.device) -> nn.Module:
+    """The module the loop calls: DistributedDataParallel under torchrun, torch.compile'd when asked."""
+    net = model
+    if world > 1:
+        if device.type == "cuda":
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(net) if cfg.compile else net
+
+
+def _train_epoch(net: nn.Module, model: nn.Module, loss_fn: LossFn, loader: DataLoader, optimizer, scheduler,
+                 cfg: TrainConfig, plan: _Plan, epoch: int, backbone: nn.Module | None, kept: list[nn.Module],
+                 kept_params: list, device: torch.device, rank: int, world: int) -> dict:
+    """One epoch of training; its record (mean loss, img/s, each group's LR, whether the backbone was frozen)."""
+    frozen = epoch < cfg.freeze_epochs
+    if backbone is not None and world == 1:  # under DDP a frozen backbone gets LR 0 instead (same ranks' graphs)
+        backbone.requires_grad_(not frozen)
+    for p in kept_params:
+        p.requires_grad_(False)
+    net.train()
+    if frozen:
+        backbone.eval()  # keep the pretrained BatchNorm statistics while probing
+    for m in kept:
+        m.eval()
+    total, count, t0 = 0.0, 0, time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=rank != 0, leave=False)
+    for step, (x, y) in enumerate(bar):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device):
+            loss = loss_fn(net, x, y)
+        (loss / cfg.grad_accum).backward()
+        last = step + 1 == len(loader)
+        if (step + 1) % cfg.grad_accum == 0 or last:
+            if cfg.clip_norm:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if scheduler.last_epoch + 1 < plan.total_steps:
+                scheduler.step()
+        total += loss.item() * len(x)
+        count += len(x)
+        bar.set_postfix(loss=f"{total / count:.3f}")
+    elapsed = time.perf_counter() - t0
+    return {"epoch": epoch, "train_loss": total / max(count, 1), "img_per_s": count * world / elapsed,
+            "lr": {g["name"]: g["lr"] for g in optimizer.param_groups}, "frozen": frozen}
+
+
+def _keep_if_best(record: dict, best: dict, model: nn.Module, select: str) -> dict:
+    """The best epoch so far by ``select``, this one's weights if it beats it."""
+    if select not in record:
+        raise ValueError(f"select={select!r} is not among the validation metrics {sorted(record)}")
+    if not best or record[select] > best["value"]:
+        return {"epoch": record["epoch"], "value": record[select], "model": _snapshot(model)}
+    return best
+
+
+def fit(model: nn.Module, loss_fn: LossFn, dataset: Dataset, cfg: TrainConfig, state_dir: Path | None, key: str,
+        on_epoch_end: Callable[[nn.Module, int], dict] | None = None, log: Callable[[int, dict], None] | None = None,
+        stop_after: int | None = None) -> list[dict]:
+    """Train ``model`` in place; return the per-epoch history.
+
+    ``loss_fn(model, images, labels)`` gives the loss (:mod:`photoid.train.losses`);
+    ``on_epoch_end(model, epoch)`` may return validation metrics (rank 0); ``log(epoch, metrics)``
+    records them (dvclive). ``stop_after`` ends after that many epochs as if killed (for tests).
+    """
+    rank, world = distributed()
+    device = torch_device(cfg.device)
+    model.to(device)
+    model.to(memory_format=torch.channels_last)  # faster convolutions on CUDA and on the CPU (oneDNN) alike
+    optimizer = build_optimizer(model, cfg.lrs, cfg.weight_decay)
+    plan = _Plan.of(len(dataset), cfg, world)
+    backbone = backbone_of(model)
+    if (cfg.freeze_epochs or cfg.frozen_stages) and backbone is None:
+        raise ValueError("freeze_epochs and frozen_stages need a model with a backbone")
+    kept = early_stages(backbone, cfg.frozen_stages) if cfg.frozen_stages else []
+    kept_params = [p for m in kept for p in m.parameters(recurse=False)]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [
+        one_cycle(plan.total_steps, plan.frozen_steps if g["name"] == "backbone" else 0, cfg.pct_start)
+        for g in optimizer.param_groups])
+    state_file = state_dir / "state.pt" if state_dir is not None else None
+    start, history, best = _resume(state_file, key, model, optimizer, scheduler, cfg, rank, world)
     if cfg.select and cfg.select_initial and start == 0 and rank == 0 and on_epoch_end is not None:
-        model.eval()
-        with torch.no_grad():
-            initial = {"epoch": -1, "train_loss": float("nan"), "img_per_s": 0.0, **on_epoch_end(model, -1)}
+        initial, best = _score_starting_weights(model, on_epoch_end, cfg.select)
         history.append(initial)
-        best = {"epoch": -1, "value": initial[cfg.select],
-                "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-        print(f"before training: {cfg.select} {best['value']:.4g}")
     for record in history:  # a resumed run re-logs what the killed one had logged
-        if record["epoch"] < 0:
-            continue
-        if log is not None and rank == 0:
+        if record["epoch"] >= 0 and log is not None and rank == 0:
             log(record["epoch"], record)
 
     for p in kept_params:  # before DDP is built: it leaves them out of its reduction for good
         p.requires_grad_(False)
-    net = model
-    if world > 1:
-        if cuda:
-            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None)
-    if cfg.compile:
-        net = torch.compile(net)
-
+    net = _wrap(model, cfg, world, device)
     sampler = EpochSampler(len(dataset), cfg.seed, rank, world)
     loader = DataLoader(SeededItems(dataset), batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                        pin_memory=cuda, drop_last=drop_last, persistent_workers=cfg.workers > 0)
+                        pin_memory=device.type == "cuda", drop_last=plan.drop_last, persistent_workers=cfg.workers > 0)
     for epoch in range(start, cfg.epochs):
         _seed_epoch(cfg.seed, epoch)
         sampler.set_epoch(epoch)
-        frozen = epoch < cfg.freeze_epochs
-        if backbone is not None and world == 1:  # under DDP a frozen backbone gets LR 0 instead (same ranks' graphs)
-            backbone.requires_grad_(not frozen)
-        for p in kept_params:
-            p.requires_grad_(False)
-        net.train()
-        if frozen:
-            backbone.eval()  # keep the pretrained BatchNorm statistics while probing
-        for m in kept:
-            m.eval()
-        total, count, t0 = 0.0, 0, time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=rank != 0, leave=False)
-        for step, (x, y) in enumerate(bar):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(device):
-                loss = loss_fn(net, x, y)
-            (loss / cfg.grad_accum).backward()
-            last = step + 1 == len(loader)
-            if (step + 1) % cfg.grad_accum == 0 or last:
-                if cfg.clip_norm:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                if scheduler.last_epoch + 1 < total_steps:
-                    scheduler.step()
-            total += loss.item() * len(x)
-            count += len(x)
-            bar.set_postfix(loss=f"{total / count:.3f}")
-        elapsed = time.perf_counter() - t0
-        record = {"epoch": epoch, "train_loss": total / max(count, 1), "img_per_s": count * world / elapsed,
-                  "lr": {g["name"]: g["lr"] for g in optimizer.param_groups}, "frozen": frozen}
+        record = _train_epoch(net, model, loss_fn, loader, optimizer, scheduler, cfg, plan, epoch, backbone, kept,
+                              kept_params, device, rank, world)
         if rank == 0:
             if on_epoch_end is not None:
                 model.eval()
@@ -327,11 +370,7 @@ def fit(model: nn.Module, loss_fn: LossFn, dataset: Dataset, cfg: TrainConfig, s
                     record.update(on_epoch_end(model, epoch))
             history.append(record)
             if cfg.select:
-                if cfg.select not in record:
-                    raise ValueError(f"select={cfg.select!r} is not among the validation metrics {sorted(record)}")
-                if not best or record[cfg.select] > best["value"]:
-                    best = {"epoch": epoch, "value": record[cfg.select],
-                            "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+                best = _keep_if_best(record, best, model, cfg.select)
             if log is not None:
                 log(epoch, record)
             print(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(

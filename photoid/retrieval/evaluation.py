@@ -1,6 +1,4 @@
-"""Ranking with embedding sets: cross-validation on the split, the test ranking and its submission.
-
-What knn-rank and pseudo-label share.
+"""The evaluation protocol: cross-validation on the split, the test ranking, their scores.
 
 - **Cross-validation.** For fold k (with fold k's model): the queries are the fold's validation
   images (its known ones plus every held-out individual's); the gallery is every other training
@@ -8,11 +6,11 @@ What knn-rank and pseudo-label share.
   known animals). The photos of those rare individuals are queries too, each in one fold, their
   other photos in its gallery (:func:`rare_query_folds`): they are among the hardest test cases.
   The folds' candidates are pooled; the ``new_individual`` threshold is tuned on them — never on
-  the test set's truth (:class:`ThresholdRule`).
+  the test set's truth (:class:`photoid.retrieval.thresholds.ThresholdRule`).
 - **Pseudo-labels.** Test images ranked by each fold's model against every training image but
   that fold's validation images (:func:`rank_test_per_fold`).
 - **Test.** The queries are the test images, the gallery every training image; the folds are
-  ensembled by averaging their similarities (:func:`photoid.retrieval.fold_ensemble`).
+  ensembled by averaging their similarities (:func:`photoid.retrieval.search.fold_ensemble`).
 - Flips (:class:`Flips`, each a param): a query is the flip-TTA mean of the crop and its mirror
   image (``query``), or the crop alone; a gallery image is that mean too (``gallery="mean"``), or
   the crop with its mirror image as a second entry (``"entries"``), or the crop alone (``"none"``);
@@ -22,7 +20,7 @@ What knn-rank and pseudo-label share.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,28 +30,32 @@ from photoid.data.schema import TEST, TRAIN, UNKNOWN_SPECIES
 from photoid.data.split import cv_folds, fold_view, parse_fold, test_folds
 from photoid.embed import GALLERY_FLIPS, EmbeddingSet
 from photoid.errors import DataError
-from photoid.io import atomic_path
 from photoid.metrics import NEW_INDIVIDUAL, average_precision_at_n, map_at_k
-from photoid.retrieval import (
+from photoid.retrieval.search import (
     Candidates,
     Search,
-    answered_new_first,
     candidate_photos,
     concat_candidates,
     fold_ensemble,
     individual_candidates,
-    map_for_thresholds,
     neighbours,
-    new_individual_precision_recall,
-    predict,
     query_truth,
     ranked_images,
+)
+from photoid.retrieval.thresholds import (
+    K,
+    ThresholdRule,
+    Thresholds,
+    answered_new_first,
+    map_for_thresholds,
+    new_individual_precision_recall,
+    predict,
+    share_threshold,
     threshold_grid,
     tune_species_thresholds,
     tune_threshold,
 )
 
-K = 5  # five predictions per image (Happywhale)
 N_MAP = 20  # mAP@20 (Where's Whale-do)
 
 
@@ -128,8 +130,6 @@ class Shortlist:
 
 def _rank(queries: np.ndarray, query_rows: pd.DataFrame, gallery: np.ndarray, owners: np.ndarray,
           rows: pd.DataFrame, search: "int | Search", shortlist: Shortlist = Shortlist()) -> Ranking:
-    from dataclasses import replace
-
     labels = rows["individual"].to_numpy()[owners]
     width = shortlist.individuals or len(set(labels))
     if not shortlist.individuals:  # every individual: the whole gallery searched
@@ -259,90 +259,6 @@ def attach_truth(ranking: Ranking, truth_table: pd.DataFrame | None) -> Ranking:
     return ranking
 
 
-@dataclass
-class Thresholds:
-    overall: float
-    per_species: dict[str, float] = field(default_factory=dict)
-    rule: str = "auto"  # the ThresholdRule that chose them
-
-    @property
-    def tuned(self) -> bool:
-        return self.rule == "auto"
-
-
-@dataclass(frozen=True)
-class ThresholdRule:
-    """How the ``new_individual`` threshold is chosen (``knn.threshold``):
-
-    - ``auto``: tuned for MAP@5 on the CV queries;
-    - a number: that score;
-    - ``new_share:r``: the score below which a share ``r`` of the test photos is answered
-      ``new_individual`` first (the Happywhale winners' way: the share of new animals in a survey is
-      often known better than a score on the model's scale, and it does not move with the gallery's
-      size as a tuned score does). The CV figures are then those of that same score."""
-
-    fixed: float | None = None
-    new_share: float | None = None
-
-    @classmethod
-    def parse(cls, text, name: str = "knn.threshold") -> "ThresholdRule":
-        t = str(text).strip().lower()
-        if t == "auto":
-            return cls()
-        try:
-            if t.startswith("new_share:"):
-                r = float(t.split(":", 1)[1])
-                if not 0.0 <= r <= 1.0:
-                    raise ValueError
-                return cls(new_share=r)
-            return cls(fixed=float(t))
-        except ValueError:
-            raise DataError(f"{name} takes auto, a number, or new_share:<r> with r between 0 and 1 "
-                            f"(e.g. new_share:0.5), got {text!r}") from None
-
-    def __str__(self) -> str:
-        return "auto" if self.fixed is None and self.new_share is None else (
-            str(self.fixed) if self.fixed is not None else f"new_share:{self.new_share:g}")
-
-
-def share_threshold(candidates: Candidates, share: float) -> float:
-    """The threshold at which a share ``share`` of these queries (as near as ties allow) has its best
-    score below it, i.e. is answered ``new_individual`` first by :func:`photoid.retrieval.predict`."""
-    top = np.sort(candidates.scores[:, 0].astype(np.float64)) if candidates.scores.size else np.zeros(0)
-    if len(top) == 0:
-        return 0.0
-    finite = top[np.isfinite(top)]
-    lo, hi = (finite.min(), finite.max()) if len(finite) else (0.0, 0.0)
-    n = int(round(share * len(top)))
-    if n <= 0:
-        return float(lo - 1e-3)
-    if n >= len(top):
-        return float(hi + 1e-3)
-    a, b = top[n - 1], top[n]
-    a = a if np.isfinite(a) else b - 1e-3
-    return float((a + b) / 2)
-
-
-def choose_thresholds(cv: Ranking, rule: ThresholdRule = ThresholdRule(), per_species: bool = False,
-                      min_species_queries: int = 10, test: Ranking | None = None) -> Thresholds:
-    """The ``new_individual`` threshold(s) by ``rule``: tuned on the CV queries for MAP@5 (one overall or
-    one per species), a fixed number, or the score giving the test photos the share ``rule.new_share``
-    of new-first answers (needs ``test``)."""
-    if rule.fixed is not None:
-        return Thresholds(float(rule.fixed), {}, rule=str(rule))
-    if rule.new_share is not None:
-        if test is None:
-            raise ValueError("a new_share threshold needs the test ranking")
-        if per_species:
-            raise DataError("knn.threshold new_share:<r> sets one threshold for all test photos: set knn.per_species false.")
-        return Thresholds(share_threshold(test.candidates, rule.new_share), {}, rule=str(rule))
-    if per_species:
-        overall, by_species = tune_species_thresholds(cv.candidates, cv.truth, cv.species, min_species_queries, k=K)
-        return Thresholds(overall, by_species)
-    overall, _ = tune_threshold(cv.candidates, cv.truth, k=K)
-    return Thresholds(overall)
-
-
 def scores(r: Ranking, t: Thresholds) -> dict:
     """MAP@5, top-1, new_individual precision/recall, MAP@5 per species and mAP@20 of a ranking with truth."""
     preds = predict(r.candidates, r.thresholds(t.overall, t.per_species), K)
@@ -384,120 +300,6 @@ def scores(r: Ranking, t: Thresholds) -> dict:
     return out
 
 
-COPY_SCORE = 1.0  # a copy's answer: certain, at or above every threshold of a similarity or a probability
-
-
-def answer_copies(r: Ranking, copies: pd.DataFrame) -> Ranking:
-    """``r`` with each query that is an exact copy of a training photo (``copies``: image_id, individual,
-    :func:`photoid.data.duplicates.exact_copies`) answered first with that photo's individual at
-    :data:`COPY_SCORE` (the rest of its candidates after it, in their order): the same bytes are the
-    same animal, whatever the ranking found."""
-    from dataclasses import replace
-
-    by_id = dict(zip(copies["image_id"], copies["individual"]))
-    if not by_id or not len(r.image_ids):
-        return r
-    labels, scores = r.candidates.labels.copy(), r.candidates.scores.copy()
-    for i, image_id in enumerate(r.image_ids):
-        ind = by_id.get(image_id)
-        if ind is None:
-            continue
-        rest = [(lab, sc) for lab, sc in zip(labels[i], scores[i]) if lab != ind and lab != ""]
-        row = [(ind, COPY_SCORE)] + rest
-        row = (row + [("", -np.inf)] * labels.shape[1])[: labels.shape[1]]
-        labels[i] = [lab for lab, _ in row]
-        scores[i] = [sc for _, sc in row]
-    return replace(r, candidates=Candidates(labels, scores, r.candidates.floor))
-
-
-def answer_scores(candidates: Candidates, row: int, answers: list[str], threshold: float) -> list[float]:
-    """The score of each of a query's answers: its candidate's score, the threshold for new_individual."""
-    score = dict(zip(candidates.labels[row], candidates.scores[row].astype(np.float64)))
-    return [threshold if a == NEW_INDIVIDUAL else score[a] for a in answers]
-
-
-def predictions_table(r: Ranking, t: Thresholds, p_new: np.ndarray | None = None,
-                      copies: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per query: the five predictions and their scores, the best known individual, its score and its margin
-    over the second (the confidence pseudo-labelling uses), the threshold applied, when given the
-    calibrated probability that the photo shows a new individual and, with ``copies``
-    (:func:`photoid.data.duplicates.exact_copies`), ``copy_of``: the training photo it is an exact copy of ("" for none)."""
-    thresholds = r.thresholds(t.overall, t.per_species)
-    preds = predict(r.candidates, thresholds, K)
-    s = r.candidates.scores
-    copy_of = {} if copies is None else dict(zip(copies["image_id"], copies["duplicate_of"]))
-    return pd.DataFrame({
-        "image_id": r.image_ids,
-        "predictions": [" ".join(p) for p in preds],
-        "scores": [" ".join(f"{v:.6g}" for v in answer_scores(r.candidates, i, p, th))
-                   for i, (p, th) in enumerate(zip(preds, thresholds))],
-        "top_individual": r.candidates.labels[:, 0].astype(str),
-        "top_score": s[:, 0].astype(np.float64),
-        "margin": r.candidates.margin(),
-        "species": r.species.astype(str),
-        "threshold": thresholds,
-        **({} if p_new is None else {"p_new": np.asarray(p_new, np.float64)}),
-        **({} if copies is None else {"copy_of": np.array([copy_of.get(i, "") for i in r.image_ids], dtype=object)}),
-    })
-
-
-def plot_tables(result: RankResult, metrics: dict, bins: int = 20) -> dict[str, pd.DataFrame]:
-    """The tables behind knn-rank's plots (``dvc plots show``): CV MAP@5 at every new_individual
-    threshold that makes a difference (``threshold``) and at the chosen one (``threshold_chosen``: its
-    last row; the first is the foot of the vertical mark);
-    the best candidate's score of known and of new queries, as shares per bin (``top_score``: CV, and
-    test where its truth is known); MAP@5 per species (``map5_per_species``, from ``metrics``:
-    ``result.metrics()``)."""
-    cv = result.cv
-    grid = threshold_grid(cv.candidates)
-    curve = map_for_thresholds(cv.candidates, cv.truth, grid)
-    chosen = float(map_for_thresholds(cv.candidates, cv.truth, np.array([result.thresholds.overall]))[0])
-    tables = {
-        "threshold": pd.DataFrame({"threshold": grid, "cv_map5": curve}),
-        # a vertical mark from the curve's lowest value up to the chosen threshold's (a line plot draws no lone point)
-        "threshold_chosen": pd.DataFrame({"threshold": [result.thresholds.overall] * 2,
-                                          "cv_map5": [float(min(curve.min(), chosen)), chosen]}),
-    }
-    parts = [("cv", cv)] + ([("test", result.test)] if result.test.truth is not None else [])
-    tops = {name: (r.candidates.scores[:, 0].astype(np.float64) if r.candidates.scores.shape[1]
-                   else np.full(len(r.image_ids), -np.inf), np.array([t == NEW_INDIVIDUAL for t in r.truth], bool))
-            for name, r in parts}
-    finite = np.concatenate([top[np.isfinite(top)] for top, _ in tops.values()] + [np.zeros(0)])
-    edges = np.linspace(finite.min(), finite.max() + 1e-9, bins + 1) if len(finite) else np.linspace(0, 1, bins + 1)
-    hist = {"score": (edges[:-1] + edges[1:]) / 2}
-    for name, (top, is_new) in tops.items():
-        for kind, mask in (("known", ~is_new), ("new", is_new)):
-            values = top[mask & np.isfinite(top)]
-            counts = np.histogram(values, edges)[0]
-            hist[f"{name}_{kind}"] = counts / max(mask.sum(), 1)
-    if result.test.truth is None:  # the same columns for every data set (dvc.yaml names them): empty here
-        hist.update({"test_known": np.full(bins, np.nan), "test_new": np.full(bins, np.nan)})
-    tables["top_score"] = pd.DataFrame(hist)
-    per_species = {part: metrics[f"{part}_map5_per_species"] for part in ("cv", "test")
-                   if f"{part}_map5_per_species" in metrics}
-    species = sorted(set().union(*per_species.values()))
-    tables["map5_per_species"] = pd.DataFrame({"species": species, **{f"{name}_map5": [m.get(sp, np.nan) for sp in species]
-                                                                      for name, m in per_species.items()}})
-    return tables
-
-
-def save_ranker(out_dir: Path, **ranker) -> None:
-    """What knn-rank chose and fitted, in ``out_dir/ranker.pkl``: the folds and where their gallery
-    embeddings are, flips, neighbours searched, shortlist, threshold(s), the fitted re-ranking (or,
-    with re-ranking off, the P(new) calibration). ``photoid identify`` answers other photos with it."""
-    import pickle
-
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir(parents=True)
-        with open(tmp / "ranker.pkl", "wb") as f:
-            pickle.dump(ranker, f)
-
-
-def submission(predictions: pd.DataFrame) -> pd.DataFrame:
-    """The Happywhale submission: ``image,predictions`` with five space-separated ids."""
-    return pd.DataFrame({"image": predictions["image_id"], "predictions": predictions["predictions"]})
-
-
 @dataclass
 class RankResult:
     folds: list[Ranking]  # each fold's validation ranking
@@ -525,20 +327,11 @@ class RankResult:
         return out
 
 
-def rank_all(embeddings: Path, folds: list[int], split: pd.DataFrame, search: "int | Search",
-             threshold: ThresholdRule = ThresholdRule(), per_species: bool = False, min_species_queries: int = 10,
-             test_truth: pd.DataFrame | None = None, flips: Flips = Flips(),
-             shortlist: Shortlist = Shortlist()) -> RankResult:
-    """Cross-validate the folds' embedding sets under ``embeddings``, rank the test images, choose the threshold(s)."""
-    return rank_sets(load_fold_sets(embeddings, folds), folds, split, search, threshold, per_species,
-                     min_species_queries, test_truth, flips, shortlist)
-
-
-def rank_sets(sets: list[EmbeddingSet], folds: list[int], split: pd.DataFrame, search: "int | Search",
+def rank_sets(sets: list[EmbeddingSet], folds: list[int], split: pd.DataFrame, search: "int | Search", *,
               threshold: ThresholdRule = ThresholdRule(), per_species: bool = False, min_species_queries: int = 10,
               test_truth: pd.DataFrame | None = None, flips: Flips = Flips(),
               shortlist: Shortlist = Shortlist()) -> RankResult:
-    """:func:`rank_all` of fold sets already loaded (:func:`load_fold_sets`). The numbered folds
+    """Cross-validate fold sets (:func:`load_fold_sets`), rank the test images, choose the threshold(s). The numbered folds
     cross-validate; the test photos are ranked by fold ``all``'s model when it is listed (a model on
     every labelled photo), else by every numbered fold's, their similarities averaged."""
     folds = [parse_fold(f) for f in folds]
@@ -551,8 +344,21 @@ def rank_sets(sets: list[EmbeddingSet], folds: list[int], split: pd.DataFrame, s
     return RankResult(parts, cv, thresholds, test, sets[0].rows)
 
 
-def cv_figures(embeddings: Path, folds: list[int], split: pd.DataFrame, search: "int | Search", flips: Flips = Flips(),
-               threshold: ThresholdRule = ThresholdRule(), per_species: bool = False, min_species_queries: int = 10) -> dict:
-    """The CV figures of another set of embeddings (e.g. before retraining), ranked and thresholded the same way."""
-    result = rank_all(embeddings, folds, split, search, threshold, per_species, min_species_queries, flips=flips)
-    return scores(result.cv, result.thresholds)
+def choose_thresholds(cv: Ranking, rule: ThresholdRule = ThresholdRule(), per_species: bool = False,
+                      min_species_queries: int = 10, test: Ranking | None = None) -> Thresholds:
+    """The ``new_individual`` threshold(s) by ``rule``: tuned on the CV queries for MAP@5 (one overall or
+    one per species), a fixed number, or the score giving the test photos the share ``rule.new_share``
+    of new-first answers (needs ``test``)."""
+    if rule.fixed is not None:
+        return Thresholds(float(rule.fixed), {}, rule=str(rule))
+    if rule.new_share is not None:
+        if test is None:
+            raise ValueError("a new_share threshold needs the test ranking")
+        if per_species:
+            raise DataError("knn.threshold new_share:<r> sets one threshold for all test photos: set knn.per_species false.")
+        return Thresholds(share_threshold(test.candidates, rule.new_share), {}, rule=str(rule))
+    if per_species:
+        overall, by_species = tune_species_thresholds(cv.candidates, cv.truth, cv.species, min_species_queries, k=K)
+        return Thresholds(overall, by_species)
+    overall, _ = tune_threshold(cv.candidates, cv.truth, k=K)
+    return Thresholds(overall)

@@ -1,9 +1,8 @@
-"""From embeddings to five ranked individuals, ``new_individual`` among them.
+"""The embedding search: from a query's vectors to its best gallery entries and candidate individuals.
 
-- similarity: inner product of L2-normalised float32 vectors (cosine);
+- similarity: inner product of L2-normalised float32 vectors (cosine), by faiss (exact, or IVF for
+  galleries past a million entries; on the GPU with faiss-gpu);
 - the score of an individual for a query: its best similarity over that individual's gallery images;
-- ``new_individual`` is inserted where its threshold beats the next score;
-- the threshold is tuned on held-out individuals by maximising MAP@5;
 - a fold ensemble averages the folds' similarities (:func:`fold_ensemble`).
 
 This module works on neighbour lists (the top-K gallery matches of each query), so that the same
@@ -17,7 +16,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from photoid.errors import DataError
-from photoid.metrics import NEW_INDIVIDUAL, map_at_k
+from photoid.metrics import NEW_INDIVIDUAL
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -198,91 +197,6 @@ def candidate_photos(idx: np.ndarray, owners: np.ndarray, gallery_labels: np.nda
     return out
 
 
-def predict(candidates: Candidates, threshold, k: int = 5) -> list[list[str]]:
-    """Top-``k`` predictions with ``new_individual`` placed before the first score below ``threshold``
-    (one threshold, or one per query)."""
-    thresholds = np.broadcast_to(np.asarray(threshold, dtype=np.float32), (len(candidates.labels),))  # as the scores
-    out = []
-    for labels, scores, t in zip(candidates.labels, candidates.scores, thresholds):
-        known = [lab for lab, s in zip(labels, scores) if lab != ""]
-        pos = int(np.sum(scores[: len(known)] >= t))
-        out.append((known[:pos] + [NEW_INDIVIDUAL] + known[pos:])[:k])
-    return out
-
-
-def threshold_grid(candidates: Candidates, max_points: int = 2000) -> np.ndarray:
-    """Thresholds worth trying: MAP@k only changes where a threshold crosses a candidate score, so the
-    midpoints between consecutive distinct scores, one below the lowest and one above the highest
-    (thinned to ``max_points`` quantiles on large sets)."""
-    s = np.unique(candidates.scores[np.isfinite(candidates.scores)].astype(np.float64))
-    if len(s) == 0:
-        return np.array([0.0])
-    if len(s) > max_points:
-        s = np.unique(np.quantile(s, np.linspace(0, 1, max_points)))
-    return np.concatenate([[s[0] - 1e-3], (s[:-1] + s[1:]) / 2, [s[-1] + 1e-3]])
-
-
-def map_for_thresholds(candidates: Candidates, truth: list[str], grid: np.ndarray, k: int = 5) -> np.ndarray:
-    """MAP@k of :func:`predict` at every threshold of ``grid`` at once (vectorised; equal to
-    ``map_at_k(predict(candidates, t, k), truth, k)`` for each t)."""
-    labels, scores = candidates.labels, candidates.scores
-    if len(truth) == 0:
-        return np.zeros(len(grid))
-    n_known = (labels != "").sum(axis=1)  # (Q,)
-    hit = labels == np.asarray(truth, dtype=object)[:, None]
-    rank = np.where(hit.any(axis=1), hit.argmax(axis=1) + 1, 0)  # 1-based among known candidates, 0 if absent
-    is_new = np.array([t == NEW_INDIVIDUAL for t in truth])
-    grid = np.asarray(grid, np.float32)  # compared as predict compares: in the scores' precision
-    out = np.empty(len(grid))
-    step = max(1, int(2e7 // max(scores.size, 1)))  # bounds the (G, Q, n) comparison in memory
-    for a in range(0, len(grid), step):
-        g = grid[a:a + step]
-        pos = (scores[None, :, :] >= g[:, None, None]).sum(axis=2)  # (G, Q)
-        pos = np.minimum(pos, n_known[None, :])  # knowns above the threshold; new_individual goes at pos + 1
-        final = np.where(is_new[None, :], pos + 1, np.where(rank[None, :] <= pos, rank[None, :], rank[None, :] + 1))
-        ap = np.where((final <= k) & ((rank[None, :] > 0) | is_new[None, :]), 1.0 / np.maximum(final, 1), 0.0)
-        out[a:a + step] = ap.mean(axis=1)
-    return out
-
-
-def tune_threshold(candidates: Candidates, truth: list[str], grid: np.ndarray | None = None, k: int = 5) -> tuple[float, float]:
-    """The threshold (from ``grid``, by default every one that makes a difference) that maximises MAP@k;
-    ties go to the lowest. Returns (threshold, MAP@k)."""
-    grid = threshold_grid(candidates) if grid is None else np.asarray(grid)
-    scores = map_for_thresholds(candidates, truth, grid, k)
-    best = int(np.argmax(scores))  # the first (lowest) of equal maxima
-    return float(grid[best]), float(scores[best])
-
-
-def tune_species_thresholds(candidates: Candidates, truth: list[str], species, min_queries: int = 10,
-                            grid: np.ndarray | None = None, k: int = 5) -> tuple[float, dict[str, float]]:
-    """One threshold over all queries and one per species that has at least ``min_queries`` queries
-    (each tuned on that species' queries alone); other species use the global one."""
-    species = np.asarray(species)
-    overall, _ = tune_threshold(candidates, truth, grid, k)
-    per_species = {}
-    for sp in sorted(set(species.tolist())):
-        mask = species == sp
-        if mask.sum() >= min_queries:
-            sub = Candidates(candidates.labels[mask], candidates.scores[mask])
-            per_species[sp], _ = tune_threshold(sub, [t for t, m in zip(truth, mask) if m], grid, k)
-    return overall, per_species
-
-
-def answered_new_first(predictions: list[list[str]]) -> np.ndarray:
-    """Per query, whether ``new_individual`` is its first prediction."""
-    return np.array([bool(p) and p[0] == NEW_INDIVIDUAL for p in predictions], dtype=bool)
-
-
-def new_individual_precision_recall(predictions: list[list[str]], truth: list[str]) -> tuple[float, float]:
-    """Precision and recall of ``new_individual`` as the first prediction."""
-    said_new = answered_new_first(predictions)
-    is_new = np.array([t == NEW_INDIVIDUAL for t in truth])
-    precision = float((said_new & is_new).sum() / said_new.sum()) if said_new.any() else 0.0
-    recall = float((said_new & is_new).sum() / is_new.sum()) if is_new.any() else 0.0
-    return precision, recall
-
-
 def concat_candidates(parts: list[Candidates]) -> Candidates:
     """The queries of several candidate sets as one; narrower sets padded ('' / -inf) to the widest."""
     floor = None if any(c.floor is None for c in parts) else np.concatenate([c.floor for c in parts])
@@ -299,15 +213,3 @@ def query_truth(query_labels, gallery_labels) -> list[str]:
     """A query's answer: its individual if the gallery knows it, else ``new_individual``."""
     known = set(np.asarray(gallery_labels).tolist())
     return [lab if lab in known else NEW_INDIVIDUAL for lab in query_labels]
-
-
-def evaluate(query_emb: np.ndarray, query_labels, gallery_emb: np.ndarray, gallery_labels, k: int = 5,
-             n_neighbours: int = 100) -> dict:
-    """MAP@k of a query set against a gallery, with the new-individual threshold tuned on it (CV style)."""
-    sims, idx = neighbours(query_emb, gallery_emb, n_neighbours)
-    cands = individual_candidates(sims, idx, np.asarray(gallery_labels), n=k)
-    truth = query_truth(query_labels, gallery_labels)
-    threshold, score = tune_threshold(cands, truth, k=k)
-    top1 = np.mean([p[0] == t for p, t in zip(predict(cands, threshold, k), truth)]) if truth else 0.0
-    return {"map5": score, "threshold": threshold, "top1": float(top1),
-            "map5_without_new": map_at_k(predict(cands, -np.inf, k), truth, k)}

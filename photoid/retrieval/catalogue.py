@@ -34,9 +34,17 @@ import numpy as np
 from photoid.errors import DataError
 
 POOLS = ("individual", "photo")
+
+
 REFINE = 8  # approximate index: candidates re-measured exactly per neighbour needed (k + 1)
+
+
 PQ_CODES = 64  # approximate index: 4-bit codes per keypoint (two per byte)
+
+
 HNSW_LISTS = 4096  # approximate index: past this many lists, they are found through a graph (HNSW), not one by one
+
+
 ADD_BLOCK = 1 << 20  # keypoints added to the index at a time
 
 

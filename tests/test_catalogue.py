@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from photoid.catalogue_match import CatalogueConfig, CatalogueIndex, scores_for_candidates
 from photoid.local_features import DESCRIPTOR_DIM, KeypointConfig, Keypoints, write_store
+from photoid.retrieval.catalogue import CatalogueConfig, CatalogueIndex, scores_for_candidates
 from tests.structure import project_config
 
 pytest.importorskip("cv2")
@@ -112,9 +112,9 @@ def test_an_unreadable_photo_stops_with_its_path(tmp_path):
 def test_cv_never_matches_a_query_against_its_own_folds_validation_photos(monkeypatch):
     """A CV query whose exact copy is another validation photo of its fold (a burst) gets no votes
     from that copy: each fold's catalogue holds that fold's gallery only."""
-    import photoid.rerank as rerank
+    import photoid.retrieval.verification as rerank
     from photoid.embed import EmbeddingSet
-    from photoid.ranking import cross_validate
+    from photoid.retrieval.evaluation import cross_validate
 
     rng = np.random.default_rng(0)
     # individuals 0..5, three photos each; fold 0 validates photos *_0 and *_1, fold 1 photos *_2
