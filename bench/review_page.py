@@ -14,6 +14,7 @@ console error, or exports what ingest refuses.
 from __future__ import annotations
 
 import html
+import json
 import re
 import shutil
 import subprocess
@@ -44,6 +45,8 @@ def main(
     height: int = typer.Option(1400, help="Window height (pixels)."),
     ingest_check: bool = typer.Option(True, help="Check that ingest takes the exported decisions (the report stage's "
                                       "page; a `photoid identify --html` page names photos outside the data set)."),
+    match_screenshot: Path = typer.Option(None, help="Also click the first candidate whose matches can be drawn and "
+                                          "take a screenshot of them here."),
 ):
     import pandas as pd
 
@@ -85,6 +88,19 @@ def main(
             ok = ok and stats["confirmed"] == len(decisions) > 0
     else:
         print("the page showed no export preview (#selftest)")
+    # a click on a candidate: the two photos side by side, a line for each matched keypoint
+    start = time.perf_counter()
+    match = chromium("--dump-dom", uri + "#selftest-match")
+    found = re.search(r'<pre id="match-check">(.*?)</pre>', match.stdout, re.S)
+    check = html.unescape(found.group(1)) if found else "no answer"
+    drew = check.startswith("{") and json.loads(check)["lines"] == json.loads(check)["stated"] > 0
+    print(f"a click on a candidate: {'drew ' + str(json.loads(check)['lines']) + ' matched keypoints' if drew else check} "
+          f"in {time.perf_counter() - start:.1f} s")
+    ok = ok and drew
+    if match_screenshot is not None:
+        chromium(f"--screenshot={match_screenshot.resolve()}", f"--window-size={width},{height // 2}",
+                 "--hide-scrollbars", uri + "#selftest-match")
+        print(f"screenshot of a match: {match_screenshot}")
     sys.exit(0 if ok else 1)
 
 

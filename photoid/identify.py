@@ -79,6 +79,7 @@ class Identifier:
         self.keypoints = params.build(KeypointConfig, "local")
         self.batch_size = params.int("embed.batch_size")
         self.thumbnail, self.page_size = params.int("report.thumbnail"), params.int("report.page_size")
+        self.view = params.int("report.view")
         self.min_side = params.int("data.min_side")
         # each fold's gallery, and the model that embedded it (its meta names it), with the same flips
         self.gallery = [EmbeddingSet.load(self.root / self.ranker.embeddings / f"fold{k}") for k in self.ranker.folds]
@@ -111,15 +112,16 @@ class Identifier:
             rejected += [dict(path=r.path, reason=r.reason) for r in bad.itertuples()]
         else:
             images = pd.DataFrame(columns=["image_id", "path"])
-        answers = self._rank(images, html) if len(images) else pd.DataFrame(columns=ANSWER_COLUMNS)
+        answers = self._rank(images, html, rejected) if len(images) else pd.DataFrame(columns=ANSWER_COLUMNS)
         return Answers(answers, pd.DataFrame(rejected, columns=["path", "reason"]))
 
-    def _rank(self, images: pd.DataFrame, html: Path | None = None) -> pd.DataFrame:
+    def _rank(self, images: pd.DataFrame, html: Path | None = None, rejected: list[dict] = ()) -> pd.DataFrame:
         from photoid.crop import crop_all
         from photoid.detect import BOXES_COLUMNS, full_frame_box, predict_boxes
         from photoid.embed import EmbeddingSet, embed_checkpoint
         from photoid.local_features import write_store
         from photoid.retrieval.outputs import predictions_table
+        from photoid.retrieval.verification import answer_matches
         from photoid.runtime import pick_device
 
         r = self.ranker
@@ -141,8 +143,12 @@ class Identifier:
                 stores = [self.store, tmp / "keypoints"]
             ranking, p_new = r.answer(sets, stores, progress=self.progress)
             table = predictions_table(ranking, r.thresholds, p_new)
-            if html is not None:  # while the query crops exist
-                self._review_page(html, table, sets, crops, images)
+            if html is not None:  # while the query crops and keypoints exist
+                matches = None
+                if r.reranker is not None:  # why each answer was proposed, drawn on the page
+                    matches = answer_matches(ranking, sets[0].rows["image_id"].to_numpy(), stores, r.config.rerank.match,
+                                             [p.split(" ") for p in table["predictions"]])
+                self._review_page(html, table, sets, crops, images, matches, rejected)
         table = table.merge(images[["image_id", "path"]], on="image_id").merge(
             boxes[["image_id", "x1", "y1", "x2", "y2", "box_source"]], on="image_id")
         rows = []
@@ -156,10 +162,12 @@ class Identifier:
         return pd.DataFrame(rows, columns=ANSWER_COLUMNS)
 
 
-    def _review_page(self, out: Path, table: pd.DataFrame, sets, crops: pd.DataFrame, images: pd.DataFrame) -> dict:
-        """The review page of these answers, each photo named by its path (what the page exports)."""
+    def _review_page(self, out: Path, table: pd.DataFrame, sets, crops: pd.DataFrame, images: pd.DataFrame,
+                     matches: pd.DataFrame | None, rejected: list[dict]) -> dict:
+        """The review page of these answers, each photo named by its path (what the page exports), the
+        photos that could not be answered listed with their reason."""
         from photoid.io import read_parquet
-        from photoid.review import best_photos, review_rows, write_review_page
+        from photoid.review import best_photos, review_rows, view_sources, write_review_page
 
         photos = best_photos(sets, self.ranker.config.flips, table["image_id"].tolist(),
                              [p.split(" ") for p in table["predictions"]])
@@ -167,10 +175,17 @@ class Identifier:
         gallery_crops = read_parquet(self.root / paths.CROPS_TABLE)
         crop_paths = {i: str(self.root / c) for i, c in zip(gallery_crops["image_id"], gallery_crops["crop_path"])}
         crop_paths.update({path_of[i]: c for i, c in zip(crops["image_id"], crops["crop_path"])})
+        gallery_images = read_parquet(self.root / paths.IMAGES_TABLE)
+        views = view_sources(gallery_images.assign(path=[str(self.root / p) for p in gallery_images["path"]]), gallery_crops)
+        views.update({path_of[i]: v for i, v in view_sources(images, crops).items()})
+        if matches is not None:
+            matches = matches.assign(image_id=matches["image_id"].map(path_of))
         rows_all = sets[0].rows
         gallery = set(rows_all.loc[rows_all["part"] == TRAIN, "individual"])
-        rows = review_rows(table.assign(image_id=table["image_id"].map(path_of)), photos, None, gallery)
-        return write_review_page(out, rows, crop_paths, self.thumbnail, self.page_size, title="photoid identify")
+        rows = review_rows(table.assign(image_id=table["image_id"].map(path_of)), photos, None, gallery, matches)
+        return write_review_page(out, rows, crop_paths, self.thumbnail, self.page_size, title="photoid identify",
+                                 views=views, view_side=self.view,
+                                 unanswered=[{"photo": r["path"], "reason": r["reason"]} for r in rejected])
 
 
 ANSWER_COLUMNS = ["image", "predictions", *[f"id{n}" for n in range(1, 6)], *[f"score{n}" for n in range(1, 6)],

@@ -13,7 +13,7 @@ same nick, scar or patch in the same place.
   size, angle of every keypoint, in the described region's pixels), ``descriptors.npy`` (M×128
   uint8), ``index.parquet`` (image_id, flipped, start, count, side: the rows of each photo in the
   arrays). Read by memory map, so matching workers share it without copies.
-- **Verification** (:func:`count_inliers`): mutual nearest neighbours that pass Lowe's ratio test,
+- **Verification** (:func:`match_points`, :func:`count_inliers`): mutual nearest neighbours that pass Lowe's ratio test,
   then RANSAC with a similarity model (``cv2.estimateAffinePartial2D``: rotation, scale, shift). A
   transform whose scale is beyond ``max_scale`` is no match (crops are scaled to the animal, so a
   true match is near scale 1), and an inlier must also agree with the transform in its own scale and
@@ -129,31 +129,38 @@ def _tentative_matches(a: Keypoints, b: Keypoints, ratio: float) -> tuple[np.nda
     return keep, best[keep]
 
 
-def count_inliers(a: Keypoints, b: Keypoints, cfg: MatchConfig) -> int:
-    """Geometrically verified matches between two crops' keypoints (see the module's docstring)."""
+def match_points(a: Keypoints, b: Keypoints, cfg: MatchConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The geometrically verified matches between two crops' keypoints (see the module's docstring):
+    (K×2 positions in ``a``, K×2 positions in ``b``), in each described region's pixels."""
     import cv2
 
+    none = (np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32))
     if len(a.descriptors) < 2 or len(b.descriptors) < 2:
-        return 0
+        return none
     ia, ib = _tentative_matches(a, b, cfg.ratio)
     if len(ia) < 3:
-        return 0
+        return none
     pa, pb = a.frames[ia], b.frames[ib]
     threshold = cfg.ransac_threshold * max(a.side, b.side)
     model, inliers = cv2.estimateAffinePartial2D(np.ascontiguousarray(pa[:, :2]), np.ascontiguousarray(pb[:, :2]),
                                                  method=cv2.RANSAC,
                                                  ransacReprojThreshold=threshold)
     if model is None or inliers is None:
-        return 0
+        return none
     scale = float(np.hypot(model[0, 0], model[1, 0]))
     if not (1.0 / cfg.max_scale <= scale <= cfg.max_scale):
-        return 0
+        return none
     rotation = float(np.degrees(np.arctan2(model[1, 0], model[0, 0])))  # as OpenCV's keypoint angles turn
     keep = inliers.ravel().astype(bool)
     own_scale = pb[keep, 2] / np.maximum(pa[keep, 2], 1e-6) / scale
     own_turn = (pb[keep, 3] - pa[keep, 3] - rotation + 180.0) % 360.0 - 180.0
     agree = (own_scale <= cfg.scale_tolerance) & (own_scale >= 1.0 / cfg.scale_tolerance) & (np.abs(own_turn) <= cfg.max_angle)
-    return int(agree.sum())
+    return np.asarray(pa[keep][agree, :2], np.float32), np.asarray(pb[keep][agree, :2], np.float32)
+
+
+def count_inliers(a: Keypoints, b: Keypoints, cfg: MatchConfig) -> int:
+    """How many geometrically verified matches two crops' keypoints have (:func:`match_points`)."""
+    return len(match_points(a, b, cfg)[0])
 
 
 # --------------------------------------------------------------------------------------------- store

@@ -52,6 +52,7 @@ EMBEDDINGS = PROCESSED / "embeddings"  # dolg/fold<k> (embed), retrain/fold<k> (
 # pseudo-label, knn-rank
 PSEUDO_TABLE = PROCESSED / "pseudo_labels.parquet"
 PREDICTIONS_TABLE = PROCESSED / "predictions.parquet"
+MATCHES_TABLE = PROCESSED / "matches.parquet"  # knn-rank: the verified matches behind each test photo's answers
 SUBMISSION = PROCESSED / "submission.csv"
 RANKER_DIR = MODELS / "ranker"  # knn-rank: what it fitted and chose (thresholds, fusion), for photoid identify
 PLOTS = METRICS / "plots"  # knn-rank: the tables of its plots (dvc.yaml's plots section)

@@ -9,7 +9,8 @@ ranks. The new_individual threshold is tuned on the split's held-out individuals
 (photoid.retrieval.ranker).
 
 Outputs: submission.csv (image,predictions: the Happywhale format), predictions.parquet (with the
-best individual's score and margin, P(new individual), copy_of), metrics/knn.json (CV and, with test
+best individual's score and margin, P(new individual), copy_of), matches.parquet (each answer's
+verified keypoint matches, drawn on the review page), metrics/knn.json (CV and, with test
 truth, test MAP@5, known-individual MAP@5 and top-1, mAP@20, new_individual precision and recall,
 the embedding's own figures, the fusion's coefficients), the plots' tables and the reliability
 diagram of P(new individual).
@@ -51,6 +52,7 @@ def main(
     test_truth: Path = typer.Option(paths.TEST_TRUTH_TABLE, help="Test truth, where the data set has it (metrics only)."),
     submission_out: Path = typer.Option(paths.SUBMISSION, help="Submission CSV."),
     predictions_out: Path = typer.Option(paths.PREDICTIONS_TABLE, help="Predictions table."),
+    matches_out: Path = typer.Option(paths.MATCHES_TABLE, help="The verified matches behind each answer (review page)."),
     metrics: Path = typer.Option(paths.METRICS / "knn.json", help="Metrics file."),
     plots: Path = typer.Option(paths.PLOTS, help="Folder of the plots' tables."),
     reliability: Path = typer.Option(paths.RELIABILITY, help="Folder of the reliability diagram of P(new individual)."),
@@ -66,8 +68,8 @@ def main(
                         _table(test_truth), str(embeddings))
     fitted.ranker.save(ranker_out)
     before = before_retrain_figures(before_embeddings, folds, split_table, config) if before_embeddings.is_dir() else None
-    files = ResultFiles(predictions_out, submission_out, metrics, plots, reliability)
-    figures = write_results(fitted, exact_copies(_table(duplicates)), folds, files, before)
+    files = ResultFiles(predictions_out, matches_out, submission_out, metrics, plots, reliability)
+    figures = write_results(fitted, exact_copies(_table(duplicates)), folds, files, local_features, before)
     print(summary(figures, submission_out))
 
 

@@ -473,6 +473,38 @@ def test_review_page_shows_each_answer_beside_its_best_photo_and_encodes_each_th
     assert data["thumbs"]["te_known3"].startswith("data:image/jpeg;base64,") and data["pageSize"] == 5
 
 
+def test_review_page_carries_each_answers_matches_its_larger_views_and_the_photos_not_answered(tmp_path):
+    import json
+    import re
+
+    from PIL import Image
+
+    from photoid.review import review_rows, write_review_page
+
+    Image.new("RGB", (300, 200), (120, 60, 30)).save(tmp_path / "photo.png")
+    predictions = pd.DataFrame({"image_id": ["q1"], "predictions": ["ind1 new_individual ind2"], "scores": ["0.9 0.5 0.2"],
+                                "species": ["dolphin"], "threshold": [0.5], "margin": [0.7], "top_score": [0.9]})
+    matches = pd.DataFrame([{"image_id": "q1", "individual": "ind1", "gallery_id": "g7", "flipped": True, "inliers": 2,
+                             "query_side": 384.0, "gallery_side": 384.0, "query_xy": [10.0, 20.0, 30.0, 40.0],
+                             "gallery_xy": [12.0, 22.0, 33.0, 41.0]}])
+    rows = review_rows(predictions, [["g1", None, "g2"]], None, {"ind1", "ind2"}, matches)
+    first = rows[0]["answers"][0]
+    assert first["photo"] == "g7"  # the photo the matches are with, not the most similar one
+    assert first["match"] == {"n": 2, "mirrored": True, "qs": 384.0, "gs": 384.0, "q": [10.0, 20.0, 30.0, 40.0],
+                              "g": [12.0, 22.0, 33.0, 41.0]}
+    assert rows[0]["answers"][2]["match"] is None and rows[0]["answers"][2]["photo"] == "g2"
+    region = (str(tmp_path / "photo.png"), (300, 200), (50.0, 20.0, 250.0, 120.0))
+    views = {i: region for i in ("q1", "g7", "g2", "unshown")}
+    figures = write_review_page(tmp_path / "review.html", rows, {i: str(tmp_path / "photo.png") for i in views}, size=32,
+                                views=views, view_side=480, unanswered=[{"photo": "bad.jpg", "reason": "not an image"}])
+    data = json.loads(re.search(r"const DATA = (\{.*?\});\n", (tmp_path / "review.html").read_text()).group(1))
+    assert set(data["views"]) == {"q1", "g7", "g2"} and figures["views"] == 3  # the photos shown, each once
+    with Image.open(tmp_path / data["views"]["g7"]) as view:
+        assert view.size == (480, 240)  # the box region (200 x 100), its longer side at report.view
+    assert data["unanswered"] == [{"photo": "bad.jpg", "reason": "not an image"}] and figures["unanswered"] == 1
+    assert data["rows"][0]["answers"][0]["match"]["n"] == 2
+
+
 def test_fold_all_ranks_the_test_photos_and_the_numbered_folds_alone_cross_validate(tmp_path):
     """ensemble.folds [0, 1, all]: CV (and so the threshold) is that of [0, 1]; the test photos are
     ranked by fold all's embeddings alone (the model on every labelled photo)."""

@@ -8,7 +8,7 @@ from PIL import Image
 
 from photoid.data.demo import make_fin, render_fin, render_photo
 from photoid.errors import DataError
-from photoid.local_features import KeypointConfig, KeypointStore, MatchConfig, count_inliers, write_store
+from photoid.local_features import KeypointConfig, KeypointStore, MatchConfig, count_inliers, match_points, write_store
 from photoid.local_features import detect as detect_keypoints
 from photoid.metrics import NEW_INDIVIDUAL, expected_calibration_error, map_at_k, reliability_bins
 from photoid.retrieval.calibration import MonotoneLogistic, NewIndividualCalibration, pair_features, rerank_candidates
@@ -61,6 +61,18 @@ def test_a_crop_and_its_rotated_rescaled_copy_share_many_inliers_two_individuals
     others = [count_inliers(kp, detect(_fin_crop(other, 0)), _match()) for other in (4, 5, 6, 7)]
     assert same >= 30, same
     assert max(others) <= 10 and same >= 4 * max(others), (same, others)
+
+
+def test_the_matches_drawn_lie_where_the_transform_takes_the_query_keypoints():
+    """What the review page draws: each matched query keypoint's partner sits where the rotation and
+    scaling that made the copy puts it."""
+    a = _fin_crop(3, 0)
+    h, w = a.shape
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), 20, 0.8)
+    q_xy, g_xy = match_points(detect(a), detect(_rotated(a, 20, 0.8)), _match())
+    assert len(q_xy) == count_inliers(detect(a), detect(_rotated(a, 20, 0.8)), _match()) >= 30
+    moved = q_xy @ m[:, :2].T + m[:, 2]
+    assert np.median(np.linalg.norm(moved - g_xy, axis=1)) < 1.5  # pixels of a 160-px crop
 
 
 def test_a_mirror_image_matches_only_once_mirrored_back():

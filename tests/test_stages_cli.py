@@ -75,3 +75,13 @@ def test_ingest_trains_on_confirmed_test_photos_and_counts_them(tmp_path, photo)
     metrics = json.loads(m.read_text())
     assert (metrics["confirmed"], metrics["train_images"], metrics["test_images"]) == (1, 3, 0)
     assert metrics["rejected"] == 0  # the decisions file beside the individuals' folders is a table, not a photo
+    # one rule for every data file param: a relative path is read under data.root, as data.labels is
+    relative = CliRunner().invoke(_app("ingest"), [*base, "--set", "data.confirmed=confirmed.csv", "--out-dir", str(out),
+                                                   "--metrics", str(m)])
+    assert relative.exit_code == 0, relative.output
+    assert json.loads(m.read_text())["confirmed"] == 1
+    for param in ("confirmed", "boxes", "test_truth"):
+        missing = CliRunner().invoke(_app("ingest"), [*base, "--set", f"data.{param}=nowhere.csv", "--out-dir", str(out),
+                                                      "--metrics", str(m)])
+        assert missing.exit_code == 2 and f"check data.{param} in params.yaml" in missing.output
+        assert str(tmp_path / "set" / "nowhere.csv") in missing.output and "Traceback" not in missing.output

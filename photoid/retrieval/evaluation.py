@@ -117,6 +117,15 @@ class Ranking:
     def thresholds(self, overall: float, per_species: dict[str, float]) -> np.ndarray:
         return np.array([per_species.get(sp, overall) for sp in self.species], np.float64)
 
+    def reranked(self, candidates: Candidates) -> "Ranking":
+        """This ranking with ``candidates`` (its own re-ordered, e.g. by a fused probability), each
+        candidate keeping its gallery photos."""
+        if self.photos is None:
+            return replace(self, candidates=candidates)
+        photos = [[dict(zip(old, kept)).get(label, []) for label in new]
+                  for old, kept, new in zip(self.candidates.labels, self.photos, candidates.labels)]
+        return replace(self, candidates=candidates, photos=photos)
+
 
 @dataclass(frozen=True)
 class Shortlist:

@@ -3,8 +3,6 @@ tables, and the answers of test photos that are exact copies of training photos.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pandas as pd
 
@@ -34,7 +32,7 @@ def answer_copies(r: Ranking, copies: pd.DataFrame) -> Ranking:
         row = (row + [("", -np.inf)] * labels.shape[1])[: labels.shape[1]]
         labels[i] = [lab for lab, _ in row]
         scores[i] = [sc for _, sc in row]
-    return replace(r, candidates=Candidates(labels, scores, r.candidates.floor))
+    return r.reranked(Candidates(labels, scores, r.candidates.floor))
 
 
 def answer_scores(candidates: Candidates, row: int, answers: list[str], threshold: float) -> list[float]:

@@ -36,7 +36,7 @@ random, not by the embedding).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +79,7 @@ def rerank_queries(ranking, gallery_ids: np.ndarray, store_dirs: list[Path], rer
     cfg, width = reranker.cfg, min(reranker.width, ranking.candidates.labels.shape[1])
     evidence, _ = ranking_evidence(ranking, gallery_ids, store_dirs, cfg, width, progress, verified)
     candidates, p_new = fused_candidates(reranker.calibration, cfg, ranking.candidates, evidence)
-    return replace(ranking, candidates=candidates), p_new
+    return ranking.reranked(candidates), p_new
 
 
 def rerank_result(result, store_dir: Path, cfg: RerankConfig, threshold=None,
@@ -102,13 +102,13 @@ def rerank_result(result, store_dir: Path, cfg: RerankConfig, threshold=None,
     timing = {"pairs": len(counts), "queries": len(result.cv.image_ids) + len(result.test.image_ids), "seconds": seconds,
               "queries_per_second": (len(result.cv.image_ids) + len(result.test.image_ids)) / seconds if seconds else 0.0}
     fused = rerank_candidates(result.cv.candidates, cv_inliers, result.cv.truth, result.test.candidates, test_inliers, cfg)
-    cv = replace(result.cv, candidates=fused.cv)
+    cv = result.cv.reranked(fused.cv)
     folds, start = [], 0
     for part in result.folds:
         n = len(part.image_ids)
-        folds.append(replace(part, candidates=Candidates(fused.cv.labels[start:start + n], fused.cv.scores[start:start + n])))
+        folds.append(part.reranked(Candidates(fused.cv.labels[start:start + n], fused.cv.scores[start:start + n])))
         start += n
-    test = replace(result.test, candidates=fused.test)
+    test = result.test.reranked(fused.test)
     thresholds = choose_thresholds(cv, threshold or ThresholdRule(), per_species, min_species_queries, test)
     figures_ = {**figures(fused), "candidates": width, "photos": cfg.photos, "score": cfg.score, "local": cfg.local,
                 **timing}

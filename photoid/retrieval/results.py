@@ -1,5 +1,6 @@
-"""knn-rank's results from a fitted ranker: the test photos' predictions and submission, the metrics,
-the plots' tables and the reliability diagram of P(new individual).
+"""knn-rank's results from a fitted ranker: the test photos' predictions and submission, the verified
+matches behind their answers, the metrics, the plots' tables and the reliability diagram of P(new
+individual).
 
 A test photo with the same bytes as a training photo is answered with that photo's individual
 (flagged ``copy_of``), whatever the ranking found. The embedding ranking's own figures are reported
@@ -9,6 +10,7 @@ beside the retrained ones' (``retrain_gain``).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from photoid.metrics import NEW_INDIVIDUAL, expected_calibration_error, reliabil
 from photoid.retrieval.evaluation import load_fold_sets, rank_sets, scores
 from photoid.retrieval.outputs import answer_copies, plot_tables, predictions_table, submission
 from photoid.retrieval.ranker import Fitted, RankerConfig
+from photoid.retrieval.verification import MATCH_COLUMNS, answer_matches
 
 RELIABILITY_COLUMNS = ["bin", "predicted", "observed", "count"]
 
@@ -29,6 +32,7 @@ class ResultFiles:
     """Where knn-rank writes its results."""
 
     predictions: Path
+    matches: Path  # the verified matches behind each answer (drawn on the review page)
     submission: Path
     metrics: Path
     plots: Path  # folder of the plots' tables
@@ -43,20 +47,29 @@ def before_retrain_figures(embeddings: Path, folds: list, split: pd.DataFrame, c
     return scores(result.cv, result.thresholds)
 
 
-def write_results(fitted: Fitted, copies: pd.DataFrame, folds: list, files: ResultFiles,
+def write_results(fitted: Fitted, copies: pd.DataFrame, folds: list, files: ResultFiles, local_features: Path,
                   before: dict | None = None) -> dict:
     """Write the results of ``fitted`` (``copies``: :func:`photoid.data.duplicates.exact_copies`;
-    ``before``: :func:`before_retrain_figures`) and return the metrics written."""
+    ``local_features``: the keypoint store the matches are read from; ``before``:
+    :func:`before_retrain_figures`) and return the metrics written."""
     result, ranker = fitted.result, fitted.ranker
     result = replace(result, test=answer_copies(result.test, copies))
     test_p_new = np.where(np.isin(result.test.image_ids, copies["image_id"]), 0.0, fitted.test_p_new)
     predictions = predictions_table(result.test, result.thresholds, test_p_new, copies)
     write_parquet(predictions, files.predictions)
+    start = time.perf_counter()
+    matches = pd.DataFrame(columns=MATCH_COLUMNS)
+    if ranker.reranker is not None and result.test.photos is not None:  # re-ranking kept each answer's photos
+        matches = answer_matches(result.test, result.rows["image_id"].to_numpy(), [local_features],
+                                 ranker.config.rerank.match, [p.split(" ") for p in predictions["predictions"]])
+    write_parquet(matches, files.matches)
+    matches_seconds = time.perf_counter() - start
     with atomic_path(files.submission) as tmp:
         submission(predictions).to_csv(tmp, index=False)
     config = ranker.config
     figures = {**result.metrics(), "folds": folds, "test_folds": ranker.folds, "test_copies_answered": len(copies),
-               "neighbours": config.search.neighbours, "index": config.search.index, "rerank": config.reranking}
+               "neighbours": config.search.neighbours, "index": config.search.index, "rerank": config.reranking,
+               "matches_drawn": len(matches), "matches_seconds": matches_seconds}
     figures.update({f"embedding_{k}": fitted.embedding[k]
                     for k in ("cv_map5", "cv_map5_known", "test_map5", "test_map5_known") if k in fitted.embedding})
     if fitted.rerank_figures is not None:

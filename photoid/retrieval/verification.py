@@ -8,10 +8,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from tqdm import tqdm
 
 from photoid.errors import DataError
-from photoid.local_features import MatchConfig, count_inliers, open_stores
+from photoid.local_features import MatchConfig, count_inliers, match_points, open_stores
 from photoid.retrieval.catalogue import CatalogueConfig, CatalogueIndex, scores_for_candidates
 from photoid.retrieval.evaluation import Shortlist
 
@@ -223,3 +224,36 @@ def ranking_evidence(ranking, gallery_ids: np.ndarray, store_dirs, cfg: RerankCo
         for i, cols in enumerate(columns):
             mask[i, cols] = True
     return Evidence(lnbnn, inliers, mask), counts
+
+
+MATCH_COLUMNS = ["image_id", "individual", "gallery_id", "flipped", "inliers", "query_side", "gallery_side",
+                 "query_xy", "gallery_xy"]
+
+
+def answer_matches(ranking, gallery_ids: np.ndarray, store_dirs, match: MatchConfig,
+                   answers: list[list[str]]) -> pd.DataFrame:
+    """Why each answer was proposed, to be drawn: for each query and each known individual among its
+    ``answers``, that individual's gallery photo (of those the ranking kept for it) with the most
+    verified matches, the query as it is or mirrored (``flipped``), and the matched keypoints' positions
+    (``query_xy``, ``gallery_xy``: x, y pairs flattened, in each described region's pixels, whose longer
+    side is ``query_side`` / ``gallery_side``). No row for an answer without kept photos."""
+    store = open_stores(store_dirs)
+    rows = []
+    for i, (query, answer) in enumerate(zip(ranking.image_ids, answers)):
+        column = {label: j for j, label in enumerate(ranking.candidates.labels[i]) if label}
+        sides = {f: store.get(query, flipped=f) for f in (False, True)}
+        for label in answer:
+            if label not in column or ranking.photos is None:
+                continue
+            best = None
+            for g in ranking.photos[i][column[label]]:
+                gallery = store.get(gallery_ids[g])
+                for flipped in (False, True):
+                    q_xy, g_xy = match_points(sides[flipped], gallery, match)
+                    if best is None or len(q_xy) > best["inliers"]:  # ties: the better photo by similarity, unmirrored
+                        best = dict(image_id=query, individual=label, gallery_id=gallery_ids[g], flipped=flipped,
+                                    inliers=len(q_xy), query_side=sides[flipped].side, gallery_side=gallery.side,
+                                    query_xy=q_xy.ravel().round(1).tolist(), gallery_xy=g_xy.ravel().round(1).tolist())
+            if best is not None:
+                rows.append(best)
+    return pd.DataFrame(rows, columns=MATCH_COLUMNS)
