@@ -184,6 +184,19 @@ def _identify(root, *args):
                           capture_output=True, text=True)
 
 
+def test_the_demo_review_page_draws_a_candidates_matches_when_clicked(project, tmp_path):
+    """The report stage's page in headless Chromium: a click on the candidate with the most verified
+    matches draws the two photos from their views with a line for each match knn-rank kept."""
+    from tests.test_review_page import drawn_match
+
+    root, _ = project
+    drawn = drawn_match(root / "reports" / "review.html", tmp_path / "profile")
+    matches = pd.read_parquet(root / "data/processed/matches.parquet")
+    assert drawn["lines"] == drawn["stated"] == matches["inliers"].max() > 0
+    assert len(list((root / "reports" / "review_views").glob("*.jpg"))) == json.loads(
+        (root / "metrics/report.json").read_text())["views"] > 0
+
+
 def test_identify_answers_test_photos_exactly_as_knn_rank_did(project, tmp_path):
     root, _ = project
     images = pd.read_parquet(root / "data/interim/ingest/images.parquet")
