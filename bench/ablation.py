@@ -226,13 +226,18 @@ HEADLINE_SETS = [("cattle", "Holstein2025 cow faces (real, 82 cows)"), ("marine"
 
 
 def real_rows(name: str) -> dict[str, list[str]]:
-    """The rows of docs/results.md's real-photo table ``name`` (between its real:<name> markers), by row name."""
+    """The rows of the first table between docs/results.md's real:<name> markers (bench/real_data.py's, one
+    split), by row name."""
     content = RESULTS.read_text()
     block = content.split(f"<!-- real:{name}:start -->", 1)[1].split(f"<!-- real:{name}:end -->", 1)[0]
-    rows = {}
+    rows: dict[str, list[str]] = {}
     for line in block.splitlines():
+        if not line.startswith("|"):
+            if rows:
+                break  # the end of the first table
+            continue
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("| ") and cells[0] not in ("row",) and not cells[0].startswith("---"):
+        if cells[0] != "row" and not cells[0].startswith("---"):
             rows[cells[0]] = cells
     return rows
 

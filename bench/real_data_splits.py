@@ -30,15 +30,15 @@ def main(files: list[Path] = typer.Argument(..., help="bench/real_data.py --out 
     splits = [json.loads(Path(f).read_text()) for f in files]
     rows: dict[str, list[dict]] = {}
     for split in splits:
-        for name, figures in split["rows"].items():
-            rows.setdefault(name.split(" (")[0] if name.startswith("previous") else name, []).append(figures)
+        for row, figures in split["rows"].items():
+            rows.setdefault(row.split(" (")[0] if row.startswith("previous") else row, []).append(figures)
     print(f"{name or splits[0]['set']}: {len(splits)} splits ({', '.join(str(Path(f).stem) for f in files)}); each cell the mean "
           "over the splits (lowest–highest)\n")
     print("| row | splits | " + " | ".join(h for _, h in FIGURES) + " |")
     print("|---|---|" + "---|" * len(FIGURES))
-    for name, runs in rows.items():
+    for row, runs in rows.items():
         cells = [cell([r[k] for r in runs if r.get(k) is not None]) for k, _ in FIGURES]
-        print(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+        print(f"| {row} | {len(runs)} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
