@@ -119,11 +119,10 @@ class PseudoConfig:
     def __post_init__(self):
         if self.confidence not in CONFIDENCES:
             raise DataError(f"pseudo.confidence takes {' or '.join(CONFIDENCES)}, got {self.confidence!r}")
-        if self.threshold.strip().lower() != "auto":
-            try:
-                float(self.threshold)
-            except ValueError:
-                raise DataError(f"pseudo.threshold takes auto or a number, got {self.threshold!r}") from None
+        try:
+            self.fixed_cut
+        except ValueError:
+            raise DataError(f"pseudo.threshold takes auto or a number, got {self.threshold!r}") from None
 
     @property
     def fixed_cut(self) -> float | None:
