@@ -73,6 +73,8 @@ ROWS = [
     ("verify-20", "the default with RANSAC on the best 20 by similarity and the best 20 by LNBNN", ["rerank.verify=20"]),
     ("photo-pool", "the default with LNBNN votes pooled per gallery photo (an individual: its best photo)",
      ["rerank.lnbnn_pool=photo"]),
+    ("keypoints-250", "the default with 250 keypoints per photo (local.max_keypoints, the setting that keeps "
+                      "knn-rank at Happywhale's size under 2 hours)", ["local.max_keypoints=250"]),
     ("approximate", "the default with the approximate catalogue index (PQ codes, re-measured) however small the set",
      ["rerank.ivf_above=1000"]),
     ("local-pairwise-160", "local evidence alone as before: RANSAC inliers of the embedding's best 20, 160 px",
@@ -184,17 +186,36 @@ def photoid_row(clone: Path, overrides: list[str]) -> dict:
     m = json.loads((clone / "metrics" / "knn.json").read_text())
     top1 = m["test_top1_known"] if "test_top1_known" in m else top1_known(clone)
     return {"top1_known": top1, "map5_known": m["test_map5_known"], "map5": m["test_map5"],
-            "cv_map5_known": m.get("cv_map5_known"), "seconds": seconds}
+            "cv_map5_known": m.get("cv_map5_known"), "seconds": seconds, "per_photo": known_photo_ap(clone)}
+
+
+def _known_test(clone: Path) -> pd.DataFrame:
+    """The run's answers (predictions.parquet) of the test photos of known individuals, with their truth."""
+    predictions = pd.read_parquet(clone / "data" / "processed" / "predictions.parquet")
+    truth = pd.read_parquet(clone / "data" / "interim" / "ingest" / "test_truth.parquet")
+    both = predictions.merge(truth, on="image_id")
+    return both[both["individual"] != "new_individual"]
 
 
 def top1_known(clone: Path) -> float:
     """Top-1 over the test photos of known individuals, new_individual taken out, from a run's predictions
     (for commits whose metrics do not report it): its best known individual against the test truth."""
-    predictions = pd.read_parquet(clone / "data" / "processed" / "predictions.parquet")
-    truth = pd.read_parquet(clone / "data" / "interim" / "ingest" / "test_truth.parquet")
-    both = predictions.merge(truth, on="image_id")
-    known = both[both["individual"] != "new_individual"]
+    known = _known_test(clone)
     return float((known["top_individual"] == known["individual"]).mean())
+
+
+def known_photo_ap(clone: Path) -> dict[str, float]:
+    """Each known individual's test photo: its AP@5 with new_individual taken out of its five answers, for
+    paired comparisons of rows photo by photo (bench/real_data_splits.py). The answers file keeps five, so
+    where new_individual was among them an animal ranked fifth among the known counts 0, not 0.2: the
+    mean can sit a little below the metric's known MAP@5, never above it."""
+    known = _known_test(clone)
+    return {image: ap_at_5([x for x in answers.split() if x != "new_individual"], truth)
+            for image, answers, truth in zip(known["image_id"], known["predictions"], known["individual"])}
+
+
+def ap_at_5(ranked: list[str], truth: str) -> float:
+    return next((1.0 / (k + 1) for k, x in enumerate(ranked[:5]) if x == truth), 0.0)
 
 
 # -------------------------------------------------------------------------------------------- peer
@@ -240,9 +261,6 @@ class PeerPhotos:
             yield img, 0
 
 
-def map5_known(ranked: list[list[str]], truth: list[str]) -> tuple[float, float]:
-    ap = [next((1.0 / (k + 1) for k, x in enumerate(r[:5]) if x == t), 0.0) for r, t in zip(ranked, truth)]
-    return float(np.mean([r[0] == t for r, t in zip(ranked, truth)])), float(np.mean(ap))
 
 
 def peer_row(split: pd.DataFrame, wheel: Path, size: int, work: Path) -> dict:
@@ -258,9 +276,11 @@ def peer_row(split: pd.DataFrame, wheel: Path, size: int, work: Path) -> dict:
     individuals = np.array(sorted(set(owners)))
     per_individual = np.stack([similarity[:, owners == ind].max(axis=1) for ind in individuals], axis=1)
     order = np.argsort(-per_individual, axis=1, kind="stable")
-    top1, map5 = map5_known([list(individuals[o[:5]]) for o in order], list(known["individual"]))
-    return {"top1_known": top1, "map5_known": map5, "map5": None, "cv_map5_known": None,
-            "seconds": time.perf_counter() - start}
+    ranked = [list(individuals[o[:5]]) for o in order]
+    ap = [ap_at_5(r, t) for r, t in zip(ranked, known["individual"])]
+    return {"top1_known": float(np.mean([r[0] == t for r, t in zip(ranked, known["individual"])])),
+            "map5_known": float(np.mean(ap)), "map5": None, "cv_map5_known": None,
+            "seconds": time.perf_counter() - start, "per_photo": dict(zip(known["image_id"], ap))}
 
 
 def main(
