@@ -17,6 +17,13 @@ nothing) -> pseudo-label -> retrain (passes the model through: its training cost
 bench/train_throughput.py's) -> knn-rank (embedding similarity; the local-feature re-ranking, whose
 cost bench/rerank_cost.py measures, is off).
 
+With ``--rerank`` the local-features stage runs too (after crop) and knn-rank re-ranks as the
+defaults say (catalogue-wide LNBNN, RANSAC on the best, the fusion over the candidates), so its
+row is the whole stage at that size; ``--set key=value`` (repeatable) changes params on top, e.g.
+``--set local.max_keypoints=250 --set rerank.candidates=100``, the settings docs/scale.md names
+for Happywhale's size. knn-rank's own log lines (each part's progress and seconds) are in the
+stage log.
+
 Peak RSS is the largest sum of resident memory over the stage's process and its children, sampled
 every 0.1 s. Prints the table and writes it as JSON (``--json``).
 """
@@ -79,15 +86,24 @@ def run_stage(name: str, args: list[str], project: Path, log: Path) -> dict:
     return {"stage": name, "seconds": seconds, "peak_rss_mb": rss}
 
 
-def bench_params(project: Path, data_root: Path, img_size: int, workers: int) -> None:
+def bench_params(project: Path, data_root: Path, img_size: int, workers: int, rerank: bool = False,
+                 overrides: list[str] = ()) -> None:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"].update(source="happywhale", root=str(data_root), boxes=str(data_root / "boxes.csv"),
                           test_truth=str(data_root / "test_truth.csv"),
                           workers=workers)
-    params["crop"].update(size=img_size, workers=workers)
+    params["crop"].update(side=0, workers=workers)  # 0: the crops at train.img_size
     params["train"].update(img_size=img_size)
     params["embed"].update(workers=workers, batch_size=128)
-    params["rerank"]["enabled"] = False
+    params["ensemble"]["folds"] = [0]  # one (untrained) model: the stages' cost per model
+    params["rerank"]["enabled"] = rerank
+    params["local"]["workers"] = workers
+    for item in overrides:
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        if section not in params or name not in params[section]:
+            raise typer.BadParameter(f"{key} is no param of params.yaml", param_hint="--set")
+        params[section][name] = yaml.safe_load(value)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -125,6 +141,8 @@ def main(fraction: float = typer.Option(1.0, help="Share of Happywhale's size.")
          width: int = typer.Option(320, help="Demo photo width (height: 3/4 of it)."),
          workers: int = typer.Option(2, help="Processes for ingest, crop and embed."),
          json_out: Path = typer.Option(None, "--json", help="Also write the rows to this JSON file."),
+         rerank: bool = typer.Option(False, help="Run local-features and re-rank in knn-rank as the defaults do."),
+         overrides: list[str] = typer.Option([], "--set", help="A param on top (key=value), repeatable."),
          keep: bool = typer.Option(False, help="Keep the scratch folder.")):
     if workdir.exists():
         shutil.rmtree(workdir)
@@ -140,12 +158,17 @@ def main(fraction: float = typer.Option(1.0, help="Share of Happywhale's size.")
           f"of {counts['individuals']} + {counts['new_individuals']} individuals, {cfg.width}x{cfg.height} px, generated "
           f"in {generated:.0f} s; machine: {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB",
           flush=True)
-    bench_params(project, data_root, img_size, workers)
+    bench_params(project, data_root, img_size, workers, rerank, overrides)
     rows = [run_stage("ingest", ["ingest.py"], project, log)]
     rows[-1]["photos"] = photos
     given_boxes(project)
     for name, args in [("crop", ["crop.py"]), ("filter", ["filter.py"]), ("split", ["split.py"])]:
         rows.append({**run_stage(name, args, project, log), "photos": photos})
+    if rerank:
+        rows.append({**run_stage("local-features", ["local_features.py"], project, log), "photos": photos})
+        store = json.loads((project / "metrics/local_features.json").read_text())
+        print(f"local-features: {store['keypoints_per_crop']:.0f} keypoints per photo, "
+              f"{store['store_mb_per_1000_photos']:.0f} MB per 1,000 photos", flush=True)
     untrained_dolg(project, img_size)
     rows.append({**run_stage("embed", ["embed.py", "--fold", "0"], project, log), "photos": photos})
     test = int((pd.read_parquet(project / paths.CROPS_TABLE)["part"] == "test").sum())
@@ -161,7 +184,8 @@ def main(fraction: float = typer.Option(1.0, help="Share of Happywhale's size.")
     print(f"knn-rank ranked {knn.get('test_images')} test photos against the gallery and "
           f"{knn.get('cv_queries', '?')} CV queries; stage logs: {log}")
     if json_out:
-        json_out.write_text(json.dumps({"fraction": fraction, "demo": counts, "generate_s": generated,
+        json_out.write_text(json.dumps({"fraction": fraction, "rerank": rerank, "set": overrides, "demo": counts,
+                                        "generate_s": generated,
                                         "width": cfg.width, "height": cfg.height, "img_size": img_size,
                                         "cpus": os.cpu_count(), "rows": rows}, indent=1))
     if not keep:

@@ -70,7 +70,9 @@ def identify(
             print(f"{row.image}\t{row.predictions}\t({scores})")
     for row in rejected.itertuples():
         print(f"not answered: {row.path}: {row.reason}", file=sys.stderr)
+    copies = int((answers["copy_of"].fillna("") != "").sum()) if len(answers) else 0
     print(f"photoid identify: {len(answers)} answered, {len(rejected)} not, in {time.perf_counter() - start:.1f} s"
+          + (f"; {copies} exact copies of training photos, answered with their individual" if copies else "")
           + (f"; answers in {out}" if out is not None else ""), file=sys.stderr)
     if not len(answers):
         raise typer.Exit(2 if len(rejected) else 0)

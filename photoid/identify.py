@@ -6,7 +6,8 @@ the crop stage crops, described by SIFT as local-features describes, embedded by
 retrained model with the same flips, and ranked against the whole training gallery with
 the ranker knn-rank fitted and saved (:class:`photoid.retrieval.ranker.Ranker`: the ranking, the
 fusion fitted on its CV queries, the new_individual threshold(s)). So a test photo gets exactly the
-answer it has in ``submission.csv``.
+answer it has in ``submission.csv``. A photo with the same bytes as a training photo is answered, as
+knn-rank answers such a test photo, with that photo's individual at score 1 (``copy_of`` names it).
 
 What it loads, once: the ranker knn-rank saved (``models/ranker``), the folds' models and their
 gallery embeddings, the keypoint store, the detector; from the workspace by default, or from the
@@ -120,7 +121,7 @@ class Identifier:
         from photoid.detect import BOXES_COLUMNS, full_frame_box, predict_boxes
         from photoid.embed import EmbeddingSet, embed_checkpoint
         from photoid.local_features import write_store
-        from photoid.retrieval.outputs import predictions_table
+        from photoid.retrieval.outputs import answer_copies_certain, predictions_table
         from photoid.retrieval.verification import answer_matches
         from photoid.runtime import pick_device
 
@@ -142,7 +143,9 @@ class Identifier:
                             self.keypoints, workers=1, progress=self.progress)
                 stores = [self.store, tmp / "keypoints"]
             ranking, p_new = r.answer(sets, stores, progress=self.progress)
-            table = predictions_table(ranking, r.thresholds, p_new)
+            copies = self.copies(images)
+            ranking, p_new = answer_copies_certain(ranking, p_new, copies)
+            table = predictions_table(ranking, r.thresholds, p_new, copies)
             if html is not None:  # while the query crops and keypoints exist
                 matches = None
                 if r.reranker is not None:  # why each answer was proposed, drawn on the page
@@ -157,9 +160,23 @@ class Identifier:
             rows.append(dict(image=t.path, predictions=t.predictions,
                              **{f"id{n + 1}": top[n] for n in range(5)},
                              **{f"score{n + 1}": (None if top[n] == NEW_INDIVIDUAL else scores[n]) for n in range(5)},
-                             threshold=t.threshold, p_new=getattr(t, "p_new", None),
+                             threshold=t.threshold, p_new=getattr(t, "p_new", None), copy_of=t.copy_of,
                              box_x1=t.x1, box_y1=t.y1, box_x2=t.x2, box_y2=t.y2, box_source=t.box_source))
         return pd.DataFrame(rows, columns=ANSWER_COLUMNS)
+
+    def copies(self, images: pd.DataFrame) -> pd.DataFrame:
+        """The photos of ``images`` (ingest's table) with the same bytes as a training photo of the
+        workspace: image_id, duplicate_of (that training photo's path), individual (its individual)."""
+        from photoid.io import read_parquet
+
+        columns = ["image_id", "duplicate_of", "individual"]
+        gallery = read_parquet(self.root / paths.IMAGES_TABLE)
+        if "sha1" not in gallery.columns:
+            raise DataError(f"{self.root / paths.IMAGES_TABLE} was written by an older photoid (no sha1 column): "
+                            "run the pipeline again (`dvc repro`) before identifying photos.")
+        train = gallery[gallery["part"] == TRAIN].drop_duplicates("sha1")
+        found = images[["image_id", "sha1"]].merge(train[["sha1", "path", "individual"]], on="sha1")
+        return found.rename(columns={"path": "duplicate_of"})[columns].reset_index(drop=True)
 
 
     def _review_page(self, out: Path, table: pd.DataFrame, sets, crops: pd.DataFrame, images: pd.DataFrame,
@@ -189,7 +206,7 @@ class Identifier:
 
 
 ANSWER_COLUMNS = ["image", "predictions", *[f"id{n}" for n in range(1, 6)], *[f"score{n}" for n in range(1, 6)],
-                  "threshold", "p_new", "box_x1", "box_y1", "box_x2", "box_y2", "box_source"]
+                  "threshold", "p_new", "copy_of", "box_x1", "box_y1", "box_x2", "box_y2", "box_source"]
 
 
 def _with_queries(gallery, queries):

@@ -12,13 +12,15 @@ from tests.pipeline import REPO
 
 
 @pytest.mark.slow
-def test_the_scale_bench_runs_every_stage_on_a_generated_set_and_reports_each(tmp_path):
+@pytest.mark.parametrize("rerank", [False, True])
+def test_the_scale_bench_runs_every_stage_on_a_generated_set_and_reports_each(tmp_path, rerank):
+    more = ["--rerank", "--set", "local.max_keypoints=250", "--set", "rerank.candidates=100"] if rerank else []
     out = subprocess.run([sys.executable, "bench/scale.py", "--fraction", "0.004", "--workdir", str(tmp_path / "w"),
-                          "--json", str(tmp_path / "scale.json")], cwd=REPO, capture_output=True, text=True)
+                          "--json", str(tmp_path / "scale.json"), *more], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     report = json.loads((tmp_path / "scale.json").read_text())
-    assert [r["stage"] for r in report["rows"]] == ["ingest", "crop", "filter", "split", "embed", "pseudo-label",
-                                                    "retrain", "knn-rank"]
+    assert [r["stage"] for r in report["rows"]] == ["ingest", "crop", "filter", "split", *(["local-features"] * rerank),
+                                                    "embed", "pseudo-label", "retrain", "knn-rank"]
     assert all(r["seconds"] > 0 and r["peak_rss_mb"] > 0 and r["photos"] > 0 for r in report["rows"])
     assert report["demo"]["individuals"] == 60 and not (tmp_path / "w").exists()  # the scratch folder is removed
 
@@ -91,3 +93,26 @@ def test_the_headline_table_is_built_from_the_results_tables_and_the_demo_metric
             if line.startswith("| ")][1:]
     assert rows[0][1:] == ["0.700", "0.770", "0.680", "0.600", "0.150"]  # the first table's (one split)
     assert rows[2][1:] == ["0.700", "0.800", "0.820", "0.750", "–"]
+
+
+def test_rows_paired_photo_by_photo_get_intervals_that_tell_a_real_gap_from_none():
+    """bench/real_data_splits.py: a row compared with itself differs by exactly 0 (ratio 1); a row better on
+    every photo has its whole interval above 0 and above 1x; one photo's gain over 40 photos straddles 0."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import numpy as np
+    from real_data_splits import paired, photo_pairs
+
+    rng = np.random.default_rng(0)
+    b = rng.choice([0.0, 0.2, 0.25, 1 / 3, 0.5, 1.0], size=40)
+    (d, lo, hi), (r, rlo, rhi) = paired(b, b)
+    assert (d, lo, hi) == (0, 0, 0) and (r, rlo, rhi) == (1, 1, 1)
+    (d, lo, hi), (r, rlo, rhi) = paired(np.minimum(b + 0.3, 1.0), b)
+    assert 0 < lo <= d <= hi and rlo > 1
+    one = b.copy()
+    one[np.argmin(b)] = 1.0
+    (d, lo, hi), _ = paired(one, b)
+    assert lo <= 0 < d <= hi
+    splits = [{"rows": {"default": {"per_photo": {"a": 1.0, "b": 0.5}}, "previous (abc1234)": {"per_photo": {"a": 0.5}}}},
+              {"rows": {"default": {"per_photo": {"a": 0.2}}}}]
+    x, y = photo_pairs(splits, "default", "previous")  # only the photos both rows answered, in splits with both
+    assert x.tolist() == [1.0] and y.tolist() == [0.5]

@@ -221,6 +221,27 @@ def test_identify_answers_test_photos_exactly_as_knn_rank_did(project, tmp_path)
     assert set(data["thumbs"]) == shown and all(t.startswith("data:image/jpeg;base64,") for t in data["thumbs"].values())
 
 
+def test_identify_answers_a_copy_of_a_training_photo_with_its_individual(project, tmp_path):
+    """The same bytes under another name: that photo's individual first at score 1, P(new) 0, the training
+    photo named; a photo of the same individual that is no copy keeps its ranked answer."""
+    import shutil
+
+    root, _ = project
+    images = pd.read_parquet(root / "data/interim/ingest/images.parquet")
+    train = images[images.part == "train"].iloc[3]
+    shutil.copy(root / train["path"], tmp_path / "renamed.jpg")
+    other = images[images.part == "test"].iloc[0]
+    done = _identify(root, str(tmp_path / "renamed.jpg"), str(root / other["path"]), "--out", str(tmp_path / "a.csv"), "-q")
+    assert done.returncode == 0, done.stderr
+    answers = pd.read_csv(tmp_path / "a.csv", keep_default_na=False).set_index("image")
+    copy = answers.loc[str(tmp_path / "renamed.jpg")]
+    assert (copy["id1"], float(copy["score1"]), float(copy["p_new"])) == (train["individual"], 1.0, 0.0)
+    assert copy["copy_of"] == train["path"] and "1 exact copies of training photos" in done.stderr
+    assert answers.loc[str(root / other["path"]), "copy_of"] == ""
+    submitted = pd.read_csv(root / "data/processed/submission.csv").set_index("image")["predictions"]
+    assert answers.loc[str(root / other["path"]), "predictions"] == submitted[other["image_id"]]
+
+
 def test_identify_answers_what_it_can_and_names_what_it_cannot(project, tmp_path):
     root, _ = project
     photo = pd.read_parquet(root / "data/interim/ingest/images.parquet").query("part == 'test'")["path"].iloc[0]

@@ -16,6 +16,8 @@ width, height  int64    size of the upright image (EXIF orientation applied), in
 box_x1 .. y2   float64  the animal's box in upright pixel coordinates; NaN where the set has none
 other_boxes    list     other animals' boxes in the photo, x1, y1, x2, y2 after one another (the
                         detector trains on them; the photo's label is the box_x1 .. y2 animal's)
+sha1           str      SHA-1 of the file's bytes: a photo given again (to ``photoid identify``, or as a test
+                        photo) is known as an exact copy by it
 =============  =======  ==========================================================================
 
 ``rejected.parquet``: image_id, path, part, individual, species, reason: every listed path that
@@ -45,7 +47,7 @@ DETECTED, FULL_FRAME = "detector", "full_frame"  # box_source: where a crop's bo
 BOX_COLUMNS = ["box_x1", "box_y1", "box_x2", "box_y2"]
 LISTING_COLUMNS = ["image_id", "path", "part", "individual", "species", "group", *BOX_COLUMNS, "other_boxes", "origin"]
 IMAGE_COLUMNS = ["image_id", "path", "part", "individual", "species", "group", "width", "height", *BOX_COLUMNS,
-                 "other_boxes"]
+                 "other_boxes", "sha1"]
 REJECTED_COLUMNS = ["image_id", "path", "part", "individual", "species", "reason"]
 TRUTH_COLUMNS = ["image_id", "individual"]
 UNKNOWN_SPECIES = "unknown"

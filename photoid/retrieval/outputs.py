@@ -35,6 +35,14 @@ def answer_copies(r: Ranking, copies: pd.DataFrame) -> Ranking:
     return r.reranked(Candidates(labels, scores, r.candidates.floor))
 
 
+def answer_copies_certain(r: Ranking, p_new: np.ndarray | None, copies: pd.DataFrame) -> tuple[Ranking, np.ndarray | None]:
+    """:func:`answer_copies`, and the copies' probability of a new individual 0 (the same bytes as a
+    training photo: a known animal)."""
+    if p_new is not None:
+        p_new = np.where(np.isin(r.image_ids, copies["image_id"]), 0.0, p_new)
+    return answer_copies(r, copies), p_new
+
+
 def answer_scores(candidates: Candidates, row: int, answers: list[str], threshold: float) -> list[float]:
     """The score of each of a query's answers: its candidate's score, the threshold for new_individual."""
     score = dict(zip(candidates.labels[row], candidates.scores[row].astype(np.float64)))

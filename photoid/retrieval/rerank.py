@@ -91,9 +91,9 @@ def rerank_result(result, store_dir: Path, cfg: RerankConfig, threshold=None,
         return min(cfg.candidates or 10**9, r.candidates.labels.shape[1])
 
     ids = result.rows["image_id"].to_numpy()
-    start_time, counts, parts = time.perf_counter(), {}, []
+    start_time, counts, parts, part_seconds = time.perf_counter(), {}, [], {}
     for r in tqdm([*result.folds, result.test], desc=f"re-rank ({cfg.local})", unit="gallery", disable=not progress):
-        evidence, verified = ranking_evidence(r, ids, [store_dir], cfg, width_of(r), progress, counts)
+        evidence, verified = ranking_evidence(r, ids, [store_dir], cfg, width_of(r), progress, counts, part_seconds)
         counts.update(verified)
         parts.append(evidence)
     width = width_of(result.test)  # the test photos' gallery holds every individual: what identify answers from
@@ -101,6 +101,7 @@ def rerank_result(result, store_dir: Path, cfg: RerankConfig, threshold=None,
     seconds = time.perf_counter() - start_time
     timing = {"pairs": len(counts), "queries": len(result.cv.image_ids) + len(result.test.image_ids), "seconds": seconds,
               "queries_per_second": (len(result.cv.image_ids) + len(result.test.image_ids)) / seconds if seconds else 0.0}
+    start_time = time.perf_counter()
     fused = rerank_candidates(result.cv.candidates, cv_inliers, result.cv.truth, result.test.candidates, test_inliers, cfg)
     cv = result.cv.reranked(fused.cv)
     folds, start = [], 0
@@ -110,6 +111,9 @@ def rerank_result(result, store_dir: Path, cfg: RerankConfig, threshold=None,
         start += n
     test = result.test.reranked(fused.test)
     thresholds = choose_thresholds(cv, threshold or ThresholdRule(), per_species, min_species_queries, test)
+    # where the time goes: the local scores over the catalogue, RANSAC, the fusion (with the thresholds)
+    timing.update({f"{part}_seconds": s for part, s in part_seconds.items()},
+                  fusion_seconds=time.perf_counter() - start_time)
     figures_ = {**figures(fused), "candidates": width, "photos": cfg.photos, "score": cfg.score, "local": cfg.local,
                 **timing}
     return RerankOutcome(RankResult(folds, cv, thresholds, test, result.rows), fused.cv_p_new, fused.test_p_new, figures_,

@@ -14,13 +14,12 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from photoid.io import atomic_path, write_json, write_parquet
 from photoid.metrics import NEW_INDIVIDUAL, expected_calibration_error, reliability_bins
 from photoid.retrieval.evaluation import load_fold_sets, rank_sets, scores
-from photoid.retrieval.outputs import answer_copies, plot_tables, predictions_table, submission
+from photoid.retrieval.outputs import answer_copies_certain, plot_tables, predictions_table, submission
 from photoid.retrieval.ranker import Fitted, RankerConfig
 from photoid.retrieval.verification import MATCH_COLUMNS, answer_matches
 
@@ -53,8 +52,8 @@ def write_results(fitted: Fitted, copies: pd.DataFrame, folds: list, files: Resu
     ``local_features``: the keypoint store the matches are read from; ``before``:
     :func:`before_retrain_figures`) and return the metrics written."""
     result, ranker = fitted.result, fitted.ranker
-    result = replace(result, test=answer_copies(result.test, copies))
-    test_p_new = np.where(np.isin(result.test.image_ids, copies["image_id"]), 0.0, fitted.test_p_new)
+    test, test_p_new = answer_copies_certain(result.test, fitted.test_p_new, copies)
+    result = replace(result, test=test)
     predictions = predictions_table(result.test, result.thresholds, test_p_new, copies)
     write_parquet(predictions, files.predictions)
     start = time.perf_counter()

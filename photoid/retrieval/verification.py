@@ -4,6 +4,7 @@ gallery photos (:func:`photoid.local_features.count_inliers`), the pairs verifie
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -204,19 +205,26 @@ class Evidence:
 
 
 def ranking_evidence(ranking, gallery_ids: np.ndarray, store_dirs, cfg: RerankConfig, width: int,
-                     progress: bool = True, verified: dict | None = None) -> tuple[Evidence, dict]:
+                     progress: bool = True, verified: dict | None = None,
+                     seconds: dict | None = None) -> tuple[Evidence, dict]:
     """The local evidence of a ranking's first ``width`` candidates, as ``cfg.local`` says, and the pair
     counts it verified. ``gallery_ids``: the image_id of each row the ranking's photos point to;
-    ``verified``: pair counts verified before, not verified again."""
+    ``verified``: pair counts verified before, not verified again; ``seconds``: the time of the
+    catalogue scoring and of the verification is added to its ``catalogue`` and ``verify``."""
+    seconds = {} if seconds is None else seconds
     labels = ranking.candidates.labels[:, :width]
+    start = time.perf_counter()
     lnbnn = catalogue_evidence(ranking, store_dirs, cfg, width) if cfg.local == "catalogue" else None
+    seconds["catalogue"] = seconds.get("catalogue", 0.0) + time.perf_counter() - start
     if cfg.local == "catalogue" and cfg.verify == 0:
         return Evidence(lnbnn, None), {}
     if ranking.photos is None:
         raise ValueError("the ranking must keep its candidates' photos (Shortlist(photos=...))")
+    start = time.perf_counter()
     columns = verification_columns(lnbnn, labels != "", cfg.verify) if lnbnn is not None else None
     pairs = shortlist_pairs(ranking.image_ids, labels, ranking.photos, gallery_ids, width, cfg.photos, columns)
     counts = verify_pairs([(q, g) for _, _, q, g in pairs], store_dirs, cfg.match, cfg.workers, progress, verified)
+    seconds["verify"] = seconds.get("verify", 0.0) + time.perf_counter() - start
     inliers = inlier_matrix(pairs, labels.shape, counts)
     mask = None
     if columns is not None:
