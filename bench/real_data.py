@@ -75,6 +75,9 @@ ROWS = [
      ["rerank.lnbnn_pool=photo"]),
     ("keypoints-250", "the default with 250 keypoints per photo (local.max_keypoints, the setting that keeps "
                       "knn-rank at Happywhale's size under 2 hours)", ["local.max_keypoints=250"]),
+    ("keypoints-1000", "the default with 1,000 keypoints per photo (local.max_keypoints)", ["local.max_keypoints=1000"]),
+    ("long-512", "the default with the box region described at 512 px on its longer side (local.long_side)",
+     ["local.long_side=512"]),
     ("approximate", "the default with the approximate catalogue index (PQ codes, re-measured) however small the set",
      ["rerank.ivf_above=1000"]),
     ("local-pairwise-160", "local evidence alone as before: RANSAC inliers of the embedding's best 20, 160 px",

@@ -93,6 +93,16 @@ def test_the_headline_table_is_built_from_the_results_tables_and_the_demo_metric
             if line.startswith("| ")][1:]
     assert rows[0][1:] == ["0.700", "0.770", "0.680", "0.600", "0.150"]  # the first table's (one split)
     assert rows[2][1:] == ["0.700", "0.800", "0.820", "0.750", "–"]
+    # a table over several splits with the default, embedding and peer rows: its means are the headline's
+    splits = ("\n| row | splits | known top-1 | known MAP@5 | MAP@5 with new_individual | CV known MAP@5 |\n"
+              "|---|---|---|---|---|---|\n| peer | 8 | 0.400 (0.2–0.5) | 0.530 (0.3–0.7) | – | – |\n"
+              "| default | 8 | 0.690 (0.5–0.8) | 0.800 (0.7–0.9) | 0.710 (0.6–0.8) | 0.660 (0.4–0.8) |\n"
+              "| embedding | 8 | 0.620 (0.5–0.8) | 0.760 (0.7–0.8) | 0.660 (0.5–0.7) | 0.610 (0.4–0.8) |\n")
+    results.write_text(f"<!-- real:cattle:start -->\n{table}<!-- real:cattle:end -->\n"
+                       f"<!-- real:marine:start -->\n{table}{splits}<!-- real:marine:end -->\n")
+    lines = [line for line in ablation.headline().splitlines() if line.startswith("| ")][1:]
+    marine = [c.strip() for c in lines[1].strip("|").split("|")]
+    assert marine[1:] == ["0.690", "0.800", "0.710", "0.760", "0.530"] and "mean of 8 splits" in marine[0]
 
 
 def test_rows_paired_photo_by_photo_get_intervals_that_tell_a_real_gap_from_none():
