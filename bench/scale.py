@@ -25,7 +25,9 @@ for Happywhale's size. knn-rank's own log lines (each part's progress and second
 stage log.
 
 Peak RSS is the largest sum of resident memory over the stage's process and its children, sampled
-every 0.1 s. Prints the table and writes it as JSON (``--json``).
+every 0.1 s; peak anon the same for their anonymous memory alone (what a stage allocates; RSS also
+counts the pages of files it maps, such as the keypoint store, which the page cache holds). Prints
+the table and writes it as JSON (``--json``).
 """
 
 from __future__ import annotations
@@ -59,17 +61,29 @@ app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=F
 HAPPYWHALE = dict(individuals=15_000, new_individuals=6_500, mean_images=3.4, test_known_fraction=1.0, test_per_new=2)
 
 
-def peak_rss(proc: subprocess.Popen, every: float = 0.1) -> tuple[int, float]:
-    """Wait for ``proc``; return its exit code and the peak sum of RSS over it and its children (MB)."""
-    peak, root = 0, psutil.Process(proc.pid)
+def anonymous_bytes(process: psutil.Process) -> int:
+    """The process's anonymous resident memory (RssAnon: its own heap and arrays, not the pages of files
+    it maps, such as the keypoint store, which the kernel's page cache holds and can drop)."""
+    for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    return process.memory_info().rss
+
+
+def peak_rss(proc: subprocess.Popen, every: float = 0.1) -> tuple[int, float, float]:
+    """Wait for ``proc``; return its exit code, the peak sum of RSS over it and its children (MB) and the
+    peak sum of their anonymous memory (MB)."""
+    peak, peak_anon, root = 0, 0, psutil.Process(proc.pid)
     while proc.poll() is None:
         try:
-            total = root.memory_info().rss + sum(c.memory_info().rss for c in root.children(recursive=True))
-        except psutil.Error:
-            total = 0
-        peak = max(peak, total)
+            processes = [root, *root.children(recursive=True)]
+            total = sum(c.memory_info().rss for c in processes)
+            anon = sum(anonymous_bytes(c) for c in processes)
+        except (psutil.Error, OSError):
+            total = anon = 0
+        peak, peak_anon = max(peak, total), max(peak_anon, anon)
         time.sleep(every)
-    return proc.returncode, peak / 2**20
+    return proc.returncode, peak / 2**20, peak_anon / 2**20
 
 
 def run_stage(name: str, args: list[str], project: Path, log: Path) -> dict:
@@ -79,11 +93,11 @@ def run_stage(name: str, args: list[str], project: Path, log: Path) -> dict:
         f.flush()
         proc = subprocess.Popen([sys.executable, str(REPO / "stages" / args[0]), *args[1:]], cwd=project, stdout=f,
                                 stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
-        code, rss = peak_rss(proc)
+        code, rss, anon = peak_rss(proc)
     seconds = time.perf_counter() - t0
     if code:
         raise SystemExit(f"{name} failed (exit {code}); its output is in {log}")
-    return {"stage": name, "seconds": seconds, "peak_rss_mb": rss}
+    return {"stage": name, "seconds": seconds, "peak_rss_mb": rss, "peak_anon_mb": anon}
 
 
 def bench_params(project: Path, data_root: Path, img_size: int, workers: int, rerank: bool = False,
@@ -177,10 +191,16 @@ def main(fraction: float = typer.Option(1.0, help="Share of Happywhale's size.")
                  "photos": photos})
     rows.append({**run_stage("knn-rank", ["knn_rank.py"], project, log), "photos": test})
     knn = json.loads((project / "metrics/knn.json").read_text())
-    print(f"\n{'stage':<14} {'photos':>8} {'seconds':>9} {'photos/s':>9} {'peak RSS MB':>12}")
+    print(f"\n{'stage':<14} {'photos':>8} {'seconds':>9} {'photos/s':>9} {'peak RSS MB':>12} {'peak anon MB':>13}")
     for r in rows:
         r["photos_per_s"] = r["photos"] / r["seconds"]
-        print(f"{r['stage']:<14} {r['photos']:>8} {r['seconds']:>9.1f} {r['photos_per_s']:>9.1f} {r['peak_rss_mb']:>12.0f}")
+        print(f"{r['stage']:<14} {r['photos']:>8} {r['seconds']:>9.1f} {r['photos_per_s']:>9.1f} {r['peak_rss_mb']:>12.0f} "
+              f"{r['peak_anon_mb']:>13.0f}")
+    figures = knn.get("rerank_figures") or {}
+    if figures:
+        print("knn-rank's re-ranking: " + ", ".join(f"{k.removesuffix('_seconds')} {figures[k]:.1f} s" for k in
+                                                    ("catalogue_seconds", "verify_seconds", "fusion_seconds") if k in figures)
+              + f", {figures.get('pairs', 0)} pairs verified")
     print(f"knn-rank ranked {knn.get('test_images')} test photos against the gallery and "
           f"{knn.get('cv_queries', '?')} CV queries; stage logs: {log}")
     if json_out:
