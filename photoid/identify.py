@@ -69,6 +69,7 @@ class Identifier:
         from photoid.retrieval.ranker import Ranker
 
         self.root, self.progress = Path(root), progress
+        self._training_hashes: pd.DataFrame | None = None  # sha1, path, individual of the training photos
         ranker = self.root / paths.RANKER_DIR
         if not ranker.exists():
             raise DataError(f"{ranker} does not exist: run the pipeline first (`dvc repro` in {self.root.resolve()}), "
@@ -169,13 +170,15 @@ class Identifier:
         workspace: image_id, duplicate_of (that training photo's path), individual (its individual)."""
         from photoid.io import read_parquet
 
+        if self._training_hashes is None:  # read once per workspace, not once per batch
+            gallery = read_parquet(self.root / paths.IMAGES_TABLE)
+            if "sha1" not in gallery.columns:
+                raise DataError(f"{self.root / paths.IMAGES_TABLE} was written by an older photoid (no sha1 column): "
+                                "run the pipeline again (`dvc repro`) before identifying photos.")
+            train = gallery[gallery["part"] == TRAIN].drop_duplicates("sha1")
+            self._training_hashes = train[["sha1", "path", "individual"]]
         columns = ["image_id", "duplicate_of", "individual"]
-        gallery = read_parquet(self.root / paths.IMAGES_TABLE)
-        if "sha1" not in gallery.columns:
-            raise DataError(f"{self.root / paths.IMAGES_TABLE} was written by an older photoid (no sha1 column): "
-                            "run the pipeline again (`dvc repro`) before identifying photos.")
-        train = gallery[gallery["part"] == TRAIN].drop_duplicates("sha1")
-        found = images[["image_id", "sha1"]].merge(train[["sha1", "path", "individual"]], on="sha1")
+        found = images[["image_id", "sha1"]].merge(self._training_hashes, on="sha1")
         return found.rename(columns={"path": "duplicate_of"})[columns].reset_index(drop=True)
 
 
