@@ -619,7 +619,7 @@ def test_a_saved_fusion_gives_the_same_probabilities_once_loaded(tmp_path):
 def test_a_ranker_of_another_format_version_stops_with_what_to_run(tmp_path):
     import json
 
-    from photoid.retrieval.ranker import Ranker
+    from photoid.retrieval.ranker import FORMAT_VERSION, Ranker
 
     split, truth = _planted(tmp_path)
     fitted = Ranker.fit(_ranker_config("rerank.enabled=false"), load_fold_sets(tmp_path / "emb", [0, 1]), [0, 1], split,
@@ -627,7 +627,7 @@ def test_a_ranker_of_another_format_version_stops_with_what_to_run(tmp_path):
     fitted.ranker.save(tmp_path / "ranker")
     manifest = tmp_path / "ranker" / "manifest.json"
     m = json.loads(manifest.read_text())
-    assert m["format"] == "photoid-ranker" and m["format_version"] == 1 and m["photoid_version"]
+    assert m["format"] == "photoid-ranker" and m["format_version"] == FORMAT_VERSION and m["photoid_version"]
     manifest.write_text(json.dumps({**m, "format_version": 99, "photoid_version": "9.9"}))
     with pytest.raises(DataError, match=r"version 99 \(written by photoid 9.9\).*dvc repro knn-rank"):
         Ranker.load(tmp_path / "ranker")

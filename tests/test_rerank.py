@@ -250,6 +250,18 @@ def test_a_feature_that_speaks_against_a_match_gets_no_weight():
     assert model.coef[0] > 0.5 and model.coef[1] == 0.0
 
 
+def test_the_fusion_prior_holds_a_fit_on_few_pairs_and_yields_to_many():
+    def fitted_coef(n: int, prior: float) -> float:
+        rng = np.random.default_rng(n)
+        x = rng.normal(size=(n, 1))
+        y = (rng.random(n) < 1 / (1 + np.exp(-2 * x[:, 0]))).astype(float)
+        return MonotoneLogistic(prior).fit(x, y).coef[0]
+
+    assert fitted_coef(100, 30.0) < 0.5 * fitted_coef(100, 0.0)  # a hundred pairs: the weight is held back
+    assert fitted_coef(20000, 30.0) > 0.95 * fitted_coef(20000, 0.0)  # twenty thousand: the data decide
+    assert abs(fitted_coef(20000, 0.0) - 2.0) < 0.1
+
+
 def test_inliers_lift_the_true_individual_that_the_embedding_ranked_second():
     cands, inliers, truth = _synthetic_cv(seed=2)
     result = rerank_candidates(cands, inliers, truth, cands, inliers, _rerank(calibration_folds=5))

@@ -47,12 +47,19 @@ def pair_features(similarity: np.ndarray, inliers: np.ndarray, valid: np.ndarray
 
 
 class MonotoneLogistic:
-    """Logistic regression with every coefficient >= 0 (L-BFGS-B with bounds, a small L2 penalty on
-    standardised features): its probability is non-decreasing in every feature. With one class only
-    it predicts that class's share."""
+    """Logistic regression with every coefficient >= 0 (L-BFGS-B with bounds): its probability is
+    non-decreasing in every feature. With one class only it predicts that class's share.
 
-    def __init__(self, l2: float = 1e-3):
-        self.l2 = l2
+    The coefficients of the standardised features carry a Gaussian prior at 0 of weight ``prior``
+    (an L2 penalty ``prior / 2 * |w|^2`` on the summed log-loss, as in L2-regularised logistic
+    regression with C = 1 / prior). Its weight is fixed while the data's grows with the examples, so a
+    fit on a hundred candidate pairs keeps its weights small (a few CV queries cannot fit six of them),
+    one on tens of thousands lets the data decide. ``l2``: the penalty per example of the last fit
+    (prior / examples)."""
+
+    def __init__(self, prior: float = 1.0):
+        self.prior = prior
+        self.l2 = 0.0
         self.coef = None
         self.intercept = 0.0
 
@@ -65,6 +72,7 @@ class MonotoneLogistic:
         mean, std = x.mean(axis=0), x.std(axis=0)
         std = np.where(std > 1e-12, std, 1.0)
         z = (x - mean) / std
+        self.l2 = self.prior / len(y)
         share = np.clip(y.mean(), 1e-6, 1 - 1e-6)
         if y.min() == y.max():
             self.coef, self.intercept = np.zeros(x.shape[1]), float(np.log(share / (1 - share)))
@@ -134,9 +142,9 @@ class Calibration:
 
     @staticmethod
     def fit(features: np.ndarray, valid: np.ndarray, truth_hits: np.ndarray, is_new: np.ndarray,
-            columns: list[int] | None = None) -> "Calibration":
+            columns: list[int] | None = None, prior: float = 1.0) -> "Calibration":
         x = features if columns is None else features[..., columns]
-        same = MonotoneLogistic().fit(x[valid], truth_hits[valid])
+        same = MonotoneLogistic(prior).fit(x[valid], truth_hits[valid])
         return Calibration(same, NewIndividualCalibration().fit(_best(_p_same(same, x, valid)), is_new), columns)
 
     def apply(self, features: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -240,14 +248,14 @@ def rerank_candidates(cv: Candidates, cv_inliers: "Evidence | np.ndarray", cv_tr
     for choice, columns in choices.items():
         p_cv, p_new_cv = np.full(cv_labels.shape, -np.inf), np.zeros(len(cv_labels))
         for rest, held in crossfit_folds(len(cv_labels), cfg.calibration_folds, cfg.seed):
-            model = Calibration.fit(cv_x[rest], cv_valid[rest], hits[rest], is_new[rest], columns)
+            model = Calibration.fit(cv_x[rest], cv_valid[rest], hits[rest], is_new[rest], columns, cfg.calibration_prior)
             p_cv[held], p_new_cv[held] = model.apply(cv_x[held], cv_valid[held])
         ranked = _sorted(cv_labels, p_cv, _tie_rng(cfg))
         found = map_at_k([list(r) for r in ranked.labels[known]], list(truth[known])) if known.any() else 0.0
         if best is None or found > best[0]:  # ties keep the earlier: all the evidence first
             best = (found, choice, columns, ranked, p_new_cv)
     _, choice, columns, cv_ranked, p_new_cv = best
-    full = Calibration.fit(cv_x, cv_valid, hits, is_new, columns)
+    full = Calibration.fit(cv_x, cv_valid, hits, is_new, columns, cfg.calibration_prior)
     p_test, p_new_test = full.apply(test_x, test_valid)
     return Reranked(cv_ranked, _sorted(test_labels, p_test, _tie_rng(cfg)), p_new_cv, p_new_test, full,
                     names if columns is None else [names[i] for i in columns], choice)

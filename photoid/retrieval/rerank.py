@@ -21,7 +21,8 @@ For each query (CV and test alike):
    candidates (as 1/rank), and each kind of local evidence read against the query's own candidates
    (above their median; the leader's lead over the next), into P(same individual). Its
    coefficients are bounded at zero or above (:class:`MonotoneLogistic`), so a candidate's
-   probability never falls when its similarity, LNBNN score or inlier count grows. It is fitted on
+   probability never falls when its similarity, LNBNN score or inlier count grows, and carry a prior
+   of fixed weight (``calibration_prior``): a few CV queries cannot pull them far. It is fitted on
    the CV queries only, never on test.
 5. **New individual.** The ``new_individual`` threshold is tuned on the fused probabilities, and
    isotonic regression gives P(new individual) from the best candidate's probability (the lower

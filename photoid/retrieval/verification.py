@@ -35,6 +35,7 @@ class RerankConfig:
     verify: int  # catalogue: RANSAC verifies each query's best ``verify`` individuals by similarity and by LNBNN
     score: str  # fused: embedding + local features | inliers: local features alone
     calibration_folds: int  # cross-fitting of the CV probabilities
+    calibration_prior: float  # weight of the fusion's prior on its coefficients, in candidate pairs (MonotoneLogistic)
     seed: int
     workers: int
     local: str  # catalogue: LNBNN votes over every gallery keypoint | pairwise: RANSAC inliers of the shortlist's photos
@@ -52,6 +53,8 @@ class RerankConfig:
             raise DataError(f"rerank.verify must be 0 (no RANSAC) or more, got {self.verify}")
         if self.calibration_folds < 2:
             raise DataError(f"rerank.calibration_folds must be at least 2, got {self.calibration_folds}")
+        if self.calibration_prior < 0:
+            raise DataError(f"rerank.calibration_prior must be 0 (no prior) or more, got {self.calibration_prior}")
 
 
 def rerank_config(params) -> RerankConfig:
