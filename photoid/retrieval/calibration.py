@@ -54,12 +54,10 @@ class MonotoneLogistic:
     (an L2 penalty ``prior / 2 * |w|^2`` on the summed log-loss, as in L2-regularised logistic
     regression with C = 1 / prior). Its weight is fixed while the data's grows with the examples, so a
     fit on a hundred candidate pairs keeps its weights small (a few CV queries cannot fit six of them),
-    one on tens of thousands lets the data decide. ``l2``: the penalty per example of the last fit
-    (prior / examples)."""
+    one on tens of thousands lets the data decide."""
 
     def __init__(self, prior: float = 1.0):
         self.prior = prior
-        self.l2 = 0.0
         self.coef = None
         self.intercept = 0.0
 
@@ -72,7 +70,7 @@ class MonotoneLogistic:
         mean, std = x.mean(axis=0), x.std(axis=0)
         std = np.where(std > 1e-12, std, 1.0)
         z = (x - mean) / std
-        self.l2 = self.prior / len(y)
+        l2 = self.prior / len(y)  # per example of the mean log-loss below
         share = np.clip(y.mean(), 1e-6, 1 - 1e-6)
         if y.min() == y.max():
             self.coef, self.intercept = np.zeros(x.shape[1]), float(np.log(share / (1 - share)))
@@ -82,9 +80,9 @@ class MonotoneLogistic:
             w, b = params[:-1], params[-1]
             t = z @ w + b
             p = 1.0 / (1.0 + np.exp(-t))
-            value = np.mean(np.logaddexp(0.0, t) - y * t) + 0.5 * self.l2 * w @ w
+            value = np.mean(np.logaddexp(0.0, t) - y * t) + 0.5 * l2 * w @ w
             g = p - y
-            return value, np.append(z.T @ g / len(y) + self.l2 * w, g.mean())
+            return value, np.append(z.T @ g / len(y) + l2 * w, g.mean())
 
         start = np.append(np.zeros(x.shape[1]), np.log(share / (1 - share)))
         bounds = [(0.0, None)] * x.shape[1] + [(None, None)]

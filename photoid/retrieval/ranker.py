@@ -151,7 +151,7 @@ class Ranker:
             cal = self.reranker.calibration
             arrays |= {"same_coef": cal.same.coef, "new_x": cal.new.x, "new_y": cal.new.y}
             models["reranker"] = {"width": self.reranker.width, "columns": cal.columns, "same_intercept": cal.same.intercept,
-                                  "same_l2": cal.same.l2, "same_prior": cal.same.prior}
+                                  "same_prior": cal.same.prior}
         if self.p_new is not None:
             arrays |= {"p_new_x": self.p_new.x, "p_new_y": self.p_new.y}
         manifest = {
@@ -189,7 +189,6 @@ class Ranker:
         if "reranker" in m:
             r = m["reranker"]
             same = MonotoneLogistic(r["same_prior"])
-            same.l2 = r["same_l2"]
             same.coef, same.intercept = arrays["same_coef"], float(r["same_intercept"])
             calibration = Calibration(same, NewIndividualCalibration(arrays["new_x"], arrays["new_y"]), r["columns"])
             reranker = FittedReranker(calibration, config.rerank, int(r["width"]))
