@@ -6,7 +6,8 @@ An embedding set is a folder:
   the order of the arrays;
 - ``embeddings.npy``: float32 N×D, L2-normalised embeddings of the crops as they are;
 - ``flipped.npy`` (flip TTA on): float32 N×D, L2-normalised embeddings of the horizontally flipped crops;
-- ``meta.json``: the model it came from, its fold and image size, whether flips are there.
+- ``meta.json``: the model it came from (its path and, for a saved model, the SHA-256 of its file), its
+  fold and image size, whether flips are there.
 
 Arrays are written batch by batch into memory-mapped .npy files, so memory stays bounded by one
 batch of images whatever the size of the data set. Readers derive what they need:
@@ -32,7 +33,7 @@ from tqdm import tqdm
 
 from photoid.datasets import CropDataset, eval_transform
 from photoid.errors import MissingInput
-from photoid.io import atomic_path, read_parquet, write_json, write_parquet
+from photoid.io import atomic_path, file_digest, read_parquet, write_json, write_parquet
 from photoid.retrieval.search import l2_normalise
 from photoid.runtime import autocast, torch_device
 
@@ -148,9 +149,25 @@ def embed_checkpoint(model_path: Path, crops: pd.DataFrame, out_dir: Path, flip:
     from photoid.models import load_model
 
     model, ckpt = load_model(model_path)
-    meta = {"model": str(model_path), "fold": ckpt.get("fold"), "backbone": ckpt["config"].get("backbone")}
+    meta = {"model": str(model_path), "model_sha256": file_digest(model_path), "fold": ckpt.get("fold"),
+            "backbone": ckpt["config"].get("backbone")}
     return embed_rows(model, crops, int(ckpt["img_size"]), Path(out_dir), flip, batch_size, workers,
                       torch_device(), meta)
+
+
+def embedded_by(folder: Path, model_path: Path, crops: pd.DataFrame, flip: bool) -> bool:
+    """Whether ``folder`` holds what :func:`embed_checkpoint` would write for ``crops`` with the model
+    saved at ``model_path`` as it is now (the same file's bytes), flips as ``flip`` asks: the same
+    crops in the same order. So a stage whose model is that one can copy the set instead of embedding again."""
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        rows = read_parquet(folder / "rows.parquet")
+    except (OSError, ValueError):
+        return False
+    if meta.get("model_sha256") != file_digest(model_path) or bool(meta.get("flip")) != flip:
+        return False
+    return rows.equals(crops[ROW_COLUMNS].reset_index(drop=True))
 
 
 def embed_untrained(backbone: str, pretrained: str, img_size: int, crops: pd.DataFrame, out_dir: Path, flip: bool,

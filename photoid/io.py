@@ -6,6 +6,7 @@ DVC would cache as if it were the real output.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -88,6 +89,15 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (hex), read a megabyte at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def copy_artifact(src: str | os.PathLike, dst: str | os.PathLike) -> None:

@@ -62,6 +62,7 @@ def main(
     else:
         raise DataError(f"embed.features takes dolg, backbone or untrained, got {features!r}")
     info["features"] = features
+    info.pop("model_sha256", None)  # in the set's meta.json (what retrain checks before it copies), not a metric
     write_json(info, metrics)
     print(f"embed fold {fold} ({features}): {info['images']} crops -> {info['dim']}-d, flip TTA {info['flip']}, "
           f"{info['img_per_s']} img/s")

@@ -1,6 +1,8 @@
 """retrain: DOLG trained again on one fold's training images plus the pseudo-labelled test images,
 with the same loop, params and resume as train-dolg (epochs from retrain.epochs), then the embeddings of
-every crop with the new model (as the embed stage makes them).
+every crop with the new model (as the embed stage makes them). When its starting weights (train-dolg's
+model) beat every epoch and are kept, the embed stage's embeddings of that model are its own: they
+are copied, not computed again.
 
 With pseudo-labelling off, or no pseudo-label for an individual this fold trains, nothing is
 trained: the train-dolg model, its embeddings and its curves pass through unchanged, and the
@@ -17,7 +19,7 @@ import typer
 from photoid import paths
 from photoid.cli import FOLD_OPTION, OUTPUTS_OPTION, PARAMS_OPTION, SET_OPTION, stage_app
 from photoid.data.split import ALL, parse_fold
-from photoid.embed import embed_checkpoint
+from photoid.embed import embed_checkpoint, embedded_by
 from photoid.errors import DataError
 from photoid.io import copy_artifact, read_parquet, write_json
 from photoid.params import load_params
@@ -82,9 +84,14 @@ def main(
     if not run.writes:
         return
     run.close()
-    info = embed_checkpoint(out.model_dir / "model.pt", crop_table, out.embeddings, flip_tta,
-                            embed_batch_size, embed_workers)
-    write_json({**result, "retrained": True, "pseudo_rows": len(rows), "embed_img_per_s": info["img_per_s"]}, out.metrics)
+    if result["epoch_kept"] == 0 and embedded_by(dolg.embeddings, dolg.model_dir / "model.pt", crop_table, flip_tta):
+        copy_artifact(dolg.embeddings, out.embeddings)  # the starting weights: train-dolg's model, embedded by embed
+        embedded = {"embeddings": "copied from embed (the starting weights were kept)"}
+    else:
+        info = embed_checkpoint(out.model_dir / "model.pt", crop_table, out.embeddings, flip_tta,
+                                embed_batch_size, embed_workers)
+        embedded = {"embed_img_per_s": info["img_per_s"]}
+    write_json({**result, "retrained": True, "pseudo_rows": len(rows), **embedded}, out.metrics)
     print(f"retrain fold {fold}: {len(rows)} pseudo-labelled images added; val MAP@5 {result['val_map5']:.3f} "
           f"(epoch kept: {result['epoch_kept']}, 0 = the starting weights)")
 

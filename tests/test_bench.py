@@ -126,3 +126,16 @@ def test_rows_paired_photo_by_photo_get_intervals_that_tell_a_real_gap_from_none
               {"rows": {"default": {"per_photo": {"a": 0.2}}}}]
     x, y = photo_pairs(splits, "default", "previous")  # only the photos both rows answered, in splits with both
     assert x.tolist() == [1.0] and y.tolist() == [0.5]
+
+
+def test_the_pipeline_timer_gives_each_stage_the_time_until_the_next_one_starts():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("pipeline_time", REPO / "bench" / "pipeline_time.py")
+    timer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(timer)
+    ticks = iter([0.0, 2.0, 12.0, 42.5, 50.0])  # start, ingest starts, detect starts, knn-rank starts, end
+    lines = ["Verifying data sources\n", "Running stage 'ingest':\n", "> python stages/ingest.py\n",
+             "epoch 1/2\r epoch 2/2\n", "Running stage 'detect':\n", "Running stage 'knn-rank':\n", "done\n"]
+    stages, total = timer.stage_seconds(lines, clock=lambda: next(ticks))
+    assert stages == [("ingest", 10.0), ("detect", 30.5), ("knn-rank", 7.5)] and total == 50.0
+    assert "| detect | 30 | 61 % |" in timer.table(stages, total)

@@ -72,7 +72,7 @@ def test_repro_runs_every_data_stage_and_writes_the_tables(project):
     assert report["queries"] == len(test_ids) and (root / "reports/review.html").stat().st_size == report["bytes"]
 
 
-def _retrain_by_hand(root, outputs: str, last: bool, select_best: bool) -> dict:
+def _retrain_by_hand(root, outputs: str, last: bool, select_best: bool, epochs: int = 1) -> dict:
     """retrain run by hand (outputs under ``outputs``) on two test photos pseudo-labelled as one
     individual fold 0 trains (the first or ``last`` of them, on the first or last two test photos),
     with the project's (tiny) params and pseudo-labelling on (an earlier test turned it off); its
@@ -90,7 +90,7 @@ def _retrain_by_hand(root, outputs: str, last: bool, select_best: bool) -> dict:
     pseudo = test[["image_id", "part", "crop_path"]].assign(individual=trained, species="x", confidence=0.9, margin=0.1,
                                                              fold=0)
     pseudo.to_parquet(root / f"pseudo_{outputs}.parquet", index=False)
-    args = [sys.executable, "stages/retrain.py", "--fold", "0", "-S", "pseudo.enabled=true", "-S", "retrain.epochs=1",
+    args = [sys.executable, "stages/retrain.py", "--fold", "0", "-S", "pseudo.enabled=true", "-S", f"retrain.epochs={epochs}",
             "-S", "retrain.init=dolg", "-S", f"dolg.select_best={str(select_best).lower()}",
             "--pseudo", f"pseudo_{outputs}.parquet", "--outputs", outputs]
     done = subprocess.run(args, cwd=root, env=env(), capture_output=True, text=True)
@@ -379,6 +379,36 @@ def test_retrain_trains_on_pseudo_labels_and_embeds_with_the_new_model(project):
     new = np.load(root / "rt/data/processed/embeddings/retrain/fold0/embeddings.npy")
     old = np.load(root / "data/processed/embeddings/dolg/fold0/embeddings.npy")
     assert new.shape[0] == old.shape[0] == len(crops) and not np.allclose(new, old)
+
+
+def test_retrain_that_keeps_its_starting_weights_gives_embeds_own_embeddings(project):
+    """When no epoch beats the starting weights (train-dolg's model), retrain's embeddings are the
+    embed stage's embeddings of that model, byte for byte (copied, not computed again), and its
+    metrics say so."""
+    root, _ = project
+    m = _retrain_by_hand(root, "kept", last=False, select_best=True, epochs=0)
+    assert m["retrained"] and m["epoch_kept"] == 0 and "copied" in m["embeddings"]
+    for name in ("embeddings.npy", "flipped.npy", "rows.parquet", "meta.json"):
+        assert ((root / "kept/data/processed/embeddings/retrain/fold0" / name).read_bytes()
+                == (root / "data/processed/embeddings/dolg/fold0" / name).read_bytes())
+
+
+def test_embeddings_are_reused_only_for_the_model_and_crops_that_made_them(project, tmp_path):
+    from photoid.embed import embedded_by
+
+    root, _ = project
+    emb, model = root / "data/processed/embeddings/dolg/fold0", root / "models/dolg/fold0/model.pt"
+    crops = pd.read_parquet(root / "data/processed/crops/crops.parquet")
+    assert embedded_by(emb, model, crops, flip=True)
+    assert not embedded_by(emb, model, crops, flip=False)  # the set has flips; a set without was asked for
+    assert not embedded_by(emb, model, crops.iloc[::-1], flip=True)  # other order: rows would not line up
+    assert not embedded_by(emb, model, crops.iloc[1:], flip=True)
+    other = tmp_path / "model.pt"  # another model file: one byte changed
+    data = bytearray(model.read_bytes())
+    data[-1] ^= 1
+    other.write_bytes(bytes(data))
+    assert not embedded_by(emb, other, crops, flip=True)
+    assert not embedded_by(tmp_path / "missing", model, crops, flip=True)
 
 
 def test_kill_9_mid_run_resumes_to_the_same_weights(project):

@@ -12,7 +12,6 @@ images, with the pooled features of the plain backbone scored the same way for c
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from photoid.data.split import ALL, fold_view
 from photoid.datasets import CropDataset, eval_transform, train_transform
 from photoid.embed import EmbeddingSet, iter_embeddings
 from photoid.errors import DataError
-from photoid.io import write_json
+from photoid.io import file_digest, write_json
 from photoid.models import create_model, load_model, save_model
 from photoid.models.arcface import adaptive_margins
 from photoid.models.weights import is_random, normalise_spec
@@ -38,14 +37,6 @@ from photoid.runtime import seed_everything
 from photoid.train.live import EpochLog
 from photoid.train.loop import TrainConfig, config_key, distributed, finished, fit, selected
 from photoid.train.losses import ArcFaceLoss, ClassifierLoss
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class FoldRun:
