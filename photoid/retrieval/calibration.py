@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from photoid.errors import DataError
-from photoid.metrics import NEW_INDIVIDUAL, map_at_k
+from photoid.metrics import NEW_INDIVIDUAL, average_precision_at_k
 from photoid.retrieval.search import Candidates
 from photoid.retrieval.verification import Evidence, RerankConfig
 
@@ -183,7 +183,7 @@ class Reranked:
     test_p_new: np.ndarray
     calibration: Calibration  # fitted on every CV query
     feature_names: list[str]  # of the features it reads
-    features_used: str = "all"  # all | similarity | local: the part the CV queries ranked best by
+    features_used: str = "all"  # all | similarity | local: see chosen_features
 
 
 def shortlist_features(cands: Candidates, evidence: "Evidence | np.ndarray", score: str):
@@ -220,6 +220,26 @@ def _tie_rng(cfg: RerankConfig) -> np.random.Generator | None:
     return np.random.default_rng(cfg.seed + 1) if cfg.score == "inliers" else None
 
 
+SWITCH_STANDARD_ERRORS = 1.0
+
+
+def chosen_features(ap: dict[str, np.ndarray]) -> str:
+    """Which features the fusion reads, from each choice's AP@5 of the same known CV queries
+    (cross-fitted; ``ap["all"]``: every feature). All of them unless another choice ranks those
+    queries better by more than SWITCH_STANDARD_ERRORS standard errors of the per-query gains; then
+    the choice with the largest mean gain. A catalogue of a few dozen CV queries often ranks them
+    better by one part by chance, and a switch on such a gain cost the test photos more than it won."""
+    choice, best = "all", 0.0
+    for name, values in ap.items():
+        gain = np.asarray(values, np.float64) - np.asarray(ap["all"], np.float64)
+        if name == "all" or len(gain) < 2:
+            continue
+        mean, standard_error = gain.mean(), gain.std(ddof=1) / np.sqrt(len(gain))
+        if mean > SWITCH_STANDARD_ERRORS * standard_error and mean > best:
+            choice, best = name, mean
+    return choice
+
+
 def rerank_candidates(cv: Candidates, cv_inliers: "Evidence | np.ndarray", cv_truth: list[str], test: Candidates,
                       test_inliers: "Evidence | np.ndarray", cfg: RerankConfig) -> Reranked:
     """Fuse the shortlists' similarities with their local evidence (:class:`Evidence`, or inlier counts;
@@ -234,25 +254,26 @@ def rerank_candidates(cv: Candidates, cv_inliers: "Evidence | np.ndarray", cv_tr
     is_new = (truth == NEW_INDIVIDUAL).astype(np.float64)
 
     names = feature_names(cv_inliers, cfg.score)
-    # The fusion must never fall below the better of its parts: where the CV queries (cross-fitted)
-    # rank the known individuals better by the similarity's features alone, or by the local evidence's
-    # alone, than by all of them (a small catalogue gives the fit little to learn from), that part is used.
+    # The fusion must not fall below the better of its parts: where the CV queries (cross-fitted) rank
+    # the known individuals clearly better by the similarity's features alone, or by the local
+    # evidence's alone, than by all of them (a small catalogue gives the fit little to learn from),
+    # that part is used (see :func:`chosen_features`).
     choices = {"all": None}
     if cfg.score == "fused":
         similarity = [i for i, n in enumerate(names) if "similarity" in n]
         choices |= {"similarity": similarity, "local": [i for i in range(len(names)) if i not in similarity]}
     known = is_new == 0
-    best = None
+    tried = {}
     for choice, columns in choices.items():
         p_cv, p_new_cv = np.full(cv_labels.shape, -np.inf), np.zeros(len(cv_labels))
         for rest, held in crossfit_folds(len(cv_labels), cfg.calibration_folds, cfg.seed):
             model = Calibration.fit(cv_x[rest], cv_valid[rest], hits[rest], is_new[rest], columns, cfg.calibration_prior)
             p_cv[held], p_new_cv[held] = model.apply(cv_x[held], cv_valid[held])
         ranked = _sorted(cv_labels, p_cv, _tie_rng(cfg))
-        found = map_at_k([list(r) for r in ranked.labels[known]], list(truth[known])) if known.any() else 0.0
-        if best is None or found > best[0]:  # ties keep the earlier: all the evidence first
-            best = (found, choice, columns, ranked, p_new_cv)
-    _, choice, columns, cv_ranked, p_new_cv = best
+        ap = np.array([average_precision_at_k(list(r), t) for r, t in zip(ranked.labels[known], truth[known])])
+        tried[choice] = (ap, ranked, p_new_cv)
+    choice = chosen_features({c: ap for c, (ap, _, _) in tried.items()})
+    columns, (_, cv_ranked, p_new_cv) = choices[choice], tried[choice]
     full = Calibration.fit(cv_x, cv_valid, hits, is_new, columns, cfg.calibration_prior)
     p_test, p_new_test = full.apply(test_x, test_valid)
     return Reranked(cv_ranked, _sorted(test_labels, p_test, _tie_rng(cfg)), p_new_cv, p_new_test, full,
