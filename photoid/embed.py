@@ -35,7 +35,7 @@ from photoid.datasets import CropDataset, eval_transform
 from photoid.errors import MissingInput
 from photoid.io import atomic_path, file_digest, read_parquet, write_json, write_parquet
 from photoid.retrieval.search import l2_normalise
-from photoid.runtime import autocast, torch_device
+from photoid.runtime import autocast, eval_batch_size, torch_device
 
 ROW_COLUMNS = ["image_id", "part", "individual", "species", "crop_path"]
 # how gallery images use their mirror images (knn.gallery_flip): the flip-TTA mean, a second entry, or not at all
@@ -43,14 +43,16 @@ GALLERY_FLIPS = ("mean", "entries", "none")
 
 
 @torch.no_grad()
-def iter_embeddings(model_embed: Callable[[torch.Tensor], torch.Tensor], paths, img_size: int, batch_size: int = 64,
+def iter_embeddings(model_embed: Callable[[torch.Tensor], torch.Tensor], paths, img_size: int, batch_size: int = 0,
                     flip: bool = False, device: torch.device | None = None, workers: int = 0,
                     desc: str = "embedding", cache=None) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """Batches of (L2-normalised embeddings, L2-normalised embeddings of the flipped crops or None),
-    float32, in the order of ``paths``. bf16 autocast on CUDA. ``cache``: a crop cache at ``img_size``
-    (photoid.crop_cache) to read the crops from instead of their JPEG files."""
+    float32, in the order of ``paths``. Autocast as :func:`photoid.runtime.autocast` says. ``batch_size``
+    0: :func:`photoid.runtime.eval_batch_size`. ``cache``: a crop cache at ``img_size`` (photoid.crop_cache)
+    to read the crops from instead of their JPEG files."""
     device = device or torch.device("cpu")
-    loader = DataLoader(CropDataset(paths, transform=eval_transform(img_size), cache=cache), batch_size=batch_size,
+    loader = DataLoader(CropDataset(paths, transform=eval_transform(img_size), cache=cache),
+                        batch_size=batch_size or eval_batch_size(device),
                         shuffle=False, num_workers=workers, pin_memory=device.type == "cuda")
     for x, _ in tqdm(loader, desc=desc, unit="batch", leave=False):
         x = x.to(device, non_blocking=True)
@@ -70,7 +72,7 @@ def flip_tta(original: np.ndarray, flipped: np.ndarray | None) -> np.ndarray:
 
 
 def embed_rows(model: torch.nn.Module, rows: pd.DataFrame, img_size: int, out_dir: Path, flip: bool,
-               batch_size: int = 64, workers: int = 0, device: torch.device | None = None, meta: dict | None = None) -> dict:
+               batch_size: int = 0, workers: int = 0, device: torch.device | None = None, meta: dict | None = None) -> dict:
     """Write the embedding set of ``rows`` (crops) made by ``model.embed`` to ``out_dir``; return figures."""
     device = device or torch.device("cpu")
     model = model.to(device).eval()
@@ -142,7 +144,7 @@ class EmbeddingSet:
                 np.concatenate([index, index]))
 
 
-def embed_checkpoint(model_path: Path, crops: pd.DataFrame, out_dir: Path, flip: bool, batch_size: int = 64,
+def embed_checkpoint(model_path: Path, crops: pd.DataFrame, out_dir: Path, flip: bool, batch_size: int = 0,
                      workers: int = 0) -> dict:
     """Embed every crop of ``crops`` with the model saved at ``model_path`` (DOLG, or train-backbone's
     classifier: its pooled features), at the image size it was trained at, on the GPU when there is one."""
@@ -171,7 +173,7 @@ def embedded_by(folder: Path, model_path: Path, crops: pd.DataFrame, flip: bool)
 
 
 def embed_untrained(backbone: str, pretrained: str, img_size: int, crops: pd.DataFrame, out_dir: Path, flip: bool,
-                    batch_size: int = 64, workers: int = 0) -> dict:
+                    batch_size: int = 0, workers: int = 0) -> dict:
     """Embed every crop with the pooled features of ``backbone`` as ``pretrained`` gives it, with no
     training at all: the baseline that fine-tuning must beat."""
     from photoid.models import create_model

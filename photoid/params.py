@@ -153,13 +153,13 @@ def _covered(key: str, reads: tuple[str, ...]) -> bool:
 # stage's --set applied), so a wrong value stops at once with the keys named, not in a later traceback.
 AT_LEAST_ONE = ("detect.img_size", "detect.batch", "local.long_side", "local.max_keypoints",
                 "filter.min_samples", "train.img_size", "train.batch_size", "train.grad_accum", "backbone.epochs",
-                "dolg.epochs", "dolg.embedding_dim", "dolg.local_dim", "dolg.subcenters", "embed.batch_size",
+                "dolg.epochs", "dolg.embedding_dim", "dolg.local_dim", "dolg.subcenters",
                 "knn.neighbours", "knn.min_species_queries", "report.thumbnail", "report.page_size", "rerank.lnbnn_k",
                 "rerank.ivf_probe", "knn.ivf_probe")
 AT_LEAST_ZERO = ("data.min_side", "data.workers", "detect.epochs", "detect.max_train_images", "detect.workers",
                  "crop.side", "crop.margin", "crop.workers", "local.workers", "train.workers", "train.frozen_stages",
-                 "backbone.freeze_epochs", "dolg.freeze_epochs", "retrain.epochs", "embed.workers", "knn.ivf_lists",
-                 "rerank.candidates", "rerank.verify", "rerank.photos", "rerank.ivf_above", "rerank.workers")
+                 "backbone.freeze_epochs", "dolg.freeze_epochs", "retrain.epochs", "embed.batch_size", "embed.workers",
+                 "knn.ivf_lists", "rerank.candidates", "rerank.verify", "rerank.photos", "rerank.ivf_above", "rerank.workers")
 SHARES = ("detect.conf", "detect.val_fraction", "split.new_fraction", "pseudo.precision")  # from 0 to 1
 
 

@@ -78,11 +78,37 @@ def torch_device(name: str = ""):
     return torch.device("cpu")
 
 
-def autocast(device):
-    """bf16 autocast on CUDA, nothing elsewhere: how every forward pass runs."""
+CPU_BF16_ENV = "PHOTOID_CPU_BF16"  # "0": forward passes on the CPU stay in float32 even where bf16 is native
+
+
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (Intel AMX or AVX512-BF16) and PHOTOID_CPU_BF16 is not
+    "0": there bf16 autocast runs the EfficientNets about 1.6 times as fast as float32; elsewhere it
+    would be emulated, and slower."""
     import torch
 
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    if os.environ.get(CPU_BF16_ENV, "1") == "0":
+        return False
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    return any(check is not None and check() for check in checks)
+
+
+def autocast(device):
+    """How every forward pass runs: bf16 autocast on CUDA, and on a CPU that computes bf16 natively
+    (:func:`native_cpu_bf16`); float32 elsewhere."""
+    import torch
+
+    enabled = device.type == "cuda" or (device.type == "cpu" and native_cpu_bf16())
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+EVAL_BATCH = {"cpu": 16, "cuda": 128}  # crops per forward pass when embedding: on a CPU small batches stay in
+# its caches (16 embeds about 1.5 times as many crops a second as 64 at 224 px on 2 cores)
+
+
+def eval_batch_size(device) -> int:
+    """Crops per forward pass when embedding on ``device`` (validation; embed reads embed.batch_size)."""
+    return EVAL_BATCH.get(device.type, 16)
 
 
 def seed_everything(seed: int) -> None:

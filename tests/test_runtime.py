@@ -1,11 +1,14 @@
 """One GPU each for experiments run at once (photoid.runtime.claim_gpu, PHOTOID_GPU=claim): processes
-claim distinct GPUs, one more waits for a GPU to be freed, and a killed process frees its GPU."""
+claim distinct GPUs, one more waits for a GPU to be freed, and a killed process frees its GPU; and
+which forward passes run in bf16 (photoid.runtime.autocast)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import time
+
+from photoid import runtime
 
 CLAIM = ("import sys, time\n"
          "from photoid.runtime import claim_gpu\n"
@@ -55,3 +58,25 @@ def test_a_killed_process_frees_its_gpu_and_a_claim_that_waits_too_long_says_why
     finally:
         for h in holders:
             h.kill()
+
+
+def _matmul_dtype(device_type: str = "cpu"):
+    import torch
+
+    a = torch.ones(4, 4)
+    with runtime.autocast(torch.device(device_type)):
+        return (a @ a).dtype
+
+
+def test_forward_passes_on_the_cpu_run_in_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
+    import torch
+
+    monkeypatch.delenv(runtime.CPU_BF16_ENV, raising=False)
+    for amx, avx512_bf16, expected in [(True, False, torch.bfloat16), (False, True, torch.bfloat16),
+                                       (False, False, torch.float32)]:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
+        assert _matmul_dtype() == expected
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    monkeypatch.setenv(runtime.CPU_BF16_ENV, "0")  # the user's way back to float32
+    assert _matmul_dtype() == torch.float32
