@@ -60,15 +60,15 @@ def test_a_killed_process_frees_its_gpu_and_a_claim_that_waits_too_long_says_why
             h.kill()
 
 
-def _matmul_dtype(device_type: str = "cpu"):
+def _matmul_dtype(device_type: str = "cpu", training: bool = False):
     import torch
 
     a = torch.ones(4, 4)
-    with runtime.autocast(torch.device(device_type)):
+    with runtime.autocast(torch.device(device_type), training):
         return (a @ a).dtype
 
 
-def test_forward_passes_on_the_cpu_run_in_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
+def test_embedding_on_the_cpu_runs_in_bf16_only_where_the_cpu_computes_it_natively_and_training_never(monkeypatch):
     import torch
 
     monkeypatch.delenv(runtime.CPU_BF16_ENV, raising=False)
@@ -77,6 +77,7 @@ def test_forward_passes_on_the_cpu_run_in_bf16_only_where_the_cpu_computes_it_na
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
         assert _matmul_dtype() == expected
+        assert _matmul_dtype(training=True) == torch.float32
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
     monkeypatch.setenv(runtime.CPU_BF16_ENV, "0")  # the user's way back to float32
     assert _matmul_dtype() == torch.float32

@@ -292,7 +292,7 @@ def _train_epoch(net: nn.Module, model: nn.Module, loss_fn: LossFn, loader: Data
     for step, (x, y) in enumerate(bar):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device):
+        with autocast(device, training=True):
             loss = loss_fn(net, x, y)
         (loss / cfg.grad_accum).backward()
         last = step + 1 == len(loader)
