@@ -51,6 +51,7 @@ EMBEDDINGS = PROCESSED / "embeddings"  # dolg/fold<k> (embed), retrain/fold<k> (
 
 # pseudo-label, knn-rank
 PSEUDO_TABLE = PROCESSED / "pseudo_labels.parquet"
+LOCAL_EVIDENCE = PROCESSED / "local_evidence"  # pseudo-label's local evidence, read by knn-rank (retrieval.evidence_memo)
 PREDICTIONS_TABLE = PROCESSED / "predictions.parquet"
 MATCHES_TABLE = PROCESSED / "matches.parquet"  # knn-rank: the verified matches behind each test photo's answers
 SUBMISSION = PROCESSED / "submission.csv"

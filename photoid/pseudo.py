@@ -29,6 +29,7 @@ import pandas as pd
 from photoid.errors import DataError
 from photoid.metrics import NEW_INDIVIDUAL
 from photoid.retrieval.evaluation import choose_thresholds
+from photoid.retrieval.evidence_memo import EvidenceMemo
 from photoid.retrieval.outputs import predictions_table
 from photoid.retrieval.ranker import Ranker, RankerConfig
 
@@ -131,13 +132,15 @@ class PseudoConfig:
 
 
 def pseudo_labels(cfg: PseudoConfig, ranker_config: RankerConfig, sets: list, folds: list, split: pd.DataFrame,
-                  local_features: Path, truth: pd.DataFrame | None = None) -> tuple[pd.DataFrame, dict]:
+                  local_features: Path, truth: pd.DataFrame | None = None,
+                  memo: EvidenceMemo | None = None) -> tuple[pd.DataFrame, dict]:
     """The pseudo-labels of every fold of ``folds`` (numbered folds, each with its embedding set) and their figures.
 
     A ranker is fitted on the folds' CV queries as knn-rank fits its own (re-ranked as it re-ranks), so
     the cut is on the scale the answers come on; each fold's test ranking is its model's alone, against
-    every training photo but its validation photos (:meth:`Ranker.answer_per_fold`)."""
-    fitted = Ranker.fit(ranker_config, sets, folds, split, local_features, progress=True)
+    every training photo but its validation photos (:meth:`Ranker.answer_per_fold`). ``memo``: the local
+    evidence computed is kept there (knn-rank reads it: :mod:`photoid.retrieval.evidence_memo`)."""
+    fitted = Ranker.fit(ranker_config, sets, folds, split, local_features, progress=True, memo=memo)
     result, ranker = fitted.result, fitted.ranker
     cv_scores, cv_correct = cv_answers(predictions_table(result.cv, result.thresholds), result.cv.truth, cfg.confidence)
     if cfg.fixed_cut is None:
@@ -147,7 +150,7 @@ def pseudo_labels(cfg: PseudoConfig, ranker_config: RankerConfig, sets: list, fo
         cv_precision, cv_count = (float(cv_correct[above].mean()) if above.any() else 0.0), int(above.sum())
     rule = ranker_config.rule
     chosen = []
-    for k, ranking in zip(folds, ranker.answer_per_fold(sets, folds, split, [local_features], fitted.verified)):
+    for k, ranking in zip(folds, ranker.answer_per_fold(sets, folds, split, [local_features], fitted.verified, memo)):
         # a share of new-first answers is a share of what this fold ranks; a tuned or fixed score is the same for all
         t = (choose_thresholds(result.cv, rule, ranker_config.per_species, ranker_config.min_species_queries, ranking)
              if rule.new_share is not None else result.thresholds)

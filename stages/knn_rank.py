@@ -29,6 +29,7 @@ from photoid.data.split import ensemble_folds
 from photoid.io import read_parquet
 from photoid.params import load_params
 from photoid.retrieval.evaluation import load_fold_sets
+from photoid.retrieval.evidence_memo import EvidenceMemo, evidence_key
 from photoid.retrieval.ranker import Ranker, RankerConfig
 from photoid.retrieval.results import ResultFiles, before_retrain_figures, summary, write_results
 
@@ -57,6 +58,8 @@ def main(
     plots: Path = typer.Option(paths.PLOTS, help="Folder of the plots' tables."),
     reliability: Path = typer.Option(paths.RELIABILITY, help="Folder of the reliability diagram of P(new individual)."),
     ranker_out: Path = typer.Option(paths.RANKER_DIR, help="Output folder: the fitted ranker, for `photoid identify`."),
+    evidence: Path = typer.Option(paths.LOCAL_EVIDENCE, help="pseudo-label's local evidence: what it holds of the "
+                                  "same keypoints and settings is read, not computed again."),
     params_file: Path = PARAMS_OPTION,
     overrides: list[str] = SET_OPTION,
 ):
@@ -64,8 +67,11 @@ def main(
     config, folds = RankerConfig.from_params(P), ensemble_folds(P.get("ensemble.folds", list))
     P.check_all_read()
     split_table = read_parquet(split)
+    memo = None
+    if config.reranking:
+        memo = EvidenceMemo.load(evidence, evidence_key([local_features], config.rerank.match, config.rerank.catalogue))
     fitted = Ranker.fit(config, load_fold_sets(embeddings, folds), folds, split_table, local_features,
-                        _table(test_truth), str(embeddings))
+                        _table(test_truth), str(embeddings), memo=memo)
     fitted.ranker.save(ranker_out)
     before = before_retrain_figures(before_embeddings, folds, split_table, config) if before_embeddings.is_dir() else None
     files = ResultFiles(predictions_out, matches_out, submission_out, metrics, plots, reliability)

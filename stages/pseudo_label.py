@@ -24,6 +24,7 @@ from photoid.io import read_parquet, write_json, write_parquet
 from photoid.params import load_params
 from photoid.pseudo import PSEUDO_COLUMNS, PseudoConfig, pseudo_labels
 from photoid.retrieval.evaluation import load_fold_sets
+from photoid.retrieval.evidence_memo import EvidenceMemo, evidence_key
 from photoid.retrieval.ranker import RankerConfig
 
 READS = ("pseudo", "ensemble", *RankerConfig.READS)
@@ -38,6 +39,8 @@ def main(
                                         "(re-ranking)."),
     test_truth: Path = typer.Option(paths.TEST_TRUTH_TABLE, help="Test truth, where the data set has it (for accuracy only)."),
     out: Path = typer.Option(paths.PSEUDO_TABLE, help="Output table."),
+    evidence_out: Path = typer.Option(paths.LOCAL_EVIDENCE, help="Output folder: the local evidence computed, for "
+                                      "knn-rank to read instead of computing it again."),
     metrics: Path = typer.Option(paths.METRICS / "pseudo.json", help="Metrics file."),
     params_file: Path = PARAMS_OPTION,
     overrides: list[str] = SET_OPTION,
@@ -46,14 +49,17 @@ def main(
     cfg, ranker_config = P.build(PseudoConfig, "pseudo"), RankerConfig.from_params(P)
     folds = cv_folds(ensemble_folds(P.get("ensemble.folds", list)))  # fold all is not retrained: no labels
     P.check_all_read()
+    memo = EvidenceMemo(evidence_key([local_features], ranker_config.rerank.match, ranker_config.rerank.catalogue))
     if not cfg.enabled:
+        memo.save(evidence_out)
         write_parquet(pd.DataFrame(columns=PSEUDO_COLUMNS), out)
         write_json({"enabled": False, "pseudo_labels": 0}, metrics)
         print("pseudo-label: off")
         return
     truth = read_parquet(test_truth) if Path(test_truth).exists() else None
     pseudo, figures = pseudo_labels(cfg, ranker_config, load_fold_sets(embeddings, folds), folds, read_parquet(split),
-                                    local_features, truth)
+                                    local_features, truth, memo)
+    memo.save(evidence_out)
     write_parquet(pseudo, out)
     write_json(figures, metrics)
     acc = f", accuracy {figures['accuracy']:.2f}" if "accuracy" in figures else ""

@@ -147,6 +147,46 @@ def test_cv_never_matches_a_query_against_its_own_folds_validation_photos(monkey
     assert scores["ind0"] > 10 * max(evidence[q, ind0], 0.1)
 
 
+def test_lnbnn_scores_kept_by_one_stage_are_read_by_the_next_for_the_same_catalogue_only(monkeypatch, tmp_path):
+    """pseudo-label keeps the catalogue scores it computed; knn-rank, given that memo, gets the same
+    evidence without matching a keypoint, computes a catalogue the memo does not hold, and ignores a
+    memo made from other keypoints or settings."""
+    import photoid.retrieval.verification as rerank
+    from photoid.embed import EmbeddingSet
+    from photoid.retrieval.evaluation import cross_validate
+    from photoid.retrieval.evidence_memo import EvidenceMemo
+
+    rng = np.random.default_rng(1)
+    ids = [f"i{i}_{p}" for i in range(6) for p in range(3)]
+    inds = [f"ind{i}" for i in range(6) for p in range(3)]
+    rows = pd.DataFrame({"image_id": ids, "part": "train", "individual": inds, "species": "dolphin"})
+    split = pd.DataFrame({"image_id": ids, "individual": inds, "is_new": False,
+                          "fold": [0 if p < 2 else 1 for i in range(6) for p in range(3)]})
+    vectors = rng.normal(size=(len(ids), 8)).astype(np.float32)
+    fold0, fold1 = cross_validate([EmbeddingSet(rows, vectors, vectors, {"flip": True})] * 2, [0, 1], split, 100)
+    texture = {i: [v / np.linalg.norm(v) for v in np.abs(rng.normal(size=(30, DESCRIPTOR_DIM)))] for i in ids}
+    monkeypatch.setattr(rerank, "open_stores", lambda dirs: FakeStore(texture))
+    cfg = project_config(rerank.RerankConfig, "rerank", match=project_config(rerank.MatchConfig, "rerank"),
+                         catalogue=project_config(CatalogueConfig, "rerank"))
+    width = fold0.candidates.labels.shape[1]
+    kept = EvidenceMemo("key")
+    computed = rerank.catalogue_evidence(fold0, ["a store"], cfg, width, kept)
+    assert computed.any()
+    kept.pairs[("i0_0", "i0_2")] = 7
+    kept.save(tmp_path / "memo")
+    read = EvidenceMemo.load(tmp_path / "memo", "key")
+    assert read.pairs == {("i0_0", "i0_2"): 7}
+
+    def no_matching(*args, **kwargs):
+        raise AssertionError("matched keypoints the memo holds the scores of")
+
+    monkeypatch.setattr(rerank, "CatalogueIndex", no_matching)
+    np.testing.assert_array_equal(rerank.catalogue_evidence(fold0, ["a store"], cfg, width, read), computed)
+    with pytest.raises(AssertionError, match="matched keypoints"):  # fold 1's catalogue is another one
+        rerank.catalogue_evidence(fold1, ["a store"], cfg, width, read)
+    assert EvidenceMemo.load(tmp_path / "memo", "other keypoints").catalogues == {}
+
+
 def catalogue_evidence_of(rerank, ranking, cfg):
     return rerank.catalogue_evidence(ranking, ["a store"], cfg, ranking.candidates.labels.shape[1])
 

@@ -2,6 +2,7 @@
 param change or a `dvc exp run -S` re-runs; what a user reads back (`dvc metrics diff`, `dvc exp show`)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -329,7 +330,8 @@ def test_pseudo_labels_are_cut_on_the_ranking_knn_rank_answers_with(project, tmp
     """With re-ranking on, pseudo-label ranks the CV queries exactly as knn-rank does (shortlists
     verified by local features, fused P(same), the threshold tuned on it), so the cut that reaches
     pseudo.precision on CV is on the scale of the answers users get: knn-rank run on the same
-    (train-dolg's) embeddings reports the same CV MAP@5 and new_individual threshold."""
+    (train-dolg's) embeddings reports the same CV MAP@5 and new_individual threshold. knn-rank reads
+    the local evidence pseudo-label computed (its memo) and answers exactly as it does without it."""
     import subprocess
     import sys
 
@@ -338,16 +340,27 @@ def test_pseudo_labels_are_cut_on_the_ranking_knn_rank_answers_with(project, tmp
     root, _ = project
     common = ["-S", "rerank.enabled=true"]  # (an earlier test may have turned either off)
     pseudo = subprocess.run([sys.executable, "stages/pseudo_label.py", *common, "-S", "pseudo.enabled=true",
-                             "--out", str(tmp_path / "p.parquet"), "--metrics", str(tmp_path / "p.json")],
+                             "--out", str(tmp_path / "p.parquet"), "--metrics", str(tmp_path / "p.json"),
+                             "--evidence-out", str(tmp_path / "memo")],
                             cwd=root, env=env(), capture_output=True, text=True)
     assert pseudo.returncode == 0, pseudo.stderr
-    knn = subprocess.run([sys.executable, "stages/knn_rank.py", *common, "--embeddings", "data/processed/embeddings/dolg",
-                          *[a for name in ("submission-out", "predictions-out", "metrics", "plots", "reliability",
-                                           "ranker-out")
-                            for a in (f"--{name}", str(tmp_path / name))]],
-                         cwd=root, env=env(), capture_output=True, text=True)
-    assert knn.returncode == 0, knn.stderr
-    p, k = json.loads((tmp_path / "p.json").read_text()), json.loads((tmp_path / "metrics").read_text())
+
+    def knn_rank(out: Path, memo: Path):
+        done = subprocess.run([sys.executable, "stages/knn_rank.py", *common, "--embeddings", "data/processed/embeddings/dolg",
+                               "--evidence", str(memo), "--matches-out", str(out / "matches.parquet"),
+                               *[a for name in ("submission-out", "predictions-out", "metrics", "plots", "reliability",
+                                                "ranker-out")
+                                 for a in (f"--{name}", str(out / name))]],
+                              cwd=root, env=env(), capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return json.loads((out / "metrics").read_text())
+
+    k = knn_rank(tmp_path, tmp_path / "memo")
+    alone = knn_rank(tmp_path / "alone", tmp_path / "no memo")
+    assert k["rerank_figures"]["catalogue_seconds"] < alone["rerank_figures"]["catalogue_seconds"] / 3
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "predictions-out"),
+                                  pd.read_parquet(tmp_path / "alone" / "predictions-out"))
+    p = json.loads((tmp_path / "p.json").read_text())
     assert p["rerank"] and k["rerank"]
     assert p["cv_map5_as_ranked"] == k["cv_map5"] and p["new_individual_threshold"] == k["threshold"]
     assert p["cv_map5_before_retrain"] == k["embedding_cv_map5"]

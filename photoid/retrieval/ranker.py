@@ -35,6 +35,7 @@ from photoid.retrieval.calibration import (
 )
 from photoid.retrieval.catalogue import CatalogueConfig
 from photoid.retrieval.evaluation import Flips, Ranking, RankResult, Shortlist, rank_sets, rank_test, rank_test_per_fold
+from photoid.retrieval.evidence_memo import EvidenceMemo
 from photoid.retrieval.rerank import FittedReranker, rerank_queries, rerank_result
 from photoid.retrieval.search import Search
 from photoid.retrieval.thresholds import ThresholdRule, Thresholds
@@ -101,9 +102,11 @@ class Ranker:
 
     @classmethod
     def fit(cls, config: RankerConfig, sets: list, folds: list, split: pd.DataFrame, local_features: Path,
-            test_truth: pd.DataFrame | None = None, embeddings: str = "", progress: bool = True) -> Fitted:
+            test_truth: pd.DataFrame | None = None, embeddings: str = "", progress: bool = True,
+            memo: EvidenceMemo | None = None) -> Fitted:
         """Cross-validate the folds' embedding sets (:func:`~photoid.retrieval.evaluation.rank_sets`), rank
-        the test photos, re-rank both by local evidence when ``config.reranking``, choose the threshold(s)."""
+        the test photos, re-rank both by local evidence when ``config.reranking``, choose the threshold(s).
+        ``memo``: local evidence computed before, read and added to (:mod:`photoid.retrieval.evidence_memo`)."""
         shortlist, searched = config.shortlisted(split)
         result = rank_sets(sets, folds, split, searched, threshold=config.rule, per_species=config.per_species,
                            min_species_queries=config.min_species_queries, test_truth=test_truth, flips=config.flips,
@@ -112,7 +115,7 @@ class Ranker:
         reranker, p_new, figures, verified = None, None, None, {}
         if config.reranking:
             outcome = rerank_result(result, local_features, config.rerank, config.rule, config.per_species,
-                                    config.min_species_queries, progress)
+                                    config.min_species_queries, progress, memo)
             result, cv_p_new, test_p_new = outcome.result, outcome.cv_p_new, outcome.test_p_new
             reranker, figures, verified = outcome.reranker, outcome.figures, outcome.verified
         else:
@@ -132,15 +135,16 @@ class Ranker:
         return rerank_queries(ranking, sets[0].rows["image_id"].to_numpy(), list(store_dirs), self.reranker, progress)
 
     def answer_per_fold(self, sets: list, folds: list, split: pd.DataFrame, store_dirs: list[Path],
-                        verified: dict | None = None) -> list[Ranking]:
+                        verified: dict | None = None, memo: EvidenceMemo | None = None) -> list[Ranking]:
         """The test photos ranked by each fold's model alone against every training photo but that fold's
         validation photos (:func:`~photoid.retrieval.evaluation.rank_test_per_fold`; pseudo-labels),
-        re-ranked as :meth:`answer` re-ranks."""
+        re-ranked as :meth:`answer` re-ranks; ``memo`` as for :meth:`fit`."""
         per_fold = rank_test_per_fold(sets, folds, split, self.searched, self.config.flips, self.shortlist)
         if self.reranker is None:
             return per_fold
         ids = sets[0].rows["image_id"].to_numpy()
-        return [rerank_queries(r, ids, list(store_dirs), self.reranker, verified=verified)[0] for r in per_fold]
+        return [rerank_queries(r, ids, list(store_dirs), self.reranker, verified=verified, memo=memo)[0]
+                for r in per_fold]
 
     # ------------------------------------------------------------------------------- saved form
 

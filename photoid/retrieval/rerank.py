@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from photoid.retrieval.calibration import Calibration, figures, fused_candidates, rerank_candidates
 from photoid.retrieval.evaluation import RankResult, choose_thresholds
+from photoid.retrieval.evidence_memo import EvidenceMemo
 from photoid.retrieval.search import Candidates
 from photoid.retrieval.thresholds import ThresholdRule
 from photoid.retrieval.verification import Evidence, RerankConfig, ranking_evidence
@@ -72,29 +73,33 @@ class RerankOutcome:
 
 
 def rerank_queries(ranking, gallery_ids: np.ndarray, store_dirs: list[Path], reranker: FittedReranker,
-                   progress: bool = True, verified: dict[tuple[str, str], int] | None = None):
+                   progress: bool = True, verified: dict[tuple[str, str], int] | None = None,
+                   memo: EvidenceMemo | None = None):
     """A :class:`~photoid.retrieval.evaluation.Ranking` of new queries (with its shortlists' photos) re-ranked by the
     fusion knn-rank fitted, as knn-rank re-ranks its test ranking; ``gallery_ids``: the image_id of
     each row the ranking's photos point to; ``verified``: pair counts verified before (an outcome's),
-    not verified again. Returns (the re-ranked ranking, P(new) of each query)."""
+    not verified again; ``memo``: as for :func:`rerank_result`. Returns (the re-ranked ranking, P(new) of each query)."""
     cfg, width = reranker.cfg, min(reranker.width, ranking.candidates.labels.shape[1])
-    evidence, _ = ranking_evidence(ranking, gallery_ids, store_dirs, cfg, width, progress, verified)
+    evidence, _ = ranking_evidence(ranking, gallery_ids, store_dirs, cfg, width, progress, verified, memo=memo)
     candidates, p_new = fused_candidates(reranker.calibration, cfg, ranking.candidates, evidence)
     return ranking.reranked(candidates), p_new
 
 
 def rerank_result(result, store_dir: Path, cfg: RerankConfig, threshold=None,
-                  per_species: bool = False, min_species_queries: int = 10, progress: bool = True) -> RerankOutcome:
+                  per_species: bool = False, min_species_queries: int = 10, progress: bool = True,
+                  memo: EvidenceMemo | None = None) -> RerankOutcome:
     """Re-rank a :class:`~photoid.retrieval.evaluation.RankResult` whose rankings kept their shortlists' photos
     (:class:`~photoid.retrieval.evaluation.Shortlist`); the threshold(s) are chosen again by ``threshold`` (a
-    :class:`~photoid.retrieval.thresholds.ThresholdRule`; default: tuned), on the probabilities."""
+    :class:`~photoid.retrieval.thresholds.ThresholdRule`; default: tuned), on the probabilities. ``memo``:
+    local evidence computed before (:mod:`photoid.retrieval.evidence_memo`), read, and added to."""
     def width_of(r) -> int:  # candidates fused per query: every one the ranking holds, or rerank.candidates
         return min(cfg.candidates or 10**9, r.candidates.labels.shape[1])
 
     ids = result.rows["image_id"].to_numpy()
     start_time, counts, parts, part_seconds = time.perf_counter(), {}, [], {}
     for r in tqdm([*result.folds, result.test], desc=f"re-rank ({cfg.local})", unit="gallery", disable=not progress):
-        evidence, verified = ranking_evidence(r, ids, [store_dir], cfg, width_of(r), progress, counts, part_seconds)
+        evidence, verified = ranking_evidence(r, ids, [store_dir], cfg, width_of(r), progress, counts, part_seconds,
+                                              memo)
         counts.update(verified)
         parts.append(evidence)
     width = width_of(result.test)  # the test photos' gallery holds every individual: what identify answers from

@@ -16,6 +16,7 @@ from photoid.errors import DataError
 from photoid.local_features import MatchConfig, count_inliers, match_points, open_stores
 from photoid.retrieval.catalogue import CatalogueConfig, CatalogueIndex, scores_for_candidates
 from photoid.retrieval.evaluation import Shortlist
+from photoid.retrieval.evidence_memo import EvidenceMemo, catalogue_key
 
 SCORES = ("fused", "inliers")
 
@@ -163,20 +164,30 @@ def inlier_matrix(pairs: list[tuple[int, int, str, str]], shape: tuple[int, int]
 QUERY_BLOCK = 512  # catalogue scores are read per block of queries: a Q×I table of a large catalogue would not fit
 
 
-def catalogue_evidence(ranking, store_dirs, cfg: RerankConfig, width: int) -> np.ndarray:
+def catalogue_evidence(ranking, store_dirs, cfg: RerankConfig, width: int, memo: EvidenceMemo | None = None) -> np.ndarray:
     """Q×width: the LNBNN score (:mod:`photoid.retrieval.catalogue`) of each of a ranking's first ``width``
     candidates, the query's keypoints matched against every keypoint of the ranking's own gallery
-    (``ranking.gallery_ids``: a CV fold's index never holds that fold's validation photos)."""
+    (``ranking.gallery_ids``: a CV fold's index never holds that fold's validation photos). ``memo``:
+    scores computed before are read from it, new ones kept in it."""
     if ranking.gallery_ids is None:
         raise ValueError("the ranking must name its gallery photos (a pooled ranking does not: score its folds)")
     store = open_stores(store_dirs)
-    index = CatalogueIndex(store, ranking.gallery_ids, ranking.gallery_individuals, cfg.catalogue)
+    catalogue = catalogue_key(ranking.gallery_ids, ranking.gallery_individuals) if memo is not None else ""
+    index = None
     labels = ranking.candidates.labels[:, :width]
     out = np.zeros(labels.shape, np.float32)
     for start in range(0, len(ranking.image_ids), QUERY_BLOCK):
         block = slice(start, start + QUERY_BLOCK)
-        matrix = index.scores([store.get(q).descriptors for q in ranking.image_ids[block]])
-        out[block] = scores_for_candidates(matrix, index.individuals, labels[block])
+        queries = list(ranking.image_ids[block])
+        held = memo.scores(catalogue, queries) if memo is not None else None
+        if held is None:
+            if index is None:
+                index = CatalogueIndex(store, ranking.gallery_ids, ranking.gallery_individuals, cfg.catalogue)
+            held = index.individuals, index.scores([store.get(q).descriptors for q in queries])
+            if memo is not None:
+                memo.keep_scores(catalogue, held[0], queries, held[1])
+        individuals, matrix = held
+        out[block] = scores_for_candidates(matrix, individuals, labels[block])
     return out
 
 
@@ -209,15 +220,16 @@ class Evidence:
 
 def ranking_evidence(ranking, gallery_ids: np.ndarray, store_dirs, cfg: RerankConfig, width: int,
                      progress: bool = True, verified: dict | None = None,
-                     seconds: dict | None = None) -> tuple[Evidence, dict]:
+                     seconds: dict | None = None, memo: EvidenceMemo | None = None) -> tuple[Evidence, dict]:
     """The local evidence of a ranking's first ``width`` candidates, as ``cfg.local`` says, and the pair
     counts it verified. ``gallery_ids``: the image_id of each row the ranking's photos point to;
     ``verified``: pair counts verified before, not verified again; ``seconds``: the time of the
-    catalogue scoring and of the verification is added to its ``catalogue`` and ``verify``."""
+    catalogue scoring and of the verification is added to its ``catalogue`` and ``verify``; ``memo``: LNBNN
+    scores and pair counts computed before (by another stage), read from it, and what is new kept in it."""
     seconds = {} if seconds is None else seconds
     labels = ranking.candidates.labels[:, :width]
     start = time.perf_counter()
-    lnbnn = catalogue_evidence(ranking, store_dirs, cfg, width) if cfg.local == "catalogue" else None
+    lnbnn = catalogue_evidence(ranking, store_dirs, cfg, width, memo) if cfg.local == "catalogue" else None
     seconds["catalogue"] = seconds.get("catalogue", 0.0) + time.perf_counter() - start
     if cfg.local == "catalogue" and cfg.verify == 0:
         return Evidence(lnbnn, None), {}
@@ -226,7 +238,10 @@ def ranking_evidence(ranking, gallery_ids: np.ndarray, store_dirs, cfg: RerankCo
     start = time.perf_counter()
     columns = verification_columns(lnbnn, labels != "", cfg.verify) if lnbnn is not None else None
     pairs = shortlist_pairs(ranking.image_ids, labels, ranking.photos, gallery_ids, width, cfg.photos, columns)
-    counts = verify_pairs([(q, g) for _, _, q, g in pairs], store_dirs, cfg.match, cfg.workers, progress, verified)
+    counts = verify_pairs([(q, g) for _, _, q, g in pairs], store_dirs, cfg.match, cfg.workers, progress,
+                          verified if memo is None else memo.verified(verified or {}))
+    if memo is not None:
+        memo.pairs.update(counts)
     seconds["verify"] = seconds.get("verify", 0.0) + time.perf_counter() - start
     inliers = inlier_matrix(pairs, labels.shape, counts)
     mask = None
