@@ -49,7 +49,8 @@ def main(
     cfg, ranker_config = P.build(PseudoConfig, "pseudo"), RankerConfig.from_params(P)
     folds = cv_folds(ensemble_folds(P.get("ensemble.folds", list)))  # fold all is not retrained: no labels
     P.check_all_read()
-    memo = EvidenceMemo(evidence_key([local_features], ranker_config.rerank.match, ranker_config.rerank.catalogue))
+    rerank = ranker_config.rerank  # re-ranking off: no local evidence, an empty memo
+    memo = EvidenceMemo(evidence_key([local_features], rerank.match, rerank.catalogue) if ranker_config.reranking else "")
     if not cfg.enabled:
         memo.save(evidence_out)
         write_parquet(pd.DataFrame(columns=PSEUDO_COLUMNS), out)

@@ -280,7 +280,7 @@ def test_pseudo_label_stage_cuts_where_cv_reaches_its_precision_and_labels_confi
     truth.to_parquet(tmp_path / "truth.parquet", index=False)
     common = ["--embeddings", str(tmp_path / "emb"), "--split", str(tmp_path / "split.parquet"),
               "--test-truth", str(tmp_path / "truth.parquet"), "--out", str(tmp_path / "p.parquet"),
-              "--metrics", str(tmp_path / "p.json")]
+              "--metrics", str(tmp_path / "p.json"), "--evidence-out", str(tmp_path / "evidence")]
     folds = ("ensemble.folds=[0,1]", "rerank.enabled=false")  # planted vectors: no crops to verify
     result = CliRunner().invoke(_stage("pseudo_label"), [*common, *_params(*folds, "pseudo.precision=0.95")])
     assert result.exit_code == 0, result.output
@@ -320,7 +320,8 @@ def test_knn_rank_reports_cv_before_and_after_retraining(tmp_path):
             str(tmp_path / "before"), "--split", str(tmp_path / "split.parquet"), "--test-truth", str(tmp_path / "none"),
             "--submission-out", str(tmp_path / "s.csv"), "--predictions-out", str(tmp_path / "p.parquet"),
             "--metrics", str(tmp_path / "k.json"), "--reliability", str(tmp_path / "rel"),
-            "--ranker-out", str(tmp_path / "ranker"), "--plots", str(tmp_path / "plots")]
+            "--ranker-out", str(tmp_path / "ranker"), "--plots", str(tmp_path / "plots"),
+            "--matches-out", str(tmp_path / "matches.parquet")]
     result = CliRunner().invoke(_stage("knn_rank"), args)
     assert result.exit_code == 0, result.output
     m = json.loads((tmp_path / "k.json").read_text())

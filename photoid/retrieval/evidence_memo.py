@@ -34,7 +34,8 @@ def evidence_key(store_dirs, match, catalogue) -> str:
     """What a memo's evidence was computed from: the keypoint stores' files (their SHA-256) and the
     matching and catalogue settings."""
     dirs = [store_dirs] if isinstance(store_dirs, (str, Path)) else list(store_dirs)
-    parts = [file_digest(Path(d) / name) for d in dirs for name in STORE_FILES] + [repr(match), repr(catalogue)]
+    files = [Path(d) / name for d in dirs for name in STORE_FILES]  # a missing one: the matching says so, later
+    parts = [file_digest(f) if f.exists() else f"missing {f}" for f in files] + [repr(match), repr(catalogue)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
