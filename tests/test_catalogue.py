@@ -109,23 +109,28 @@ def test_an_unreadable_photo_stops_with_its_path(tmp_path):
         write_store(rows, tmp_path / "store", project_config(KeypointConfig, "local"), workers=1, progress=False)
 
 
-def test_cv_never_matches_a_query_against_its_own_folds_validation_photos(monkeypatch):
-    """A CV query whose exact copy is another validation photo of its fold (a burst) gets no votes
-    from that copy: each fold's catalogue holds that fold's gallery only."""
-    import photoid.retrieval.verification as rerank
+def _two_fold_rankings(rng):
+    """(image ids, the CV rankings of folds 0 and 1) of individuals 0..5 with three photos each, random
+    embeddings; fold 0 validates photos *_0 and *_1, fold 1 photos *_2."""
     from photoid.embed import EmbeddingSet
     from photoid.retrieval.evaluation import cross_validate
 
-    rng = np.random.default_rng(0)
-    # individuals 0..5, three photos each; fold 0 validates photos *_0 and *_1, fold 1 photos *_2
     ids = [f"i{i}_{p}" for i in range(6) for p in range(3)]
     inds = [f"ind{i}" for i in range(6) for p in range(3)]
     rows = pd.DataFrame({"image_id": ids, "part": "train", "individual": inds, "species": "dolphin"})
     split = pd.DataFrame({"image_id": ids, "individual": inds, "is_new": False,
                           "fold": [0 if p < 2 else 1 for i in range(6) for p in range(3)]})
     vectors = rng.normal(size=(len(ids), 8)).astype(np.float32)
-    embeddings = EmbeddingSet(rows, vectors, vectors, {"flip": True})
-    parts = cross_validate([embeddings, embeddings], [0, 1], split, 100)
+    return ids, cross_validate([EmbeddingSet(rows, vectors, vectors, {"flip": True})] * 2, [0, 1], split, 100)
+
+
+def test_cv_never_matches_a_query_against_its_own_folds_validation_photos(monkeypatch):
+    """A CV query whose exact copy is another validation photo of its fold (a burst) gets no votes
+    from that copy: each fold's catalogue holds that fold's gallery only."""
+    import photoid.retrieval.verification as rerank
+
+    rng = np.random.default_rng(0)
+    ids, parts = _two_fold_rankings(rng)
     for part in parts:
         assert len(part.gallery_ids) and not set(part.image_ids) & set(part.gallery_ids)
     # keypoints: photos i0_0 and i0_1 are copies (one texture), every other photo a texture of its own
@@ -152,18 +157,10 @@ def test_lnbnn_scores_kept_by_one_stage_are_read_by_the_next_for_the_same_catalo
     evidence without matching a keypoint, computes a catalogue the memo does not hold, and ignores a
     memo made from other keypoints or settings."""
     import photoid.retrieval.verification as rerank
-    from photoid.embed import EmbeddingSet
-    from photoid.retrieval.evaluation import cross_validate
     from photoid.retrieval.evidence_memo import EvidenceMemo
 
     rng = np.random.default_rng(1)
-    ids = [f"i{i}_{p}" for i in range(6) for p in range(3)]
-    inds = [f"ind{i}" for i in range(6) for p in range(3)]
-    rows = pd.DataFrame({"image_id": ids, "part": "train", "individual": inds, "species": "dolphin"})
-    split = pd.DataFrame({"image_id": ids, "individual": inds, "is_new": False,
-                          "fold": [0 if p < 2 else 1 for i in range(6) for p in range(3)]})
-    vectors = rng.normal(size=(len(ids), 8)).astype(np.float32)
-    fold0, fold1 = cross_validate([EmbeddingSet(rows, vectors, vectors, {"flip": True})] * 2, [0, 1], split, 100)
+    ids, (fold0, fold1) = _two_fold_rankings(rng)
     texture = {i: [v / np.linalg.norm(v) for v in np.abs(rng.normal(size=(30, DESCRIPTOR_DIM)))] for i in ids}
     monkeypatch.setattr(rerank, "open_stores", lambda dirs: FakeStore(texture))
     cfg = project_config(rerank.RerankConfig, "rerank", match=project_config(rerank.MatchConfig, "rerank"),
