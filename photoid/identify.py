@@ -78,6 +78,7 @@ class Identifier:
         params = load_params(("crop", "train.img_size", "local", "embed.batch_size", "report", "data.min_side"),
                              self.root / "params.yaml")
         self.crop_size, self.crop_margin = crop_side(params), params.float("crop.margin")
+        self.crop_fit = params.str("crop.fit")
         self.keypoints = params.build(KeypointConfig, "local")
         self.batch_size = params.int("embed.batch_size")
         self.thumbnail, self.page_size = params.int("report.thumbnail"), params.int("report.page_size")
@@ -133,7 +134,8 @@ class Identifier:
                 boxes = predict_boxes(images, self.detector, self.detect_cfg, pick_device())
             else:
                 boxes = pd.DataFrame([full_frame_box(x) for x in images.to_dict("records")], columns=BOXES_COLUMNS)
-            crops = crop_all(images, boxes, tmp / "crops", size=self.crop_size, margin=self.crop_margin, workers=1)
+            crops = crop_all(images, boxes, tmp / "crops", size=self.crop_size, margin=self.crop_margin, workers=1,
+                             fit=self.crop_fit)
             sets = []
             for k, model, gallery in zip(r.folds, self.models, self.gallery):
                 embed_checkpoint(model, crops, tmp / f"emb{k}", self.flip, self.batch_size)

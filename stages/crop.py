@@ -1,4 +1,4 @@
-"""crop: cut each image's box (plus a margin) out, keep its aspect ratio, store square crops.
+"""crop: cut each image's box (plus a margin) out and store it as a square crop (crop.fit: padded or stretched).
 
 Output: a folder with images/ and crops.parquet (image_id, part, individual, species, crop_path,
 the crop's box in the original image, and where the box came from).
@@ -31,13 +31,14 @@ def main(
     overrides: list[str] = SET_OPTION,
 ):
     P = load_params(READS, params_file, overrides)
-    size, margin, workers = crop_side(P), P.float("crop.margin"), P.int("crop.workers")
+    size, margin, workers, fit = crop_side(P), P.float("crop.margin"), P.int("crop.workers"), P.str("crop.fit")
     P.check_all_read()
     table, box_table = read_parquet(images), read_parquet(boxes)
     with atomic_path(out_dir) as tmp:
-        crops = crop_all(table, box_table, tmp, size=size, margin=margin, workers=workers, final_dir=Path(out_dir))
+        crops = crop_all(table, box_table, tmp, size=size, margin=margin, workers=workers, final_dir=Path(out_dir),
+                         fit=fit)
         crops.to_parquet(tmp / "crops.parquet", index=False)
-    write_json({"crops": int(len(crops)), "size": size, "margin": margin,
+    write_json({"crops": int(len(crops)), "size": size, "margin": margin, "fit": fit,
                 "from_full_frame": int((crops.box_source == FULL_FRAME).sum())}, metrics)
     print(f"crop: {len(crops)} crops of {size}x{size} in {out_dir}")
 

@@ -1,4 +1,4 @@
-"""Crop keeps the aspect ratio and the margin; filter counts and never touches test; split holds
+"""Crop keeps the aspect ratio (or stretches the box over the square when asked) and the margin; filter counts and never touches test; split holds
 individuals out whole and deals the others over the folds."""
 
 import numpy as np
@@ -27,6 +27,18 @@ def test_crop_keeps_aspect_ratio():
     assert width == 64 and height == pytest.approx(16, abs=1)  # 4:1 as in the photo, padded above and below
 
 
+def test_a_stretched_crop_shows_the_box_on_every_pixel_and_nothing_else():
+    img = Image.new("RGB", (400, 300), (0, 0, 0))
+    img.paste((255, 255, 255), (100, 100, 300, 150))  # a white 200 x 50 box, black around it
+    img.paste((255, 0, 0), (100, 100, 120, 150))  # its left tenth red
+    out = np.asarray(crop_to_square(img, (100, 100, 300, 150), 64, fit="stretch")).astype(int)
+    assert out.shape == (64, 64, 3)
+    assert (out.min(axis=2)[:, 10:] > 200).all()  # white from the top row to the bottom, no black bars
+    assert (out[:, :5, 0] > 200).all() and (out[:, :5, 1] < 60).all()  # the red tenth is still a tenth: 6 of 64 columns
+    with pytest.raises(DataError, match="crop.fit"):
+        crop_to_square(img, (100, 100, 300, 150), 64, fit="fill")
+
+
 def test_crop_all_streams_large_jpegs_and_records_paths(tmp_path):
     big = tmp_path / "big.jpg"
     arr = np.zeros((3000, 4000, 3), np.uint8)
@@ -41,6 +53,9 @@ def test_crop_all_streams_large_jpegs_and_records_paths(tmp_path):
     assert crop.shape == (128, 128, 3)
     assert crop[32:96, :, 0].mean() > 150 and crop[:28].mean() < 20  # the red box fills the middle band
     assert table.group[0] == "enc-7"  # the labels go with the crop, its group (encounter) among them
+    tall = crop_all(images, boxes.assign(x1=1900.0, x2=2100.0), tmp_path / "tall", size=128, margin=0.0, fit="stretch")
+    crop = np.asarray(Image.open(tall.crop_path[0])).astype(int)  # a 200 x 1000 strip of the red box, decoded
+    assert (crop[..., 0] > 150).all() and (crop[..., 1] < 100).all()  # small enough to stretch it over all 128 x 128
 
 
 def test_crop_all_refuses_images_without_box(tmp_path):
