@@ -1,5 +1,5 @@
-"""Crop keeps the aspect ratio (or stretches the box over the square when asked) and the margin; filter counts and never touches test; split holds
-individuals out whole and deals the others over the folds."""
+"""Crop keeps the aspect ratio (or stretches the box over the square when asked) and the margin; filter
+counts and never touches test; split holds individuals out whole and deals the others over the folds."""
 
 import numpy as np
 import pandas as pd
