@@ -71,22 +71,27 @@ def on_square(region: Image.Image, size: int) -> Image.Image:
 
 
 def check_fit(fit: str) -> str:
+    """``fit`` if it is one of :data:`FITS`, else a DataError naming crop.fit."""
     if fit not in FITS:
         raise DataError(f"crop.fit takes {' or '.join(FITS)}, got {fit!r}")
     return fit
 
 
+def on_square_as(region: Image.Image, size: int, fit: str) -> Image.Image:
+    """The square crop of ``region``, scaled as ``fit`` asked (:func:`scaled_region`'s ``square``): as it
+    is when stretched, centred on a black canvas when padded."""
+    return region if fit == "stretch" else on_square(region, size)
+
+
 def crop_to_square(img: Image.Image, box: tuple[float, ...], size: int, fit: str = "pad") -> Image.Image:
     """Cut ``box`` (in ``img``'s pixels) out and fit it to a ``size`` square as ``fit`` says (see the module)."""
-    if check_fit(fit) == "stretch":
-        return scaled_region(img, box, size, square=True)
-    return on_square(scaled_region(img, box, size), size)
+    return on_square_as(scaled_region(img, box, size, square=check_fit(fit) == "stretch"), size, fit)
 
 
 def _crop_one(job: tuple) -> None:
     path, width, height, box, size, fit, out_path = job
     region = read_region(path, (width, height), box, size, square=fit == "stretch")
-    (region if fit == "stretch" else on_square(region, size)).save(out_path, quality=95)
+    on_square_as(region, size, fit).save(out_path, quality=95)
 
 
 def crop_all(images: pd.DataFrame, boxes: pd.DataFrame, out_dir: Path, size: int, margin: float,
