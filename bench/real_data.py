@@ -164,6 +164,29 @@ def dvc(clone: Path, args: list[str]) -> float:
     return time.perf_counter() - start
 
 
+def machine() -> str:
+    """The CPU and the numeric libraries a row ran with. The same recipe on another CPU (other
+    floating-point kernels) or with other library versions trains other models: rows are paired photo by
+    photo only where they ran on one machine (bench/real_data_splits.py says where they did not)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    libraries = []
+    for package in ("torch", "numpy", "opencv-python", "faiss-cpu", "pillow"):
+        try:
+            libraries.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            continue
+    return f"{cpu}, {os.cpu_count()} cores; " + ", ".join(libraries)
+
+
 def git(clone: Path, *args: str) -> None:
     subprocess.run(["git", *args], cwd=clone, check=True, stdout=subprocess.DEVNULL)
 
@@ -189,7 +212,8 @@ def photoid_row(clone: Path, overrides: list[str]) -> dict:
     m = json.loads((clone / "metrics" / "knn.json").read_text())
     top1 = m["test_top1_known"] if "test_top1_known" in m else top1_known(clone)
     return {"top1_known": top1, "map5_known": m["test_map5_known"], "map5": m["test_map5"],
-            "cv_map5_known": m.get("cv_map5_known"), "seconds": seconds, "per_photo": known_photo_ap(clone)}
+            "cv_map5_known": m.get("cv_map5_known"), "seconds": seconds, "per_photo": known_photo_ap(clone),
+            "machine": machine()}
 
 
 def _known_test(clone: Path) -> pd.DataFrame:
@@ -283,7 +307,7 @@ def peer_row(split: pd.DataFrame, wheel: Path, size: int, work: Path) -> dict:
     ap = [ap_at_5(r, t) for r, t in zip(ranked, known["individual"])]
     return {"top1_known": float(np.mean([r[0] == t for r, t in zip(ranked, known["individual"])])),
             "map5_known": float(np.mean(ap)), "map5": None, "cv_map5_known": None,
-            "seconds": time.perf_counter() - start, "per_photo": dict(zip(known["image_id"], ap))}
+            "seconds": time.perf_counter() - start, "per_photo": dict(zip(known["image_id"], ap)), "machine": machine()}
 
 
 def main(

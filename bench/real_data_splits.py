@@ -10,7 +10,10 @@ apart. A row missing from a split's file is left out of that split's mean (the c
 A second table pairs the rows photo by photo: every test photo of a known animal of every split, its
 AP@5 in one row against its AP@5 in another (--against, e.g. the earlier default, and the peer), the
 difference and the ratio of the means with a 95 % bootstrap interval over those photos (10,000
-draws): whether a set this size can tell the rows apart at all.
+draws): whether a set this size can tell the rows apart at all. A pair means something only where its
+two rows ran on one machine: bench/real_data.py records each row's CPU and numeric libraries, another
+machine's floating-point kernels train other models (the same commit's figures move by several hundredths
+on a set this size), and a warning lists the pairs that mixed machines or did not record theirs.
 """
 
 from __future__ import annotations
@@ -55,6 +58,23 @@ def photo_pairs(splits: list[dict], row: str, against: str) -> tuple[np.ndarray,
     return np.array(a), np.array(b)
 
 
+def machine_mismatches(splits: list[dict], row: str, against: str) -> list[str]:
+    """The splits (by their position) where ``row`` and ``against`` both ran but on different machines, or
+    where either's machine is not recorded (bench/real_data.py's ``machine``: the CPU and the numeric
+    libraries): the same recipe on another machine trains other models, so such a pair mixes the change
+    with the machine's."""
+    found = []
+    for position, split in enumerate(splits):
+        rows = {r.split(" (")[0] if r.startswith("previous") else r: f for r, f in split["rows"].items()}
+        if row in rows and against in rows:
+            a, b = rows[row].get("machine"), rows[against].get("machine")
+            if a is None or b is None:
+                found.append(f"split {position}: machine not recorded")
+            elif a != b:
+                found.append(f"split {position}: {a} against {b}")
+    return found
+
+
 def main(files: list[Path] = typer.Argument(..., help="bench/real_data.py --out files, one per split."),
          name: str = typer.Option("", help="The set's name (default: the first file's)."),
          against: str = typer.Option("previous,peer", help="Rows every other row is paired with, photo by photo.")):
@@ -70,6 +90,7 @@ def main(files: list[Path] = typer.Argument(..., help="bench/real_data.py --out 
     for row, runs in rows.items():
         cells = [cell([r[k] for r in runs if r.get(k) is not None]) for k, _ in FIGURES]
         print(f"| {row} | {len(runs)} | " + " | ".join(cells) + " |")
+    mixed = []
     for base in [b for b in against.split(",") if b in rows]:
         print(f"\nPaired with {base}, photo by photo (known animals' test photos of every split with both rows; "
               "AP@5 from the five answers): 95 % bootstrap intervals\n")
@@ -82,6 +103,10 @@ def main(files: list[Path] = typer.Argument(..., help="bench/real_data.py --out 
             (d, dlo, dhi), (r, rlo, rhi) = paired(a, b)
             print(f"| {row} | {len(a)} | {a.mean():.3f} | {b.mean():.3f} | {d:+.3f} ({dlo:+.3f} to {dhi:+.3f}) | "
                   f"{r:.2f}x ({rlo:.2f}x to {rhi:.2f}x) |")
+            mixed += [f"{row} with {base}, {m}" for m in machine_mismatches(splits, row, base)]
+    if mixed:
+        print("\nWarning: these pairs did not run on one machine (another CPU or other library versions train other "
+              "models), so their differences are not the change's alone:\n" + "\n".join(f"- {m}" for m in mixed))
 
 
 if __name__ == "__main__":

@@ -128,6 +128,22 @@ def test_rows_paired_photo_by_photo_get_intervals_that_tell_a_real_gap_from_none
     assert x.tolist() == [1.0] and y.tolist() == [0.5]
 
 
+def test_pairs_whose_rows_ran_on_different_machines_are_named():
+    """bench/real_data_splits.py: a pair is named where its rows' recorded machines differ or one is not
+    recorded, and not where they match or a split lacks one of the rows."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from real_data_splits import machine_mismatches
+
+    here, there = "CPU A, 2 cores; torch 2", "CPU B, 2 cores; torch 2"
+    splits = [{"rows": {"default": {"machine": here}, "previous (abc1234)": {"machine": here}}},
+              {"rows": {"default": {"machine": here}, "previous (abc1234)": {"machine": there}}},
+              {"rows": {"default": {"machine": here}, "previous (abc1234)": {}}},
+              {"rows": {"default": {"machine": there}}}]
+    found = machine_mismatches(splits, "default", "previous")
+    assert len(found) == 2 and found[0].startswith("split 1:") and there in found[0]
+    assert found[1] == "split 2: machine not recorded"
+
+
 def test_the_pipeline_timer_gives_each_stage_the_time_until_the_next_one_starts():
     import importlib.util
     spec = importlib.util.spec_from_file_location("pipeline_time", REPO / "bench" / "pipeline_time.py")
