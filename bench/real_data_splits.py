@@ -46,11 +46,16 @@ def paired(a: np.ndarray, b: np.ndarray, draws: int = 10_000, seed: int = 0) -> 
     return ((a.mean() - b.mean(), *np.percentile(ma - mb, [2.5, 97.5])), (ratio, *np.percentile(ratios, [2.5, 97.5])))
 
 
+def row_name(row: str) -> str:
+    """A row's name across splits: "previous (<commit>)" is "previous"."""
+    return row.split(" (")[0] if row.startswith("previous") else row
+
+
 def photo_pairs(splits: list[dict], row: str, against: str) -> tuple[np.ndarray, np.ndarray]:
     """AP@5 of the photos both rows answered, over every split that has both (bench/real_data.py's per_photo)."""
     a, b = [], []
     for split in splits:
-        rows = {r.split(" (")[0] if r.startswith("previous") else r: f for r, f in split["rows"].items()}
+        rows = {row_name(r): f for r, f in split["rows"].items()}
         if row in rows and against in rows and "per_photo" in rows[row] and "per_photo" in rows[against]:
             common = sorted(set(rows[row]["per_photo"]) & set(rows[against]["per_photo"]))
             a += [rows[row]["per_photo"][k] for k in common]
@@ -65,7 +70,7 @@ def machine_mismatches(splits: list[dict], row: str, against: str) -> list[str]:
     with the machine's."""
     found = []
     for position, split in enumerate(splits):
-        rows = {r.split(" (")[0] if r.startswith("previous") else r: f for r, f in split["rows"].items()}
+        rows = {row_name(r): f for r, f in split["rows"].items()}
         if row in rows and against in rows:
             a, b = rows[row].get("machine"), rows[against].get("machine")
             if a is None or b is None:
@@ -82,7 +87,7 @@ def main(files: list[Path] = typer.Argument(..., help="bench/real_data.py --out 
     rows: dict[str, list[dict]] = {}
     for split in splits:
         for row, figures in split["rows"].items():
-            rows.setdefault(row.split(" (")[0] if row.startswith("previous") else row, []).append(figures)
+            rows.setdefault(row_name(row), []).append(figures)
     print(f"{name or splits[0]['set']}: {len(splits)} splits ({', '.join(str(Path(f).stem) for f in files)}); each cell the mean "
           "over the splits (lowest–highest)\n")
     print("| row | splits | " + " | ".join(h for _, h in FIGURES) + " |")
